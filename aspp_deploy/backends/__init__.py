@@ -1,0 +1,1 @@
+"""Backends: each turns an artifact into a ``Runner`` (see ``base.Runner``)."""

@@ -1,0 +1,51 @@
+"""The one runner interface that eval, bench and compare talk to.
+
+A runner takes a preprocessed float32 NCHW batch and returns logits (N, C, H, W) float32,
+or class ids (N, H, W) when the artifact ends in an ArgMax.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class RunnerInfo:
+    backend: str
+    precision: str
+    device: str
+    artifact: str
+    outputs_class_ids: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Runner(ABC):
+    """Load once, ``infer`` many times; usable as a context manager."""
+
+    info: RunnerInfo
+
+    @abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, 3, H, W) -> float32 logits (N, C, H, W) or integer class ids (N, H, W)."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (no-op on the CPU)."""
+
+    def close(self) -> None:
+        """Release the session / engine / device memory."""
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def class_ids(output: np.ndarray, outputs_class_ids: bool) -> np.ndarray:
+    """Turn a runner's output into (N, H, W) class ids."""
+    if outputs_class_ids:
+        return output.reshape(output.shape[0], *output.shape[-2:]).astype(np.int64)
+    return output.argmax(axis=1)

@@ -1,0 +1,23 @@
+"""The ``aspp-deploy`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import typer
+
+from aspp_deploy.cli import data_cmd, eval_cmd, export_cmd, train_cmd
+
+app = typer.Typer(
+    name="aspp-deploy",
+    help="Export, quantize, build, benchmark and ship DeepLab/ASPP segmentation models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_cmd.app, name="data")
+train_cmd.register(app)
+eval_cmd.register(app)
+export_cmd.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,89 @@
+"""``aspp-deploy eval``: mIoU of a checkpoint or artifact on a VOC-style folder."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
+
+
+class EvalBackend(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
+def _progress_callbacks(progress: Progress, label: str):
+    gen = progress.add_task("generating the synthetic validation split", total=None, visible=False)
+    task = progress.add_task(label, total=None)
+
+    def on_generate(_split: str, i: int, n: int) -> None:
+        progress.update(gen, completed=i, total=n, visible=True)
+
+    def on_eval(i: int, n: int) -> None:
+        progress.update(task, completed=i, total=n)
+
+    return on_generate, on_eval
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    @handle_errors
+    def eval_command(
+        backend: Annotated[EvalBackend, typer.Option(help="Which runtime runs the model.")] = EvalBackend.torch,
+        checkpoint: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint (torch backend; default: the shipped one).")] = None,
+        model: Annotated[Optional[Path], typer.Option("--model", "--onnx", help="ONNX model (onnxruntime backend).")] = None,
+        data: Annotated[Optional[Path], typer.Option(help="VOC-style folder (default: the synthetic validation split, generated if absent).")] = None,
+        split: Annotated[str, typer.Option(help="Split list under ImageSets/Segmentation.")] = "val",
+        limit: Annotated[int, typer.Option(help="Evaluate only the first N images (0: all).")] = 0,
+        device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+        threads: Annotated[int, typer.Option(help="CPU threads (0: library default).")] = 0,
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
+    ) -> None:
+        """Report mIoU, pixel accuracy and per-class IoU on a VOC-style folder."""
+        from aspp_deploy.eval.evaluate import ensure_default_data, evaluate
+
+        with Progress(console=console, transient=True) as progress:
+            on_generate, on_eval = _progress_callbacks(progress, f"evaluating ({backend.value})")
+            runner, pre, classes = _open_runner(backend, checkpoint, model, device, threads)
+            root = data if data is not None else ensure_default_data(on_generate)
+            with runner:
+                result = evaluate(runner, root, pre, classes, split, limit=limit or None, progress=on_eval)
+        table = Table(title=f"{backend.value} on {root} ({split}, {result.num_images} images)")
+        table.add_column("class")
+        table.add_column("IoU", justify="right")
+        for name, iou in result.per_class_iou.items():
+            table.add_row(name, "n/a" if iou is None else f"{iou:.4f}")
+        table.add_row("[bold]mIoU[/]", f"[bold]{result.miou:.4f}[/]")
+        table.add_row("pixel accuracy", f"{result.pixel_accuracy:.4f}")
+        out_console.print(table)
+        write_json(json_out, {"backend": backend.value, "artifact": runner.info.artifact,
+                              "data": str(root), "split": split, "input_size": [pre.height, pre.width],
+                              **result.to_dict()})
+
+
+def _open_runner(backend: EvalBackend, checkpoint: Optional[Path], model: Optional[Path],
+                 device: str, threads: int):
+    if backend is EvalBackend.torch:
+        import torch
+
+        from aspp_deploy.backends.torch_backend import TorchRunner
+
+        if threads:
+            torch.set_num_threads(threads)
+        runner = TorchRunner(checkpoint, device=device)
+        return runner, runner.ckpt.preprocess, runner.ckpt.classes
+    from aspp_deploy.backends.onnxruntime_backend import OrtRunner
+    from aspp_deploy.errors import InputError
+    from aspp_deploy.export.manifest import read_onnx_manifest
+
+    if model is None:
+        raise InputError("--backend onnxruntime needs --model MODEL.onnx (make one with `aspp-deploy export`)")
+    manifest = read_onnx_manifest(model)
+    runner = OrtRunner(model, device=device, threads=threads)
+    return runner, manifest.preprocess(), manifest.classes

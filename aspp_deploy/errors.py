@@ -1,0 +1,25 @@
+"""Typed errors. The CLI turns every ``AsppDeployError`` into one line on stderr and exit code 1."""
+
+
+class AsppDeployError(Exception):
+    """Base of every error the user can cause (bad input, missing dependency)."""
+
+
+class InputError(AsppDeployError):
+    """A file or folder given by the user is missing, unreadable or malformed."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint is missing, corrupt or does not fit the requested architecture."""
+
+
+class DatasetError(InputError):
+    """A dataset or image folder is empty or malformed."""
+
+
+class MissingDependencyError(AsppDeployError):
+    """An optional dependency (TensorRT, a CUDA device, ...) is not available."""
+
+
+class ParityError(AsppDeployError):
+    """An artifact disagrees with its source model beyond the tolerance."""

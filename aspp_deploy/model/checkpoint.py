@@ -1,0 +1,104 @@
+"""The checkpoint format: weights plus everything needed to rebuild and feed the model.
+
+A checkpoint is a plain dict saved with ``torch.save`` and read with ``weights_only=True``
+(no pickled code): ``format``, ``config`` (``ModelConfig``), ``preprocess``, ``classes``,
+``palette``, ``state_dict`` (fp16 or fp32 tensors) and ``meta`` (training provenance).
+A bare torchvision DeepLabV3 state dict is accepted too (see docs/torchvision-mapping.md).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.errors import CheckpointError
+from aspp_deploy.io import atomic_write_bytes
+from aspp_deploy.model.deeplab import DeepLabV3, ModelConfig, build_model
+
+FORMAT = "aspp-deploy/checkpoint/v1"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = PACKAGE_DIR.parent / "models" / "deeplabv3_resnet18_synth.pt"
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    preprocess: Preprocess
+    classes: list[str]
+    palette: list[list[int]]
+    state_dict: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def build(self) -> DeepLabV3:
+        """The model in eval mode, fp32, with these weights (strict key and shape check)."""
+        model = build_model(self.config)
+        own = model.state_dict()
+        missing = sorted(set(own) - set(self.state_dict))
+        unexpected = sorted(set(self.state_dict) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint {self._name()} does not fit architecture {self.config.backbone}/"
+                f"{self.config.head}: {len(missing)} missing keys (e.g. {missing[:2]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        for key, tensor in self.state_dict.items():
+            if tuple(tensor.shape) != tuple(own[key].shape):
+                raise CheckpointError(
+                    f"checkpoint {self._name()} does not fit the model: {key} has shape "
+                    f"{tuple(tensor.shape)}, the architecture wants {tuple(own[key].shape)}")
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in self.state_dict.items()})
+        return model.eval()
+
+    def _name(self) -> str:
+        return str(self.path) if self.path else "(in memory)"
+
+    def to_dict(self, half: bool = False) -> dict:
+        weights = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
+                   for k, v in self.state_dict.items()}
+        return {"format": FORMAT, "config": self.config.to_dict(),
+                "preprocess": self.preprocess.to_dict(), "classes": list(self.classes),
+                "palette": [list(c) for c in self.palette], "state_dict": weights, "meta": self.meta}
+
+    def save(self, path: Path | str, half: bool = False) -> None:
+        buf = io.BytesIO()
+        torch.save(self.to_dict(half), buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path | str | None = None, num_classes: int | None = None) -> Checkpoint:
+    """Read and validate a checkpoint; every failure is one ``CheckpointError`` line."""
+    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    if not path.is_file():
+        hint = " (the shipped checkpoint is missing: is this a full checkout?)" if path == DEFAULT_CHECKPOINT else ""
+        raise CheckpointError(f"checkpoint not found: {path}{hint}")
+    try:
+        # TorchVersion is a str subclass some writers store in metadata: harmless to allow.
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+    except Exception as exc:  # pickle errors from a non-checkpoint file take many forms
+        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint "
+                              f"({type(exc).__name__})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} is not a checkpoint: it holds a {type(raw).__name__}")
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an aspp-deploy checkpoint (format "
+                              f"{raw.get('format')!r}); see docs/torchvision-mapping.md to convert one")
+    try:
+        ckpt = Checkpoint(ModelConfig.from_dict(raw["config"]), Preprocess.from_dict(raw["preprocess"]),
+                          list(raw["classes"]), [list(c) for c in raw["palette"]],
+                          dict(raw["state_dict"]), dict(raw.get("meta", {})), path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is malformed: {exc}") from None
+    if num_classes is not None and ckpt.config.num_classes != num_classes:
+        raise CheckpointError(f"checkpoint {path} predicts {ckpt.config.num_classes} classes, "
+                              f"the data has {num_classes}")
+    return ckpt
