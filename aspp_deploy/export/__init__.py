@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX: export, check, simplify, ASPP-aware passes, parity, manifest."""

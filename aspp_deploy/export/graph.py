@@ -1,0 +1,92 @@
+"""Small helpers over an ONNX graph: static shapes, initializers, attributes, FLOP counts."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+
+def infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+
+
+def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
+    """Tensor name -> shape (ints where static, symbol names or None where not)."""
+    g = infer(model).graph
+    shapes: dict[str, list[int | str | None]] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                               for d in t.shape.dim]
+    for init in g.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def is_static(shape: list | None) -> bool:
+    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def constant_values(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers plus outputs of Constant nodes (both are compile-time constants)."""
+    values = dict(initializers(model))
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    values[node.output[0]] = a.t
+    return values
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def count_flops(model: onnx.ModelProto) -> int:
+    """FLOPs of one forward pass: 2 per multiply-accumulate of Conv/Gemm/MatMul, and 8 per
+    output element of a linear Resize (4 MACs: the bilinear blend of 4 neighbours). Other
+    operators (ReLU, Add, pooling, ...) are not counted: they are memory-bound."""
+    shapes = static_shapes(model)
+    inits = initializers(model)
+    total = 0
+    for node in model.graph.node:
+        out = shapes.get(node.output[0])
+        if node.op_type == "Conv" and is_static(out) and node.input[1] in inits:
+            w = inits[node.input[1]].dims  # (Cout, Cin/g, kh, kw)
+            macs = 1
+            for d in w:
+                macs *= d
+            total += 2 * macs * out[0] * out[2] * out[3]  # type: ignore[index, operator]
+        elif node.op_type in ("Gemm", "MatMul") and is_static(out):
+            a = shapes.get(node.input[0])
+            if is_static(a):
+                n_out = 1
+                for d in out:  # type: ignore[union-attr]
+                    n_out *= d  # type: ignore[operator]
+                total += 2 * n_out * a[-1]  # type: ignore[index, operator]
+        elif node.op_type == "Resize" and is_static(out) and attr(node, "mode", b"nearest") == b"linear":
+            n_out = 1
+            for d in out:  # type: ignore[union-attr]
+                n_out *= d  # type: ignore[operator]
+            total += 8 * n_out
+    return total
+
+
+def to_array(t: onnx.TensorProto):
+    return numpy_helper.to_array(t)

@@ -1,0 +1,64 @@
+"""ONNX Runtime against PyTorch on the same inputs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# Tolerances for an FP32 export (named here, used by export and its tests).
+PARITY_MAX_ABS = 1e-3       # largest |logit difference| allowed
+PARITY_MIN_AGREEMENT = 0.9999  # fraction of pixels whose argmax must agree
+
+
+@dataclass
+class ParityCase:
+    name: str
+    shape: list[int]
+    max_abs: float
+    mean_abs: float
+    argmax_agreement: float
+
+
+@dataclass
+class ParityReport:
+    cases: list[ParityCase]
+    max_abs_tol: float = PARITY_MAX_ABS
+    min_agreement: float = PARITY_MIN_AGREEMENT
+
+    @property
+    def max_abs(self) -> float:
+        return max(c.max_abs for c in self.cases)
+
+    @property
+    def mean_abs(self) -> float:
+        return float(np.mean([c.mean_abs for c in self.cases]))
+
+    @property
+    def argmax_agreement(self) -> float:
+        return min(c.argmax_agreement for c in self.cases)
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs <= self.max_abs_tol and self.argmax_agreement >= self.min_agreement
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "max_abs": self.max_abs, "mean_abs": self.mean_abs,
+                "argmax_agreement": self.argmax_agreement, "max_abs_tol": self.max_abs_tol,
+                "min_agreement": self.min_agreement, "cases": [asdict(c) for c in self.cases]}
+
+
+def compare_outputs(name: str, reference: np.ndarray, candidate: np.ndarray) -> ParityCase:
+    """Reference logits (N,C,H,W) vs candidate logits, or candidate class ids (N,H,W)."""
+    ref_ids = reference.argmax(1)
+    if candidate.ndim == reference.ndim:
+        diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+        max_abs, mean_abs = float(diff.max()), float(diff.mean())
+        ids = candidate.argmax(1)
+    else:  # class ids: logits are not there to compare
+        max_abs = mean_abs = 0.0
+        ids = candidate.astype(np.int64)
+    return ParityCase(name, list(reference.shape), max_abs, mean_abs, float((ids == ref_ids).mean()))

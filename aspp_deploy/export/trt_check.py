@@ -1,0 +1,128 @@
+"""Offline pre-flight: lint an ONNX graph against the TensorRT ONNX parser's documented
+constraints for one TensorRT version, without TensorRT. Sources: onnx-tensorrt's operator
+support matrices per release and shared/TENSORRT_NOTES.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from aspp_deploy.export.graph import attr, constant_values, initializers, to_array
+
+# Opset ranges the parser accepts. 8.5/8.6: up to 17. 10.0: 9..20 (onnx-tensorrt operators.md
+# for 10.0); later 10.x and 11.x accept more (10.15 and 11.2: 9..24), so "10.x" and "11" use
+# the range every release of that line accepts.
+OPSET_RANGE = {"8.5": (7, 17), "8.6": (7, 17), "10.3": (9, 20), "10.x": (9, 20), "11": (9, 24)}
+TRT_VERSIONS = tuple(OPSET_RANGE)
+RESIZE_MODES = {"nearest", "linear"}
+RESIZE_COORD_REJECTED = {"tf_crop_and_resize", "half_pixel_symmetric"}
+# Inputs that must be compile-time constants: (op, input index, minimum opset where it is an input).
+CONSTANT_INPUTS = {("ReduceMean", 1, 18), ("ReduceSum", 1, 13), ("ReduceMax", 1, 18),
+                   ("Slice", 3, 10), ("Unsqueeze", 1, 13), ("Squeeze", 1, 13)}
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # "error": the parser rejects it; "warning": it parses, with a caveat
+    node: str
+    op: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.node} ({self.op}): {self.message}"
+
+
+@dataclass
+class CheckReport:
+    trt_version: str
+    findings: list[Finding]
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == "error" for f in self.findings)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def to_dict(self) -> dict:
+        return {"trt_version": self.trt_version, "ok": self.ok,
+                "findings": [asdict(f) for f in self.findings]}
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def check_for_trt(model: onnx.ModelProto, trt_version: str) -> CheckReport:
+    if trt_version not in OPSET_RANGE:
+        raise ValueError(f"unknown TensorRT version {trt_version!r}; choose one of {', '.join(TRT_VERSIONS)}")
+    findings: list[Finding] = []
+    opset = _opset(model)
+    lo, hi = OPSET_RANGE[trt_version]
+    if not lo <= opset <= hi:
+        findings.append(Finding("error", "(model)", "opset", f"opset {opset} is outside {lo}..{hi}, "
+                                f"the range TensorRT {trt_version}'s parser accepts"))
+    consts = constant_values(model)
+    inits = initializers(model)
+    is_8x = trt_version.startswith("8.")
+    for node in model.graph.node:
+        name = node.name or (node.output[0] if node.output else "?")
+        op = node.op_type
+        if op == "Resize":
+            mode = _s(attr(node, "mode", b"nearest"))
+            coord = _s(attr(node, "coordinate_transformation_mode", b"half_pixel"))
+            if mode not in RESIZE_MODES:
+                findings.append(Finding("error", name, op, f"mode {mode!r} is not supported (only nearest, linear)"))
+            if coord in RESIZE_COORD_REJECTED:
+                findings.append(Finding("error", name, op, f"coordinate_transformation_mode {coord!r} is rejected"))
+            if attr(node, "antialias", 0):
+                findings.append(Finding("error", name, op, "antialias is not supported"))
+        for cop, index, since in CONSTANT_INPUTS:
+            if op == cop and opset >= since and len(node.input) > index and node.input[index] \
+                    and node.input[index] not in consts:
+                findings.append(Finding("error", name, op, f"input {index} (axes) must be an initializer or Constant"))
+        if op in ("QuantizeLinear", "DequantizeLinear"):
+            findings += _check_qdq(node, name, consts, inits)
+        if is_8x and op in ("ArgMax", "ArgMin"):
+            findings.append(Finding("warning", name, op, "INT64 output: TensorRT 8.x computes it as INT32 "
+                                    "(exact for class ids)"))
+        if is_8x and op == "Cast" and attr(node, "to") == TensorProto.UINT8:
+            findings.append(Finding("warning", name, op, "UINT8 tensors have limited support on 8.x: "
+                                    "prefer --argmax-dtype int32"))
+    for io in list(model.graph.input) + list(model.graph.output):
+        if is_8x and io.type.tensor_type.elem_type == TensorProto.INT64:
+            findings.append(Finding("warning", io.name, "I/O", "INT64 network I/O is cast to INT32 on 8.x"))
+    return CheckReport(trt_version, findings)
+
+
+def _check_qdq(node: onnx.NodeProto, name: str, consts: dict, inits: dict) -> list[Finding]:
+    out: list[Finding] = []
+    op = node.op_type
+    scale_name = node.input[1]
+    if scale_name not in consts:
+        return [Finding("error", name, op, "scale must be a constant")]
+    scale = to_array(consts[scale_name])
+    if not np.all(scale > 0):
+        out.append(Finding("error", name, op, "scales must be positive"))
+    if len(node.input) > 2 and node.input[2]:
+        if node.input[2] not in consts:
+            out.append(Finding("error", name, op, "zero point must be a constant"))
+        elif np.any(to_array(consts[node.input[2]]) != 0):
+            out.append(Finding("error", name, op, "zero point must be 0 (symmetric quantization only)"))
+    if scale.size > 1:
+        data_is_weight = op == "DequantizeLinear" and node.input[0] in inits or \
+            op == "QuantizeLinear" and node.input[0] in inits
+        if not data_is_weight:
+            out.append(Finding("error", name, op, "per-channel scales are only allowed for weights "
+                               "(activations must be per-tensor)"))
+        elif scale.ndim != 1:
+            out.append(Finding("error", name, op, "per-channel scale must be 1-D"))
+    return out
+
+
+def _s(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
