@@ -98,6 +98,9 @@ def load_checkpoint(path: Path | str | None = None, num_classes: int | None = No
                           dict(raw["state_dict"]), dict(raw.get("meta", {})), path)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is malformed: {exc}") from None
+    if len(ckpt.classes) != ckpt.config.num_classes:
+        raise CheckpointError(f"checkpoint {path} is inconsistent: {len(ckpt.classes)} class names "
+                              f"for a {ckpt.config.num_classes}-class model")
     if num_classes is not None and ckpt.config.num_classes != num_classes:
         raise CheckpointError(f"checkpoint {path} predicts {ckpt.config.num_classes} classes, "
                               f"the data has {num_classes}")

@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny synthetic VOC dataset and a tiny (briefly trained) checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.data.synthetic import CLASSES, SynthConfig, write_synthetic_voc
+from aspp_deploy.data.voc import voc_palette
+from aspp_deploy.model.checkpoint import Checkpoint
+from aspp_deploy.model.deeplab import ModelConfig, build_model
+
+TINY = ModelConfig(num_classes=len(CLASSES), backbone="resnet18", aspp_depth=16)
+TINY_SIZE = 128
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    return write_synthetic_voc(root, {"train": 8, "val": 4}, seed=0, cfg=SynthConfig(size=TINY_SIZE))
+
+
+def make_checkpoint(path: Path, config: ModelConfig = TINY, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = build_model(config).eval()
+    # Give BN non-trivial statistics so exported graphs are not degenerate.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+    n = config.num_classes
+    Checkpoint(config, Preprocess(TINY_SIZE, TINY_SIZE), list(CLASSES[:n]),
+               [list(c) for c in voc_palette(n)], model.state_dict(),
+               {"note": "test fixture"}).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep the default-data cache out of the user's home."""
+    monkeypatch.setenv("ASPP_DEPLOY_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
