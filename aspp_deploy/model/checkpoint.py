@@ -105,3 +105,29 @@ def load_checkpoint(path: Path | str | None = None, num_classes: int | None = No
         raise CheckpointError(f"checkpoint {path} predicts {ckpt.config.num_classes} classes, "
                               f"the data has {num_classes}")
     return ckpt
+
+
+def checkpoint_from_torchvision(state_dict: dict[str, torch.Tensor], classes: list[str],
+                                backbone: str = "resnet50", output_stride: int = 8,
+                                preprocess: Preprocess | None = None) -> Checkpoint:
+    """Wrap a torchvision ``deeplabv3_resnet*`` state dict as our checkpoint.
+
+    Keys are the same (``backbone.*``, ``classifier.0.convs.K.*``, ``classifier.0.project.*``,
+    ``classifier.1..4.*``); torchvision's ``aux_classifier.*`` (a training-time auxiliary head)
+    is dropped. torchvision's segmentation ResNets use output stride 8 (rates 12/24/36).
+    """
+    weights = {k: v for k, v in state_dict.items() if not k.startswith("aux_classifier.")}
+    if "classifier.4.weight" not in weights:
+        raise CheckpointError("not a torchvision DeepLabV3 state dict: no classifier.4.weight")
+    num_classes = int(weights["classifier.4.weight"].shape[0])
+    if num_classes != len(classes):
+        raise CheckpointError(f"the state dict predicts {num_classes} classes, {len(classes)} names given")
+    from aspp_deploy.data.voc import voc_palette
+
+    config = ModelConfig(num_classes=num_classes, backbone=backbone, output_stride=output_stride,
+                         aspp_depth=int(weights["classifier.0.project.0.weight"].shape[0]))
+    ckpt = Checkpoint(config, preprocess or Preprocess(), list(classes),
+                      [list(c) for c in voc_palette(num_classes)], weights,
+                      {"converted_from": "torchvision deeplabv3"})
+    ckpt.build()  # strict key and shape check now, not at first use
+    return ckpt

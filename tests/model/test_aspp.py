@@ -106,3 +106,15 @@ def test_backbones_and_v2_head(backbone, channels):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.classifier.modules())
     with torch.no_grad():
         assert model(torch.randn(1, 3, 65, 64)).shape == (1, 5, 65, 64)
+
+
+def test_torchvision_state_dict_converts(tmp_path):
+    from aspp_deploy.model.checkpoint import checkpoint_from_torchvision, load_checkpoint
+
+    cfg = ModelConfig(num_classes=3, backbone="resnet50", output_stride=8, aspp_depth=8)
+    sd = build_model(cfg).state_dict()
+    sd["aux_classifier.0.weight"] = torch.zeros(1)  # torchvision's auxiliary head is dropped
+    ckpt = checkpoint_from_torchvision(sd, ["a", "b", "c"], output_stride=8)
+    ckpt.save(tmp_path / "c.pt")
+    model = load_checkpoint(tmp_path / "c.pt").build()
+    assert model.config.aspp_depth == 8 and model.config.atrous_rates == (12, 24, 36)
