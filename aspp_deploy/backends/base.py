@@ -31,6 +31,11 @@ class Runner(ABC):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, H, W) -> float32 logits (N, C, H, W) or integer class ids (N, H, W)."""
 
+    def infer_phases(self, batch: np.ndarray) -> dict[str, float] | None:
+        """GPU backends: milliseconds of host-to-device copy, compute and device-to-host copy
+        for one call, from device events. None where there is no such split (CPU)."""
+        return None
+
     def synchronize(self) -> None:
         """Wait for queued device work (no-op on the CPU)."""
 

@@ -43,6 +43,26 @@ class TorchRunner(Runner):
                 x = x.contiguous(memory_format=torch.channels_last)
             return self.model(x).float().cpu().numpy()
 
+    def infer_phases(self, batch: np.ndarray) -> dict[str, float] | None:
+        if self.device.type != "cuda":
+            return None
+        torch = self._torch
+        host = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).pin_memory()
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        with torch.inference_mode():
+            events[0].record()
+            x = host.to(self.device, non_blocking=True).to(self.dtype)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            events[1].record()
+            y = self.model(x).float()
+            events[2].record()
+            y.to("cpu")
+            events[3].record()
+        events[3].synchronize()
+        return {"h2d": events[0].elapsed_time(events[1]), "compute": events[1].elapsed_time(events[2]),
+                "d2h": events[2].elapsed_time(events[3])}
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             self._torch.cuda.synchronize(self.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from aspp_deploy.cli import data_cmd, eval_cmd, export_cmd, train_cmd
+from aspp_deploy.cli import bench_cmd, compare_cmd, data_cmd, eval_cmd, export_cmd, train_cmd
 
 app = typer.Typer(
     name="aspp-deploy",
@@ -17,6 +17,8 @@ app.add_typer(data_cmd.app, name="data")
 train_cmd.register(app)
 eval_cmd.register(app)
 export_cmd.register(app)
+bench_cmd.register(app)
+compare_cmd.register(app)
 
 
 def main() -> None:

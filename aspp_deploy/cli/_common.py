@@ -15,7 +15,8 @@ from aspp_deploy.errors import AsppDeployError
 from aspp_deploy.io import atomic_write_text
 
 console = Console(stderr=True)
-out_console = Console()
+# Tables stay readable when piped or captured (no terminal: 80 columns would fold them).
+out_console = Console(width=None if sys.stdout.isatty() else 180)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -1,0 +1,81 @@
+"""Open a runner by backend name; say why one cannot run here instead of failing later."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from aspp_deploy.backends.base import Runner
+from aspp_deploy.errors import InputError, MissingDependencyError
+
+BACKENDS = ("torch", "onnxruntime", "trt")
+SUFFIXES = {"torch": (".pt", ".pth"), "onnxruntime": (".onnx",), "trt": (".engine", ".plan", ".trt")}
+
+
+def check_artifact_kind(backend: str, model: Path) -> None:
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if model.suffix.lower() not in SUFFIXES[backend]:
+        raise InputError(f"{model.name} is not a {backend} model: the {backend} backend takes "
+                         f"{' / '.join(SUFFIXES[backend])} files")
+
+
+def installed_tensorrt_version() -> str | None:
+    """The TensorRT runtime's version, or None. The ``tensorrt-stubs`` package leaves an
+    importable ``tensorrt`` namespace of .pyi files with no ``__version__``: that is not TensorRT."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    version = getattr(tensorrt, "__version__", None)
+    return str(version) if version else None
+
+
+def trt_unavailable_reason() -> str | None:
+    """Why TensorRT cannot run here (checked in order: TensorRT, then a CUDA device), or None."""
+    if installed_tensorrt_version() is None:
+        return ("TensorRT is not installed: `pip install tensorrt-cu12` (desktop GPU) or JetPack's "
+                "python3-libnvinfer (Jetson)")
+    from aspp_deploy.trt.cuda import get_cuda
+
+    try:
+        if get_cuda().device_count() < 1:
+            return "no CUDA device: TensorRT needs an NVIDIA GPU"
+    except MissingDependencyError as exc:
+        return str(exc)
+    return None
+
+
+def require_backend(backend: str) -> None:
+    if backend == "trt" and (reason := trt_unavailable_reason()):
+        raise MissingDependencyError(reason)
+
+
+def open_runner(backend: str, model: Path | None, precision: str = "fp32", device: str = "cpu",
+                threads: int = 0) -> Runner:
+    if model is not None:
+        check_artifact_kind(backend, model)
+    if backend == "torch":
+        import torch
+
+        from aspp_deploy.backends.torch_backend import TorchRunner
+
+        if threads:
+            torch.set_num_threads(threads)
+        return TorchRunner(model, device=device, precision=precision)
+    if backend == "onnxruntime":
+        from aspp_deploy.backends.onnxruntime_backend import OrtRunner
+
+        if model is None:
+            raise InputError("the onnxruntime backend needs --model MODEL.onnx (see `aspp-deploy export`)")
+        return OrtRunner(model, device=device, threads=threads, precision=precision)
+    if backend == "trt":
+        require_backend("trt")
+        from aspp_deploy.backends.trt_backend import TrtBackendRunner
+
+        if model is None:
+            raise InputError("the trt backend needs --model MODEL.engine (see `aspp-deploy build`)")
+        return TrtBackendRunner(model)
+    raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,1 @@
+"""Latency measurement (``bench``) and the cross-backend table (``compare``)."""

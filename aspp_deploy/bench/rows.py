@@ -1,0 +1,74 @@
+"""Which rows ``compare`` runs, where their artifacts live, and how each is made."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from aspp_deploy.bench.compare import RowSpec
+from aspp_deploy.io import sha256_file
+
+# (precision label, ONNX file name, quantize arguments); made from the FP32 ONNX on demand.
+ONNX_VARIANTS = [
+    ("fp16", "model.fp16.onnx", {"precision": "fp16"}),
+    ("int8 (cpu QDQ)", "model.int8-cpu.onnx", {"precision": "int8", "target": "cpu"}),
+    ("int8 (TensorRT QDQ)", "model.int8-trt.onnx", {"precision": "int8", "target": "trt"}),
+]
+
+
+def onnx_is_stale(onnx_path: Path, checkpoint: Path) -> bool:
+    """True when the ONNX was exported from another checkpoint (or has no manifest)."""
+    from aspp_deploy.errors import InputError
+    from aspp_deploy.export.manifest import read_onnx_manifest
+
+    try:
+        entry = read_onnx_manifest(onnx_path).entry
+    except InputError:
+        return True
+    return entry.get("source", {}).get("checkpoint_sha256") != sha256_file(checkpoint)
+
+
+def _cuda_reason() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA device (PyTorch sees none)"
+
+
+def _ort_provider_reason(provider: str) -> str | None:
+    import onnxruntime as ort
+
+    if provider in ort.get_available_providers():
+        return None
+    return f"ONNX Runtime here has no {provider} (installed: {', '.join(ort.get_available_providers())})"
+
+
+def default_row_specs(checkpoint: Path, artifacts: Path, export_fn, quantize_fn) -> list[RowSpec]:
+    """Every backend x precision; the first row is the PyTorch FP32 reference."""
+    from aspp_deploy.backends.registry import trt_unavailable_reason
+
+    fp32 = artifacts / "model.onnx"
+    cuda = _cuda_reason()
+    specs = [
+        RowSpec("torch", "fp32", "cpu", checkpoint),
+        RowSpec("torch", "fp32", "cuda", checkpoint, unavailable=cuda),
+        RowSpec("torch", "fp16", "cuda", checkpoint, unavailable=cuda, note="channels_last"),
+        RowSpec("onnxruntime", "fp32", "cpu", fp32, produce=export_fn),
+    ]
+    for precision, name, kwargs in ONNX_VARIANTS:
+        path = artifacts / name
+        reason = None if quantize_fn is not None else "the precision module is not available"
+        specs.append(RowSpec("onnxruntime", precision, "cpu", path, unavailable=reason,
+                             produce=(lambda kw=kwargs, p=path: quantize_fn(fp32, p, **kw)) if quantize_fn else None))
+    specs.append(RowSpec("onnxruntime", "fp32", "cuda", fp32, produce=export_fn,
+                         unavailable=_ort_provider_reason("CUDAExecutionProvider")))
+    specs.append(RowSpec("onnxruntime", "fp32", "tensorrt", fp32, produce=export_fn,
+                         unavailable=_ort_provider_reason("TensorrtExecutionProvider")))
+    trt_reason = trt_unavailable_reason()
+    for precision in ("fp32", "fp16", "int8"):
+        specs.append(RowSpec("trt", precision, "cuda", artifacts / f"model.{precision}.engine",
+                             unavailable=trt_reason))
+    return specs
+
+
+def have_precision_module() -> bool:
+    return importlib.util.find_spec("aspp_deploy.precision.api") is not None

@@ -1,0 +1,48 @@
+"""Latency statistics from per-iteration samples (milliseconds)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# A figure is flagged unstable when run-to-run spread is this large (trtexec-style warning).
+UNSTABLE_CV = 0.10        # std / mean
+UNSTABLE_P99_RATIO = 1.5  # p99 / p50
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    n: int
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    min: float
+    max: float
+    std: float
+    batch: int = 1
+
+    @property
+    def throughput(self) -> float:
+        """Images per second at the mean latency."""
+        return 1000.0 * self.batch / self.mean if self.mean > 0 else float("nan")
+
+    @property
+    def unstable(self) -> bool:
+        return self.std / self.mean > UNSTABLE_CV or self.p99 / self.p50 > UNSTABLE_P99_RATIO
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(throughput=self.throughput, unstable=self.unstable)
+        return d
+
+
+def latency_stats(samples_ms, batch: int = 1) -> LatencyStats:
+    """Percentiles by linear interpolation between order statistics (NumPy's default)."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no latency samples")
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return LatencyStats(int(a.size), float(a.mean()), float(p50), float(p90), float(p99),
+                        float(a.min()), float(a.max()), float(a.std(ddof=1)) if a.size > 1 else 0.0, batch)

@@ -1,0 +1,118 @@
+"""``aspp-deploy bench``: latency of one artifact on one backend."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
+from aspp_deploy.cli.export_cmd import SHIPPED_CALIBRATION, image_files
+from aspp_deploy.errors import InputError
+
+
+class Backend(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    trt = "trt"
+
+
+def input_geometry(backend: str, model: Path | None, batch: int, height: int, width: int):
+    """(preprocess, batch, H, W) for the artifact, refusing sizes a static model cannot take."""
+    if backend == "torch":
+        from aspp_deploy.model.checkpoint import load_checkpoint
+
+        pre = load_checkpoint(model).preprocess
+        return pre.with_size(height or pre.height, width or pre.width), batch
+    if model is None:
+        raise InputError(f"--backend {backend} needs --model")
+    if backend == "trt":
+        from aspp_deploy.data.preprocess import Preprocess
+        from aspp_deploy.trt.runtime import read_engine_manifest
+
+        pre = Preprocess.from_dict(read_engine_manifest(model)["preprocess"])
+        return pre.with_size(height or pre.height, width or pre.width), batch
+    from aspp_deploy.export.manifest import read_onnx_manifest
+
+    manifest = read_onnx_manifest(model)
+    pre = manifest.preprocess()
+    shape = manifest.entry["inputs"][0]["shape"]
+    wanted = [batch, 3, height or pre.height, width or pre.width]
+    for axis, (have, want) in enumerate(zip(shape, wanted)):
+        if isinstance(have, int) and have != want:
+            what = ("batch", "channels", "height", "width")[axis]
+            raise InputError(f"{model.name} has a static {what} of {have}; {want} asked for "
+                             "(export with --dynamic for other sizes)")
+    return pre.with_size(wanted[2], wanted[3]), batch
+
+
+def real_batch(pre, batch: int) -> tuple[np.ndarray, list[Path]]:
+    images = image_files(SHIPPED_CALIBRATION)
+    if not images:
+        rng = np.random.default_rng(0)
+        return rng.standard_normal((batch, 3, pre.height, pre.width)).astype(np.float32), []
+    from aspp_deploy.data.voc import load_image
+
+    arr = np.stack([pre(load_image(images[i % len(images)])) for i in range(batch)])
+    return arr, images
+
+
+def stats_row(table: Table, label: str, s) -> None:
+    table.add_row(label, *(f"{getattr(s, k):.2f}" for k in ("mean", "p50", "p90", "p99", "min", "max", "std")),
+                  f"{s.throughput:.1f}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def bench(
+        backend: Annotated[Backend, typer.Option(help="Runtime to time.")] = Backend.torch,
+        model: Annotated[Optional[Path], typer.Option("--model", "--onnx", "--checkpoint",
+                                                      help="Artifact: checkpoint (torch), ONNX (onnxruntime), engine (trt). Default for torch: the shipped checkpoint.")] = None,
+        precision: Annotated[str, typer.Option(help="fp32 or fp16 (torch on CUDA); a label for artifacts.")] = "fp32",
+        batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+        height: Annotated[int, typer.Option(help="Input height (0: the model's).")] = 0,
+        width: Annotated[int, typer.Option(help="Input width (0: the model's).")] = 0,
+        warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 10,
+        iters: Annotated[int, typer.Option(help="Timed iterations.")] = 50,
+        threads: Annotated[int, typer.Option(help="CPU threads (0: library default).")] = 0,
+        device: Annotated[str, typer.Option(help="cpu or cuda (torch, onnxruntime).")] = "cpu",
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the figures as JSON.")] = None,
+    ) -> None:
+        """Time one artifact: latency statistics, throughput, pre/post-processing, GPU phases."""
+        from aspp_deploy.backends.registry import check_artifact_kind, open_runner, require_backend
+        from aspp_deploy.bench.timing import bench_runner
+
+        if batch < 1 or iters < 1 or warmup < 0:
+            raise InputError("--batch and --iters must be >= 1, --warmup >= 0")
+        if model is not None:
+            check_artifact_kind(backend.value, model)
+        require_backend(backend.value)
+        pre, n = input_geometry(backend.value, model, batch, height, width)
+        x, images = real_batch(pre, n)
+        with console.status(f"timing {backend.value} ({warmup} warm-up + {iters} iterations)"):
+            with open_runner(backend.value, model, precision, device, threads) as runner:
+                result = bench_runner(runner, x, warmup, iters, images, pre)
+                info = runner.info
+        table = Table(title=f"{info.backend} {info.precision} on {info.device}: batch {n}, "
+                            f"{pre.height}x{pre.width} (ms)")
+        for col in ("", "mean", "p50", "p90", "p99", "min", "max", "std", "img/s"):
+            table.add_column(col, justify="right" if col else "left")
+        stats_row(table, "model (end to end)", result.end_to_end)
+        for name, s in result.phases.items():
+            stats_row(table, f"  {name}", s)
+        if result.preprocess:
+            stats_row(table, "preprocess / image", result.preprocess)
+        if result.postprocess:
+            stats_row(table, "postprocess / image", result.postprocess)
+        out_console.print(table)
+        if result.end_to_end.unstable:
+            console.print("[yellow]warning:[/] latency varies a lot between runs (std/mean or p99/p50 "
+                          "high): the machine is busy or throttling; the figures are unstable")
+        write_json(json_out, {"backend": info.backend, "precision": info.precision, "device": info.device,
+                              "artifact": info.artifact, "batch": n, "input": [pre.height, pre.width],
+                              "warmup": warmup, "iters": iters, **result.to_dict()})
