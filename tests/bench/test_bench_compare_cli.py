@@ -1,0 +1,116 @@
+import csv
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from aspp_deploy.backends.registry import installed_tensorrt_version
+from aspp_deploy.cli import app
+from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_checkpoint, tmp_path_factory):
+    return onnx_from_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("art"), ExportOptions()).onnx_path
+
+
+def test_bench_onnxruntime_json(tiny_onnx, tmp_path):
+    out = tmp_path / "b.json"
+    r = runner.invoke(app, ["bench", "--backend", "onnxruntime", "--model", str(tiny_onnx), "--iters", "7",
+                            "--warmup", "1", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    e2e = d["end_to_end"]
+    assert len(d["samples_ms"]) == 7 and e2e["n"] == 7
+    assert e2e["min"] <= e2e["p50"] <= e2e["p90"] <= e2e["p99"] <= e2e["max"]
+    assert d["preprocess"]["mean"] > 0 and d["postprocess"]["mean"] > 0
+    assert d["input"] == [128, 128]
+
+
+def test_bench_torch_default_size_from_checkpoint(tiny_checkpoint, tmp_path):
+    out = tmp_path / "t.json"
+    r = runner.invoke(app, ["bench", "--backend", "torch", "--model", str(tiny_checkpoint), "--iters", "2",
+                            "--warmup", "0", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["backend"] == "torch"
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--backend", "onnxruntime", "--model", "model.pt"], "is not a onnxruntime model"),
+    (["--backend", "torch", "--model", "model.onnx"], "is not a torch model"),
+    (["--backend", "trt", "--model", "model.onnx"], "is not a trt model"),
+])
+def test_bench_wrong_kind_of_model(args, msg):
+    r = runner.invoke(app, ["bench", *args])
+    assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output
+
+
+def test_bench_unknown_backend():
+    r = runner.invoke(app, ["bench", "--backend", "tflite"])
+    assert r.exit_code != 0 and "tflite" in r.output and "Traceback" not in r.output
+
+
+def test_bench_batch_outside_static_shape(tiny_onnx):
+    r = runner.invoke(app, ["bench", "--backend", "onnxruntime", "--model", str(tiny_onnx), "--batch", "4"])
+    assert r.exit_code == 1 and "static batch of 1" in r.output
+
+
+@pytest.mark.skipif(installed_tensorrt_version() is not None, reason="TensorRT is installed here")
+def test_bench_trt_without_tensorrt_says_what_is_missing(tmp_path):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"x")
+    r = runner.invoke(app, ["bench", "--backend", "trt", "--model", str(engine)])
+    assert r.exit_code == 1 and "TensorRT is not installed" in r.output
+    assert len([ln for ln in r.output.splitlines() if ln.strip()]) == 1
+
+
+def test_compare_rows_reports_and_figures(tiny_checkpoint, tiny_data, tmp_path):
+    from aspp_deploy.backends.torch_backend import TorchRunner
+    from aspp_deploy.eval.evaluate import evaluate
+
+    report, out = tmp_path / "rep", tmp_path / "c.json"
+    r = runner.invoke(app, ["compare", "--checkpoint", str(tiny_checkpoint), "--artifacts", str(tmp_path / "a"),
+                            "--data", str(tiny_data), "--iters", "3", "--warmup", "1",
+                            "--report", str(report), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())["rows"]
+    by = {(x["backend"], x["precision"], x["device"]): x for x in rows}
+    ref, ort_row = by[("torch", "fp32", "cpu")], by[("onnxruntime", "fp32", "cpu")]
+    assert ref["status"] == ort_row["status"] == "ok"
+    # independent computation of the reference mIoU
+    with TorchRunner(tiny_checkpoint) as tr:
+        expected = evaluate(tr, tiny_data, tr.ckpt.preprocess, tr.ckpt.classes)
+    assert ref["miou"] == pytest.approx(expected.miou)
+    assert ort_row["pixel_agreement"] >= 0.999 and ort_row["max_abs_logit_diff"] < 1e-3
+    assert ort_row["miou"] == pytest.approx(ref["miou"], abs=1e-3)
+    assert (tmp_path / "a" / "model.onnx").is_file()
+    # rows that cannot run here are present with a reason
+    for x in rows:
+        assert x["status"] in ("ok", "unavailable", "failed")
+        if x["status"] != "ok":
+            assert x["reason"]
+    assert ("trt", "int8", "cuda") in by and ("torch", "fp16", "cuda") in by
+    # reports are written and readable
+    assert json.loads((report / "results.json").read_text())["machine"]["cores"] >= 1
+    with open(report / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert "| torch | fp32 | cpu |" in (report / "summary.md").read_text()
+    for png in ["latency.png", "miou_vs_latency.png", *[f"overlays/{p.name}" for p in (report / "overlays").iterdir()]]:
+        with Image.open(report / png) as im:
+            assert im.size[0] > 100
+    assert len(list((report / "overlays").iterdir())) == 3
+
+
+def test_compare_reexports_stale_onnx(tiny_checkpoint, tiny_data, tmp_path):
+    from tests.conftest import make_checkpoint
+
+    art = tmp_path / "a"
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
+    onnx_from_checkpoint(other, art, ExportOptions())
+    r = runner.invoke(app, ["compare", "--checkpoint", str(tiny_checkpoint), "--artifacts", str(art),
+                            "--data", str(tiny_data), "--limit", "1", "--iters", "1", "--warmup", "0",
+                            "--report", str(tmp_path / "r")])
+    assert r.exit_code == 0 and "exported from another checkpoint" in r.output
