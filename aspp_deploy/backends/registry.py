@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from aspp_deploy.backends.base import Runner
@@ -20,24 +19,12 @@ def check_artifact_kind(backend: str, model: Path) -> None:
                          f"{' / '.join(SUFFIXES[backend])} files")
 
 
-def installed_tensorrt_version() -> str | None:
-    """The TensorRT runtime's version, or None. The ``tensorrt-stubs`` package leaves an
-    importable ``tensorrt`` namespace of .pyi files with no ``__version__``: that is not TensorRT."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return None
-    try:
-        import tensorrt
-    except ImportError:
-        return None
-    version = getattr(tensorrt, "__version__", None)
-    return str(version) if version else None
-
-
 def trt_unavailable_reason() -> str | None:
     """Why TensorRT cannot run here (checked in order: TensorRT, then a CUDA device), or None."""
-    if installed_tensorrt_version() is None:
-        return ("TensorRT is not installed: `pip install tensorrt-cu12` (desktop GPU) or JetPack's "
-                "python3-libnvinfer (Jetson)")
+    from aspp_deploy.trt.runtime import TRT_INSTALL_HINT, tensorrt_installed
+
+    if not tensorrt_installed():
+        return TRT_INSTALL_HINT
     from aspp_deploy.trt.cuda import get_cuda
 
     try:
