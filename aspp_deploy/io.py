@@ -49,3 +49,17 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def ensure_writable(folder: Path | str) -> None:
+    """Create ``folder`` if needed and prove a file can be written there (one clear error if not)."""
+    from aspp_deploy.errors import InputError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".aspp-deploy-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write to {folder}: {exc.strerror or exc}") from None

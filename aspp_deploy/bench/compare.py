@@ -30,6 +30,7 @@ class RowSpec:
     produce: Callable[[], Path] | None = None  # makes the artifact when it is missing
     unavailable: str | None = None              # why it cannot run here
     note: str = ""
+    refresh: bool = False                       # the artifact is out of date: make it again
 
     @property
     def label(self) -> str:
@@ -129,10 +130,10 @@ def run_compare(specs: list[RowSpec], val: ValidationSet, classes: list[str], op
             row.status, row.reason = "unavailable", s.unavailable
             continue
         try:
-            if s.artifact is not None and not s.artifact.is_file():
+            if s.artifact is not None and (s.refresh or not s.artifact.is_file()):
                 if s.produce is None:
                     raise AsppDeployError(f"{s.artifact} is missing")
-                log(f"making {s.artifact.name} ...")
+                log(f"{'remaking out-of-date' if s.refresh else 'making'} {s.artifact.name} ...")
                 s.artifact = s.produce()
             with open_runner(s) as runner:
                 progress = progress_factory(s.label) if progress_factory else None

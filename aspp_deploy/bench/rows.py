@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from aspp_deploy.bench.compare import RowSpec
@@ -26,6 +25,22 @@ def onnx_is_stale(onnx_path: Path, checkpoint: Path) -> bool:
     except InputError:
         return True
     return entry.get("source", {}).get("checkpoint_sha256") != sha256_file(checkpoint)
+
+
+def variant_is_stale(variant: Path, fp32: Path, checkpoint: Path) -> bool:
+    """True when a quantized ONNX was made from another FP32 ONNX or checkpoint."""
+    from aspp_deploy.errors import InputError
+    from aspp_deploy.export.manifest import read_onnx_manifest
+
+    if not variant.is_file():
+        return False
+    if onnx_is_stale(variant, checkpoint):
+        return True
+    try:
+        source = read_onnx_manifest(variant).entry.get("source", {})
+    except InputError:
+        return True
+    return fp32.is_file() and source.get("onnx_sha256") != sha256_file(fp32)
 
 
 def _cuda_reason() -> str | None:
@@ -58,6 +73,7 @@ def default_row_specs(checkpoint: Path, artifacts: Path, export_fn, quantize_fn)
         path = artifacts / name
         reason = None if quantize_fn is not None else "the precision module is not available"
         specs.append(RowSpec("onnxruntime", precision, "cpu", path, unavailable=reason,
+                             refresh=variant_is_stale(path, fp32, checkpoint),
                              produce=(lambda kw=kwargs, p=path: quantize_fn(fp32, p, **kw)) if quantize_fn else None))
     specs.append(RowSpec("onnxruntime", "fp32", "cuda", fp32, produce=export_fn,
                          unavailable=_ort_provider_reason("CUDAExecutionProvider")))
@@ -69,6 +85,3 @@ def default_row_specs(checkpoint: Path, artifacts: Path, export_fn, quantize_fn)
                              unavailable=trt_reason))
     return specs
 
-
-def have_precision_module() -> bool:
-    return importlib.util.find_spec("aspp_deploy.precision.api") is not None

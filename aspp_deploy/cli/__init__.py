@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from aspp_deploy.cli import bench_cmd, compare_cmd, data_cmd, eval_cmd, export_cmd, train_cmd
+from aspp_deploy.cli import bench_cmd, build_cmd, compare_cmd, data_cmd, eval_cmd, export_cmd, train_cmd
+from aspp_deploy.cli import quantize_cmd
 
 app = typer.Typer(
     name="aspp-deploy",
@@ -18,7 +19,9 @@ train_cmd.register(app)
 eval_cmd.register(app)
 export_cmd.register(app)
 bench_cmd.register(app)
+build_cmd.register(app)
 compare_cmd.register(app)
+quantize_cmd.register(app)
 
 
 def main() -> None:

@@ -112,11 +112,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _quantize_fn():
-    """The precision module's quantizer, or None where it is not available."""
-    from aspp_deploy.bench.rows import have_precision_module
+    """Makes the FP16 / INT8 ONNX rows' artifacts with ``aspp-deploy quantize``'s defaults."""
+    from aspp_deploy.precision.api import quantize_for_compare
 
-    if not have_precision_module():
-        return None
-    from aspp_deploy.precision.api import quantize_for_compare  # type: ignore[import-not-found]
+    def quantize(fp32: Path, out: Path, **kwargs) -> Path:
+        return quantize_for_compare(fp32, out, log=lambda m: console.print(f"  {m}", highlight=False), **kwargs)
 
-    return quantize_for_compare
+    return quantize

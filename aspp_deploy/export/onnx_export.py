@@ -23,7 +23,7 @@ from aspp_deploy.export import passes as P
 from aspp_deploy.export.manifest import embed, tool_versions, update_sidecar
 from aspp_deploy.export.parity import ParityReport, compare_outputs
 from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt
-from aspp_deploy.io import atomic_write_bytes, sha256_file
+from aspp_deploy.io import atomic_write_bytes, ensure_writable, sha256_file
 from aspp_deploy.model.checkpoint import Checkpoint, load_checkpoint
 
 MIN_SIDE = 32
@@ -151,7 +151,7 @@ def onnx_from_checkpoint(checkpoint: Path | None, out_dir: Path, opts: ExportOpt
     t0 = time.perf_counter()
     ckpt = load_checkpoint(checkpoint)
     h, w, notes = validate_options(opts, ckpt)
-    _ensure_writable(out_dir)
+    ensure_writable(out_dir)
     model = ckpt.build()
     x = torch.zeros(opts.batch, 3, h, w)
     log(f"exporting {ckpt.config.backbone}/ASPP-{ckpt.config.head} at {opts.batch}x3x{h}x{w}, opset {opts.opset}")
@@ -244,12 +244,3 @@ def _manifest_entry(ckpt, graph, opts, h, w, reports, parity, checks, simplify_n
         "parity": parity.to_dict(), "trt_check": checks, "tools": tool_versions(),
     }
 
-
-def _ensure_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".aspp-deploy-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None

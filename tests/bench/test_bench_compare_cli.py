@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from aspp_deploy.backends.registry import installed_tensorrt_version
+from aspp_deploy.trt.runtime import tensorrt_installed
 from aspp_deploy.cli import app
 from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
 
@@ -58,7 +58,7 @@ def test_bench_batch_outside_static_shape(tiny_onnx):
     assert r.exit_code == 1 and "static batch of 1" in r.output
 
 
-@pytest.mark.skipif(installed_tensorrt_version() is not None, reason="TensorRT is installed here")
+@pytest.mark.skipif(tensorrt_installed(), reason="TensorRT is installed here")
 def test_bench_trt_without_tensorrt_says_what_is_missing(tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"x")
@@ -87,6 +87,12 @@ def test_compare_rows_reports_and_figures(tiny_checkpoint, tiny_data, tmp_path):
     assert ort_row["pixel_agreement"] >= 0.999 and ort_row["max_abs_logit_diff"] < 1e-3
     assert ort_row["miou"] == pytest.approx(ref["miou"], abs=1e-3)
     assert (tmp_path / "a" / "model.onnx").is_file()
+    # the reduced-precision ONNX rows were made by the precision package and measured
+    for precision in ("fp16", "int8 (cpu QDQ)", "int8 (TensorRT QDQ)"):
+        row = by[("onnxruntime", precision, "cpu")]
+        assert row["status"] == "ok", row
+        assert 0.5 < row["pixel_agreement"] <= 1.0 and row["max_abs_logit_diff"] > 0
+    assert by[("onnxruntime", "fp16", "cpu")]["pixel_agreement"] > 0.99
     # rows that cannot run here are present with a reason
     for x in rows:
         assert x["status"] in ("ok", "unavailable", "failed")
@@ -114,3 +120,19 @@ def test_compare_reexports_stale_onnx(tiny_checkpoint, tiny_data, tmp_path):
                             "--data", str(tiny_data), "--limit", "1", "--iters", "1", "--warmup", "0",
                             "--report", str(tmp_path / "r")])
     assert r.exit_code == 0 and "exported from another checkpoint" in r.output
+
+
+def test_quantized_variant_made_from_another_model_is_stale(tiny_checkpoint, tiny_data, tmp_path):
+    from aspp_deploy.bench.rows import variant_is_stale
+    from aspp_deploy.precision.quantize import QuantizeOptions, quantized_onnx_from_fp32
+    from tests.conftest import make_checkpoint
+
+    art = tmp_path / "a"
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
+    fp32 = onnx_from_checkpoint(other, art, ExportOptions(64, 64)).onnx_path
+    fp16 = quantized_onnx_from_fp32(fp32, QuantizeOptions("fp16", data=tiny_data, budget_images=0, eval_images=1,
+                                                          backend="ort")).onnx_path
+    assert not variant_is_stale(fp16, fp32, other)
+    assert variant_is_stale(fp16, fp32, tiny_checkpoint)  # another checkpoint
+    onnx_from_checkpoint(other, art, ExportOptions(96, 96))  # same checkpoint, another FP32 ONNX
+    assert variant_is_stale(fp16, fp32, other)

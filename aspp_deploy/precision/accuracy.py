@@ -1,0 +1,112 @@
+"""Accuracy of a reduced-precision ONNX against its FP32 source, in ONNX Runtime, on the
+validation split: mIoU of both, the drop in points, pixel agreement of the two argmax maps, and
+the largest absolute logit difference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from aspp_deploy.backends.base import class_ids
+from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.data.voc import VOCSegmentation
+from aspp_deploy.eval.evaluate import iter_batches, to_mask_size
+from aspp_deploy.eval.metrics import ConfusionMatrix
+
+
+@dataclass
+class Comparison:
+    num_images: int
+    miou_fp32: float  # fractions in [0, 1]
+    miou: float
+    pixel_agreement: float
+    max_abs_logit_diff: float | None  # None when the model outputs class ids
+
+    @property
+    def miou_drop_points(self) -> float:
+        """mIoU lost against FP32, in points (percent); negative when the candidate is better."""
+        return 100.0 * (self.miou_fp32 - self.miou)
+
+    def to_dict(self) -> dict:
+        return {"num_images": self.num_images, "miou_fp32": self.miou_fp32, "miou": self.miou,
+                "delta_miou_points": -self.miou_drop_points, "pixel_agreement": self.pixel_agreement,
+                "max_abs_logit_diff": self.max_abs_logit_diff,
+                "measured_with": "onnxruntime CPUExecutionProvider"}
+
+
+class _Tally:
+    """Accumulates one candidate's agreement with the reference and its confusion matrix."""
+
+    def __init__(self, num_classes: int, class_output: bool) -> None:
+        self.cm = ConfusionMatrix(num_classes)
+        self.class_output = class_output
+        self.agree = self.total = 0
+        self.max_diff = 0.0
+
+    def add(self, out: np.ndarray, ref: np.ndarray, masks: list[np.ndarray]) -> None:
+        if not self.class_output:
+            self.max_diff = max(self.max_diff, float(np.max(np.abs(out.astype(np.float32) - ref))))
+        pred, ref_pred = class_ids(out, self.class_output), class_ids(ref, self.class_output)
+        self.agree += int((pred == ref_pred).sum())
+        self.total += pred.size
+        for p, mask in zip(pred, masks):
+            self.cm.update(mask, to_mask_size(p, mask.shape))
+
+    def result(self, n: int, ref_cm: ConfusionMatrix) -> Comparison:
+        return Comparison(n, ref_cm.miou(), self.cm.miou(), self.agree / max(self.total, 1),
+                          None if self.class_output else self.max_diff)
+
+
+def compare_on_val(fp32_onnx: Path, candidate: Path, data: Path, pre: Preprocess, classes: list[str],
+                   limit: int | None = None, split: str = "val", threads: int = 0,
+                   progress: Callable[[int, int], None] | None = None) -> Comparison:
+    """Stream the split through both models (memory stays one batch, whatever the split size)."""
+    from aspp_deploy.backends.onnxruntime_backend import OrtRunner
+
+    ds = VOCSegmentation(data, split)
+    n = min(limit, len(ds)) if limit else len(ds)
+    with OrtRunner(fp32_onnx, threads=threads) as ref_runner, OrtRunner(candidate, threads=threads) as runner:
+        class_output = ref_runner.info.outputs_class_ids
+        ref_cm = ConfusionMatrix(len(classes))
+        tally = _Tally(len(classes), class_output)
+        for i, (x, masks, _) in enumerate(iter_batches(ds, pre, len(classes), 1, n)):
+            ref = ref_runner.infer(x)
+            for r, mask in zip(class_ids(ref, class_output), masks):
+                ref_cm.update(mask, to_mask_size(r, mask.shape))
+            tally.add(runner.infer(x), ref, masks)
+            if progress:
+                progress(i + 1, n)
+    return tally.result(n, ref_cm)
+
+
+class Reference:
+    """The FP32 model's outputs on the first ``limit`` validation images, kept in memory so that
+    many candidates (the budget loop) are compared without re-running FP32. Keep ``limit`` small."""
+
+    def __init__(self, fp32_onnx: Path, data: Path, pre: Preprocess, classes: list[str],
+                 limit: int, split: str = "val", threads: int = 0) -> None:
+        from aspp_deploy.backends.onnxruntime_backend import OrtRunner
+
+        self.classes, self.threads = classes, threads
+        ds = VOCSegmentation(data, split)
+        self.limit = min(limit, len(ds))
+        self.batches = list(iter_batches(ds, pre, len(classes), 1, self.limit))
+        with OrtRunner(fp32_onnx, threads=threads) as runner:
+            self.class_output = runner.info.outputs_class_ids
+            self.outputs = [runner.infer(x) for x, _, _ in self.batches]
+        self.cm = ConfusionMatrix(len(classes))
+        for out, (_, masks, _) in zip(self.outputs, self.batches):
+            for pred, mask in zip(class_ids(out, self.class_output), masks):
+                self.cm.update(mask, to_mask_size(pred, mask.shape))
+
+    def compare(self, candidate: Path) -> Comparison:
+        from aspp_deploy.backends.onnxruntime_backend import OrtRunner
+
+        tally = _Tally(len(self.classes), self.class_output)
+        with OrtRunner(candidate, threads=self.threads) as runner:
+            for (x, masks, _), ref in zip(self.batches, self.outputs):
+                tally.add(runner.infer(x), ref, masks)
+        return tally.result(self.limit, self.cm)

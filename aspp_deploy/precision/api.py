@@ -1,0 +1,22 @@
+"""Entry points of the precision package for other commands (``compare`` makes its reduced
+precision rows through ``quantize_for_compare``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from aspp_deploy.precision.quantize import QuantizeOptions, QuantizeResult, quantized_onnx_from_fp32
+
+# compare measures accuracy itself on the whole split: the manifest's own figure uses a few images.
+COMPARE_EVAL_IMAGES = 8
+
+
+def quantize_for_compare(fp32_onnx: Path, out_path: Path, precision: str, target: str = "trt",
+                         log: Callable[[str], None] = lambda m: None) -> Path:
+    """``aspp-deploy quantize --onnx FP32 --precision P --target T --out OUT`` on the shipped defaults
+    (shipped calibration images, default validation data, 0.5-point budget); returns the path."""
+    opts = QuantizeOptions(precision=precision, target=target, out=Path(out_path),
+                           eval_images=COMPARE_EVAL_IMAGES)
+    result: QuantizeResult = quantized_onnx_from_fp32(Path(fp32_onnx), opts, log=log)
+    return result.onnx_path

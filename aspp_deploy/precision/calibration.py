@@ -1,0 +1,142 @@
+"""Calibration data: one shape for every consumer.
+
+``CalibrationData`` is an iterable of ``{input_name: float32 NCHW batch}`` built from a folder of
+images run through exactly the ``Preprocess`` of the model's manifest. ONNX Runtime takes it
+through ``OrtCalibrationReader`` (its ``CalibrationDataReader`` interface), ModelOpt as one stacked
+array, and the TensorRT calibrator (``aspp_deploy/trt/calibrator.py``) as the plain iterable.
+
+Images of any size are accepted: the manifest's preprocessing resizes each one to the model's
+input size, exactly as evaluation and deployment do. A folder that shares a file (by name or by
+content) with the validation split is refused: calibrating on the images you evaluate on
+flatters the accuracy figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.data.voc import IMAGE_EXTENSIONS, VOCSegmentation, load_image
+from aspp_deploy.errors import DatasetError
+from aspp_deploy.io import sha256_file
+
+DEFAULT_CALIB_SIZE = 128
+
+
+class CalibrationFolderError(DatasetError):
+    """The calibration folder is missing, empty, unreadable or overlaps the validation split."""
+
+
+def calibration_files(folder: Path, limit: int = DEFAULT_CALIB_SIZE) -> list[Path]:
+    """The first ``limit`` image files of ``folder`` in name order (0: all of them)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CalibrationFolderError(f"calibration folder not found: {folder}")
+    if limit < 0:
+        raise CalibrationFolderError(f"--calib-size {limit} is impossible: use 0 (all) or a positive count")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        others = sum(1 for p in folder.iterdir() if p.is_file())
+        what = f"{others} file(s), none of them an image" if others else "nothing"
+        raise CalibrationFolderError(f"calibration folder {folder} has no images ({what}); expected "
+                                     f"{'/'.join(IMAGE_EXTENSIONS)} files")
+    return files[:limit] if limit else files
+
+
+def data_digest(files: list[Path]) -> str:
+    """sha256 over the (name, content sha256) of every file, in order."""
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        h.update(b"\0")
+        h.update(sha256_file(p).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def check_disjoint_from_val(files: list[Path], data_root: Path, split: str = "val") -> None:
+    """Refuse calibration files that share a file name (stem) or contents with ``split``."""
+    ds = VOCSegmentation(data_root, split)
+    val_stems = {s.image.stem for s in ds.samples}
+    by_name = [p.name for p in files if p.stem in val_stems]
+    if by_name:
+        raise CalibrationFolderError(
+            f"{len(by_name)} calibration image(s) share a name with the {split} split of {data_root} "
+            f"(e.g. {by_name[0]}); calibrate on images you do not evaluate on")
+    val_hashes = {sha256_file(s.image): s.image.name for s in ds.samples}
+    for p in files:
+        twin = val_hashes.get(sha256_file(p))
+        if twin:
+            raise CalibrationFolderError(
+                f"calibration image {p.name} has the same contents as {split} image {twin} of {data_root}; "
+                "calibrate on images you do not evaluate on")
+
+
+@dataclass
+class CalibrationData:
+    """An iterable of ``{input_name: float32 NCHW batch}``; iterating again starts over.
+
+    Every image is decoded once, up front (``load``), so a bad file fails before any work
+    starts and repeated passes (entropy calibration, several consumers) cost no decoding.
+    """
+
+    files: list[Path]
+    preprocess: Preprocess
+    input_name: str = "input"
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= len(self.files):
+            raise CalibrationFolderError(f"the model takes batches of {self.batch_size} but only "
+                                         f"{len(self.files)} calibration image(s) were given")
+        self._arrays: np.ndarray | None = None
+
+    def load(self) -> "CalibrationData":
+        if self._arrays is None:
+            self._arrays = np.stack([self.preprocess(load_image(p)) for p in self.files]).astype(np.float32)
+        return self
+
+    @property
+    def array(self) -> np.ndarray:
+        """All images as one (N, 3, H, W) float32 array."""
+        return self.load()._arrays  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        """Number of batches (a last partial batch is dropped: static-batch models need full ones)."""
+        return len(self.files) // self.batch_size
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        arr = self.array
+        for i in range(len(self)):
+            yield {self.input_name: np.ascontiguousarray(arr[i * self.batch_size:(i + 1) * self.batch_size])}
+
+    def head(self, n: int) -> "CalibrationData":
+        """The same data limited to its first ``n`` images (decoded data is shared)."""
+        sub = CalibrationData(self.files[:n], self.preprocess, self.input_name, self.batch_size)
+        sub._arrays = self.array[:n]
+        return sub
+
+
+def ort_reader(data: CalibrationData):
+    """An ONNX Runtime ``CalibrationDataReader`` over ``data`` (rewindable)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class OrtCalibrationReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it: Iterator[dict[str, np.ndarray]] = iter(data)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+        def rewind(self) -> None:
+            self._it = iter(data)
+
+        def __len__(self) -> int:
+            return len(data)
+
+    return OrtCalibrationReader()

@@ -1,0 +1,214 @@
+"""INT8 with ONNX Runtime's static quantization (``quantize_static``, QDQ format).
+
+Two recipes from the same machinery, because the best Q/DQ placement differs by runtime:
+
+- ``CPU_RECIPE`` (``--target cpu``): what runs fastest in ONNX Runtime's CPU provider: ORT's
+  pre-processing first (``quant_pre_process``: shape inference and graph optimisation), then
+  QDQ with uint8 activations (asymmetric; after ReLU the whole range is used), int8 symmetric
+  per-channel weights, every operator ORT has a quantized kernel for, so that consecutive
+  QLinearConv / QLinearAdd / quantized pooling and concat run without float round trips.
+- ``TRT_RECIPE`` (``--target trt`` without ModelOpt): TensorRT's explicit-quantization rules:
+  int8 symmetric activations (zero point 0) per tensor, int8 per-channel weights (axis 0), float
+  biases, Q/DQ only on the *inputs* of Conv, MaxPool, GlobalAveragePool and Add, and on an
+  Add only on its residual input (the other input comes straight from a Conv, so TensorRT fuses
+  Conv+BN+ReLU+Add into one INT8 kernel). Same placement as ModelOpt's, checked in the tests.
+
+Calibration goes through ``quantize_static``'s own ``calibration_cache_path`` (ORT >= 1.26),
+pointed at a file named by the cache key, so the ranges are computed once per (model, images,
+settings) and reused by every candidate of the accuracy-budget loop. Older ORT releases have no
+such parameter: then every candidate recalibrates, and the manifest says the cache was off.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from aspp_deploy.precision.cache import CacheLookup
+from aspp_deploy.precision.calibration import CalibrationData, ort_reader
+
+DEFAULT_PERCENTILE = 99.999
+METHODS = ("entropy", "minmax", "percentile")
+TRT_OP_TYPES = ("Conv", "Add", "MaxPool", "GlobalAveragePool")
+
+
+@dataclass(frozen=True)
+class OrtRecipe:
+    name: str
+    activation_type: str  # "uint8" or "int8"
+    symmetric_activations: bool
+    op_types: tuple[str, ...] | None  # None: every operator ORT can quantize
+    inputs_only: bool  # no Q/DQ on operator outputs (TensorRT style)
+    preprocess: bool  # run ORT's quant_pre_process first
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"recipe": self.name, "activations": self.activation_type, "weights": "int8",
+                "per_channel": True, "symmetric_activations": self.symmetric_activations,
+                "symmetric_weights": True, "op_types": list(self.op_types) if self.op_types else "all",
+                "output_quantization": not self.inputs_only, "ort_preprocess": self.preprocess}
+
+
+CPU_RECIPE = OrtRecipe("ort-cpu", "uint8", False, None, False, True)
+TRT_RECIPE = OrtRecipe("ort-trt", "int8", True, TRT_OP_TYPES, True, False,
+                       {"QuantizeBias": False, "AddQDQPairToWeight": False, "DedicatedQDQPair": False,
+                        "ForceQuantizeNoInputCheck": True, "QDQOpTypePerChannelSupportToAxis": {"Conv": 0}})
+
+
+def ort_supports_calibration_cache() -> bool:
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+class OrtInt8Builder:
+    """Builds INT8 candidates of one FP32 model, each with its own set of excluded nodes."""
+
+    def __init__(self, fp32: Path, work: Path, calib: CalibrationData, method: str, recipe: OrtRecipe,
+                 cache: CacheLookup, percentile: float = DEFAULT_PERCENTILE) -> None:
+        self.recipe, self.calib, self.method, self.percentile = recipe, calib, method, percentile
+        self.cache = cache
+        self.work = work
+        self.model_path = fp32
+        if recipe.preprocess:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            self.model_path = work / "ort-preprocessed.onnx"
+            quant_pre_process(str(fp32), str(self.model_path))
+        # Without a persistent cache, still calibrate once per run (a file in the work folder).
+        self.cache_file: Path | None = None
+        if ort_supports_calibration_cache():
+            self.cache_file = cache.payload or work / "ranges.ort.json"
+        self.calibrated = bool(cache.hit)
+
+    def graph(self) -> onnx.ModelProto:
+        """The graph the quantizer sees (node names for the layer groups come from it)."""
+        return onnx.load(str(self.model_path))
+
+    def build(self, exclude: list[str], out: Path) -> None:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        r = self.recipe
+        qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+        method = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
+                  "percentile": CalibrationMethod.Percentile}[self.method]
+        extra = {"ActivationSymmetric": r.symmetric_activations, "WeightSymmetric": True, **r.extra}
+        if self.method == "percentile":
+            extra["CalibPercentile"] = self.percentile
+        if r.inputs_only:
+            extra["OpTypesToExcludeOutputQuantization"] = sorted({n.op_type for n in self.graph().graph.node})
+        kwargs = {}
+        if self.cache_file is not None:
+            kwargs["calibration_cache_path"] = str(self.cache_file)
+        quantize_static(str(self.model_path), str(out), ort_reader(self.calib), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(r.op_types) if r.op_types else None, per_channel=True,
+                        activation_type=qtype[r.activation_type], weight_type=QuantType.QInt8,
+                        nodes_to_exclude=list(exclude), calibrate_method=method, extra_options=extra, **kwargs)
+        self.calibrated = True
+        model = onnx.load(str(out))
+        if r.inputs_only:
+            keep_residual_qdq_only(model)
+        if exclude:
+            keep_inputs_float(model, self.graph(), set(exclude))
+        onnx.save(model, str(out))
+
+
+def keep_residual_qdq_only(model: onnx.ModelProto) -> int:
+    """On each Add whose inputs are both dequantized, drop the Q/DQ of the input that a Conv
+    produced (TensorRT fuses that Conv with the Add); keep the residual one. Returns how many."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    removed = 0
+    dead: list[onnx.NodeProto] = []
+    for add in [n for n in g.node if n.op_type == "Add"]:
+        sources = []
+        for k, name in enumerate(add.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear":
+                sources = []
+                break
+            src = producer.get(q.input[0])
+            sources.append((k, dq, q, src))
+        conv_inputs = [s for s in sources if s[3] is not None and s[3].op_type == "Conv"]
+        if len(sources) != 2 or not conv_inputs:
+            continue
+        k, dq, q, _ = conv_inputs[0]
+        add.input[k] = q.input[0]
+        consumers[dq.output[0]] -= 1
+        if consumers[dq.output[0]] == 0:
+            dead.append(dq)
+            consumers[q.output[0]] -= 1
+            if consumers[q.output[0]] == 0:
+                dead.append(q)
+        removed += 1
+    for n in dead:
+        g.node.remove(n)
+    return removed
+
+
+def keep_inputs_float(model: onnx.ModelProto, original: onnx.ModelProto, names: set[str]) -> int:
+    """Feed the nodes in ``names`` their float inputs, bypassing the Q/DQ pair in front of them.
+
+    ``nodes_to_exclude`` only stops ORT from quantizing a node itself; with output quantization
+    (the CPU recipe) its input still arrives through the producer's Q/DQ, so the node would see
+    the INT8 rounding error anyway. Where ORT folded a ReLU into that Q (uint8 with zero point 0
+    clamps), the ReLU is put back for the float path. Returns how many inputs were rewired.
+    """
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    orig_producer = {o: n for n in original.graph.node for o in n.output}
+    rewired = 0
+    for node in [n for n in g.node if n.name in names]:
+        producer = {o: n for n in g.node for o in n.output}
+        for k, t in enumerate(node.input):
+            dq = producer.get(t)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
+                continue
+            x = q.input[0]
+            before, now = orig_producer.get(x), producer.get(x)
+            if before is not None and before.op_type != (now.op_type if now else None):
+                if before.op_type != "Relu":
+                    continue  # an activation we cannot restore: leave this input quantized
+                x = _restore_relu(g, x, now)
+            node.input[k] = x
+            rewired += 1
+    _drop_dead_qdq(g)
+    return rewired
+
+
+def _restore_relu(g: onnx.GraphProto, x: str, producer: onnx.NodeProto | None) -> str:
+    out = f"{x}_float_relu"
+    if any(out in n.output for n in g.node):
+        return out
+    relu = onnx.helper.make_node("Relu", [x], [out], name=f"{x}_float_relu")
+    index = 0 if producer is None else list(g.node).index(producer) + 1
+    g.node.insert(index, relu)
+    return out
+
+
+def _drop_dead_qdq(g: onnx.GraphProto) -> None:
+    outputs = {o.name for o in g.output}
+    while True:
+        used = {i for n in g.node for i in n.input} | outputs
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            g.node.remove(n)
+
+
+def work_dir(parent: Path | None = None) -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="aspp-quantize-", dir=parent)

@@ -1,0 +1,311 @@
+"""``quantized_onnx_from_fp32``: the whole pipeline behind ``aspp-deploy quantize``.
+
+check the source -> calibration images (manifest preprocessing, disjoint from val) -> cache key
+-> builder for (precision, target, backend) -> accuracy-budget loop -> accuracy on the
+validation split in ONNX Runtime -> TensorRT pre-flight -> manifest entry -> atomic write.
+
+Which tool makes which file (see each module's docstring for why):
+
+=============  ======================================  ==========================================
+output         ``--backend auto`` (ModelOpt installed)  without ModelOpt / ``--backend ort``
+=============  ======================================  ==========================================
+fp16           ModelOpt AutoCast                       onnxconverter-common ``float16``
+int8, trt      ModelOpt ONNX PTQ, converted to opset   ORT ``quantize_static``, TensorRT recipe
+               17 (FP32 high precision)
+int8, cpu      ORT ``quantize_static``, CPU recipe     same
+=============  ======================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+from aspp_deploy.errors import InputError, MissingDependencyError
+from aspp_deploy.export.manifest import embed, read_onnx_manifest, tool_versions, update_sidecar
+from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt
+from aspp_deploy.io import atomic_write_bytes, ensure_writable, sha256_file
+from aspp_deploy.precision.budget import BudgetResult, run_budget
+from aspp_deploy.precision.cache import CacheKey, CacheLookup, CalibrationCache
+from aspp_deploy.precision.calibration import (DEFAULT_CALIB_SIZE, CalibrationData, calibration_files,
+                                               check_disjoint_from_val, data_digest)
+
+PRECISIONS = ("fp16", "int8")
+TARGETS = ("trt", "cpu")
+BACKENDS = ("auto", "modelopt", "ort")
+DEFAULT_METHOD = {"trt": "entropy", "cpu": "minmax"}
+DEFAULT_MAX_MIOU_DROP = 0.5
+DEFAULT_BUDGET_IMAGES = 8
+FP16_AUTOCAST_IMAGES = 8
+CACHE_FOLDER = "calibration-cache"
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger",
+                 "DynamicQuantizeLinear", "QLinearMatMul"}
+
+
+@dataclass
+class QuantizeOptions:
+    precision: str = "int8"
+    target: str = "trt"
+    calib: Path | None = None  # None: the shipped calibration/ folder
+    calib_size: int = DEFAULT_CALIB_SIZE
+    method: str | None = None  # None: DEFAULT_METHOD[target]
+    percentile: float = 99.999
+    data: Path | None = None  # VOC folder for the val split; None: the default synthetic data
+    out: Path | None = None
+    max_miou_drop: float = DEFAULT_MAX_MIOU_DROP
+    budget_images: int = DEFAULT_BUDGET_IMAGES  # 0: no budget loop
+    eval_images: int = 0  # 0: the whole val split
+    cache_dir: Path | None = None  # None: <output folder>/calibration-cache
+    use_cache: bool = True
+    backend: str = "auto"
+    high_precision: str = "fp32"  # trt target: precision of the parts left unquantized
+    threads: int = 0
+
+
+@dataclass
+class QuantizeResult:
+    onnx_path: Path
+    manifest_path: Path
+    entry: dict
+    notes: list[str] = field(default_factory=list)
+
+
+def default_output(src: Path, precision: str, target: str) -> Path:
+    suffix = "fp16" if precision == "fp16" else f"int8-{target}"
+    return src.with_name(f"{src.stem}.{suffix}.onnx")
+
+
+def shipped_calibration() -> Path:
+    return Path(__file__).resolve().parents[2] / "calibration"
+
+
+def validate(opts: QuantizeOptions) -> str:
+    """Check the options; returns the calibration method to use."""
+    from aspp_deploy.precision.int8_ort import METHODS
+
+    if opts.precision not in PRECISIONS:
+        raise InputError(f"--precision {opts.precision} is not supported: use {' or '.join(PRECISIONS)}")
+    if opts.target not in TARGETS:
+        raise InputError(f"--target {opts.target} is not supported: use {' or '.join(TARGETS)}")
+    if opts.backend not in BACKENDS:
+        raise InputError(f"--backend {opts.backend} is not supported: use {', '.join(BACKENDS)}")
+    if opts.high_precision not in ("fp32", "fp16"):
+        raise InputError(f"--high-precision {opts.high_precision} is not supported: use fp32 or fp16")
+    method = opts.method or DEFAULT_METHOD[opts.target]
+    if method not in METHODS:
+        raise InputError(f"--method {method} is not supported: use {', '.join(METHODS)}")
+    if not 0 < opts.percentile <= 100:
+        raise InputError(f"--percentile {opts.percentile} is impossible: use a value in (0, 100]")
+    for name, value in (("--max-miou-drop", opts.max_miou_drop), ("--budget-images", opts.budget_images),
+                        ("--eval-images", opts.eval_images), ("--calib-size", opts.calib_size)):
+        if value < 0:
+            raise InputError(f"{name} {value} is impossible: it must be 0 or more")
+    return method
+
+
+def check_source(src: Path) -> tuple[onnx.ModelProto, dict]:
+    """The FP32 source and its manifest entry; refuses anything already reduced."""
+    manifest = read_onnx_manifest(src)
+    model = onnx.load(str(src))
+    q = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
+    if q:
+        raise InputError(f"{src} is already quantized ({len(q)} {q[0].op_type}/... nodes): "
+                         "quantize the FP32 model it came from")
+    half = [t.name for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT16,
+                                                                       onnx.TensorProto.BFLOAT16)]
+    if half or manifest.entry.get("precision", "fp32") != "fp32":
+        raise InputError(f"{src} is already reduced precision ({manifest.entry.get('precision') or 'fp16'}"
+                         f" weights): quantize the FP32 model it came from")
+    return model, manifest.entry
+
+
+def _batch_and_input(model: onnx.ModelProto) -> tuple[str, int]:
+    inp = model.graph.input[0]
+    dims = inp.type.tensor_type.shape.dim
+    batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else 1
+    return inp.name, max(batch, 1)
+
+
+
+def choose_backend(opts: QuantizeOptions, method: str) -> str:
+    """'modelopt', 'ort' (or 'converter' for fp16 without ModelOpt)."""
+    from aspp_deploy.precision.fp16 import onnxconverter_available
+    from aspp_deploy.precision.modelopt_backend import modelopt_available
+
+    if opts.precision == "int8" and opts.target == "cpu":
+        if opts.backend == "modelopt":
+            raise InputError("--target cpu uses ONNX Runtime's quantizer: drop --backend modelopt")
+        return "ort"
+    if opts.backend == "ort":
+        if opts.precision == "fp16":
+            return "converter"
+        return "ort"
+    wants_percentile = opts.precision == "int8" and method == "percentile"
+    if opts.backend == "modelopt":
+        if wants_percentile:
+            raise InputError("ModelOpt calibrates with entropy or minmax: use one of them, or --backend ort")
+        if not modelopt_available():
+            raise MissingDependencyError("ModelOpt is not installed: pip install 'aspp-deploy[quant]' "
+                                         "(or use --backend ort)")
+        return "modelopt"
+    if not wants_percentile and modelopt_available():
+        return "modelopt"
+    if opts.precision == "fp16":
+        if not onnxconverter_available():
+            raise MissingDependencyError("FP16 needs ModelOpt or onnxconverter-common: "
+                                         "pip install 'aspp-deploy[quant]'")
+        return "converter"
+    return "ort"
+
+
+def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
+                             log: Callable[[str], None] = lambda m: None) -> QuantizeResult:
+    from aspp_deploy.eval.evaluate import ensure_default_data
+
+    t0 = time.perf_counter()
+    src = Path(src)
+    method = validate(opts)
+    model, fp32_entry = check_source(src)
+    pre = read_onnx_manifest(src).preprocess()
+    classes = list(fp32_entry["classes"])
+    out = Path(opts.out) if opts.out else default_output(src, opts.precision, opts.target)
+    if out.suffix != ".onnx":
+        raise InputError(f"--out {out} must end in .onnx")
+    if out.resolve() == src.resolve():
+        raise InputError(f"--out {out} is the source model: choose another file name")
+    ensure_writable(out.parent)
+    backend = choose_backend(opts, method)
+    data_root = Path(opts.data) if opts.data else ensure_default_data()
+
+    calib_folder = Path(opts.calib) if opts.calib else shipped_calibration()
+    limit = FP16_AUTOCAST_IMAGES if opts.precision == "fp16" else opts.calib_size
+    files = calibration_files(calib_folder, limit)
+    check_disjoint_from_val(files, data_root)
+    input_name, batch = _batch_and_input(model)
+    calib = CalibrationData(files, pre, input_name, batch).load()
+    log(f"calibration: {len(files)} image(s) from {calib_folder}, preprocessed to {pre.height}x{pre.width}")
+
+    settings = _key_settings(opts, method, backend, pre, input_name, batch)
+    key = CacheKey(sha256_file(src), data_digest(files), settings, label=out.name)
+    cache_dir = (opts.cache_dir or out.parent / CACHE_FOLDER) if opts.use_cache else None
+    cache = CalibrationCache(cache_dir)
+    payload_suffix = ".trt-cache.txt" if backend == "modelopt" else ".ort.json"
+    lookup = cache.lookup(key, payload_suffix) if opts.precision == "int8" else CacheLookup(key, None, False, "fp16: no calibration ranges")
+    if opts.precision == "int8":
+        log(f"calibration cache: {lookup.reason}")
+
+    from aspp_deploy.precision.accuracy import Reference, compare_on_val
+    from aspp_deploy.precision.groups import layer_groups
+    from aspp_deploy.precision.int8_ort import work_dir
+
+    notes: list[str] = []
+    with work_dir() as tmp:
+        work = Path(tmp)
+        if lookup.payload is not None:
+            lookup.payload.parent.mkdir(parents=True, exist_ok=True)
+        builder = _builder(backend, opts, src, work, calib, method, lookup)
+        groups = layer_groups(builder.graph())
+        reference = None
+        if opts.budget_images:
+            reference = Reference(src, data_root, pre, classes, opts.budget_images, threads=opts.threads)
+        candidate, budget = run_budget(builder, reference, groups, opts.max_miou_drop, work, log)
+        if lookup.payload is not None:
+            cache.commit(lookup)
+        notes += getattr(builder, "notes", [])
+        if budget.met is False:
+            notes.append(f"accuracy budget missed: {budget.final_drop:.2f} points > {opts.max_miou_drop:g} "
+                         "even with every helpful layer group kept in higher precision")
+        log("measuring accuracy on the validation split")
+        accuracy = compare_on_val(src, candidate, data_root, pre, classes, opts.eval_images or None,
+                                  threads=opts.threads)
+        result_model = onnx.load(str(candidate))
+    checks = {v: check_for_trt(result_model, v).to_dict() for v in TRT_VERSIONS}
+    entry = _entry(fp32_entry, src, out, result_model, opts, method, backend, files, calib_folder, lookup,
+                   budget, accuracy.to_dict(), checks, data_root, notes, time.perf_counter() - t0)
+    embed(result_model, entry)
+    atomic_write_bytes(out, result_model.SerializeToString())
+    try:
+        entry["onnx_sha256"] = sha256_file(out)
+        manifest_path = update_sidecar(out.parent, out.name, entry)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return QuantizeResult(out, manifest_path, entry, notes)
+
+
+def _builder(backend: str, opts: QuantizeOptions, src: Path, work: Path, calib: CalibrationData,
+             method: str, lookup: CacheLookup):
+    from aspp_deploy.precision.budget import quietly
+
+    if opts.precision == "fp16":
+        if backend == "modelopt":
+            from aspp_deploy.precision.modelopt_backend import ModelOptFp16Builder
+
+            return ModelOptFp16Builder(src, work, calib, FP16_AUTOCAST_IMAGES)
+        from aspp_deploy.precision.fp16 import ConverterFp16Builder
+
+        return ConverterFp16Builder(src)
+    if backend == "modelopt":
+        from aspp_deploy.precision.modelopt_backend import ModelOptInt8Builder
+
+        return ModelOptInt8Builder(src, work, calib, method, lookup, opts.high_precision)
+    from aspp_deploy.precision.int8_ort import CPU_RECIPE, TRT_RECIPE, OrtInt8Builder
+
+    recipe = CPU_RECIPE if opts.target == "cpu" else TRT_RECIPE
+    return quietly(OrtInt8Builder, src, work, calib, method, recipe, lookup, opts.percentile)
+
+
+def _key_settings(opts: QuantizeOptions, method: str, backend: str, pre, input_name: str, batch: int) -> dict:
+    """Everything that shapes the calibration ranges (not which layers are kept: that is after)."""
+    from aspp_deploy.precision.int8_ort import CPU_RECIPE, TRT_RECIPE
+
+    versions = tool_versions("nvidia-modelopt")
+    recipe = {"modelopt": {"recipe": "modelopt-trt", "high_precision": opts.high_precision},
+              "ort": (CPU_RECIPE if opts.target == "cpu" else TRT_RECIPE).to_dict()}.get(backend, {})
+    return {"precision": opts.precision, "target": opts.target, "backend": backend, "method": method,
+            "percentile": opts.percentile if method == "percentile" else None,
+            "preprocess": pre.to_dict(), "input": input_name, "batch": batch, **recipe,
+            "onnxruntime": versions.get("onnxruntime"),
+            "nvidia-modelopt": versions.get("nvidia-modelopt") if backend == "modelopt" else None}
+
+
+def _entry(fp32_entry: dict, src: Path, out: Path, model: onnx.ModelProto, opts: QuantizeOptions, method: str,
+           backend: str, files: list[Path], calib_folder: Path, lookup: CacheLookup, budget: BudgetResult,
+           accuracy: dict, checks: dict, data_root: Path, notes: list[str], seconds: float) -> dict:
+    from aspp_deploy.export.onnx_export import _io
+
+    tool = {"modelopt": "nvidia-modelopt (ModelOpt ONNX PTQ)" if opts.precision == "int8"
+            else "nvidia-modelopt (AutoCast)", "ort": "onnxruntime.quantization.quantize_static",
+            "converter": "onnxconverter_common.float16"}[backend]
+    counts = {op: sum(1 for n in model.graph.node if n.op_type == op)
+              for op in ("QuantizeLinear", "DequantizeLinear", "Cast")}
+    entry = {k: fp32_entry[k] for k in ("preprocess", "classes", "palette", "model", "outputs_class_ids")
+             if k in fp32_entry}
+    entry.update({
+        "kind": "onnx", "file": out.name, "precision": opts.precision,
+        "target": opts.target if opts.precision == "int8" else "any",
+        "inputs": _io(model.graph.input), "outputs": _io(model.graph.output),
+        "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "source": {"onnx": src.name, "onnx_sha256": lookup.key.model_sha256,
+                   "checkpoint_sha256": fp32_entry.get("source", {}).get("checkpoint_sha256")},
+        "quantization": {
+            "tool": tool, "backend": backend, "settings": lookup.key.settings,
+            "high_precision": opts.high_precision if opts.precision == "int8" and opts.target == "trt" else None,
+            "node_counts": counts,
+            "calibration": None if opts.precision == "fp16" and backend != "modelopt" else {
+                "folder": str(calib_folder), "images": len(files),
+                "method": method if opts.precision == "int8" else "autocast reference run",
+                "data_sha256": lookup.key.data_sha256, "cache": lookup.to_dict()},
+            "budget": budget.to_dict(),
+        },
+        "accuracy": {**accuracy, "data": str(data_root), "split": "val"},
+        "trt_check": checks,
+        "trt_versions": [v for v, c in checks.items() if c["ok"]],
+        "notes": notes, "seconds": round(seconds, 2),
+        "tools": tool_versions("nvidia-modelopt", "onnxconverter-common"),
+    })
+    return entry
