@@ -80,8 +80,56 @@ def default_row_specs(checkpoint: Path, artifacts: Path, export_fn, quantize_fn)
     specs.append(RowSpec("onnxruntime", "fp32", "tensorrt", fp32, produce=export_fn,
                          unavailable=_ort_provider_reason("TensorrtExecutionProvider")))
     trt_reason = trt_unavailable_reason()
+    variants = {name: (kw, artifacts / name) for _, name, kw in ONNX_VARIANTS}
+
+    def onnx_for_engine(name: str) -> Path:
+        if name == "model.onnx":
+            return fp32 if fp32.is_file() else export_fn()
+        kwargs, path = variants[name]
+        return path if path.is_file() and not variant_is_stale(path, fp32, checkpoint) else quantize_fn(fp32, path, **kwargs)
+
     for precision in ("fp32", "fp16", "int8"):
-        specs.append(RowSpec("trt", precision, "cuda", artifacts / f"model.{precision}.engine",
-                             unavailable=trt_reason))
+        engine = artifacts / f"model.{precision}.engine"
+        stale = trt_reason is None and engine_is_stale(engine, artifacts)
+        specs.append(RowSpec("trt", precision, "cuda", engine, unavailable=trt_reason, refresh=stale,
+                             produce=lambda p=precision, e=engine: build_engine(p, e, onnx_for_engine)))
     return specs
+
+
+def engine_source(precision: str, trt_version: tuple[int, int]) -> tuple[str, str]:
+    """(ONNX file in the artifacts folder, its kind) that a ``precision`` engine is built from on
+    ``trt_version``: FP16 from the FP16 ONNX where strongly typed builds exist (10.0+; 11 has no
+    FP16 flag), from the FP32 ONNX with the FP16 flag on 8.x; INT8 always from the TensorRT Q/DQ ONNX."""
+    if precision == "fp32":
+        return "model.onnx", "fp32"
+    if precision == "fp16":
+        return ("model.fp16.onnx", "fp16") if trt_version >= (10, 0) else ("model.onnx", "fp32")
+    if precision == "int8":
+        return "model.int8-trt.onnx", "qdq"
+    raise ValueError(f"unknown precision {precision!r}")
+
+
+def engine_is_stale(engine: Path, artifacts: Path) -> bool:
+    """True when an engine exists but its source ONNX has changed since it was built."""
+    import json
+
+    info = engine.with_name(engine.name + ".json")
+    if not engine.is_file():
+        return False
+    try:
+        source = json.loads(info.read_text())["source_onnx"]
+    except (OSError, ValueError, KeyError):
+        return True
+    onnx = artifacts / Path(source["path"]).name
+    return not onnx.is_file() or sha256_file(onnx) != source["sha256"]
+
+
+def build_engine(precision: str, engine: Path, onnx_for_engine) -> Path:
+    from aspp_deploy.trt.build import engine_from_onnx
+    from aspp_deploy.trt.plan import BuildRequest, parse_version
+    from aspp_deploy.trt.runtime import import_tensorrt
+
+    name, kind = engine_source(precision, parse_version(import_tensorrt().__version__))
+    engine_from_onnx(onnx_for_engine(name), engine, BuildRequest(precision=precision, onnx_kind=kind))
+    return engine
 

@@ -136,3 +136,32 @@ def test_quantized_variant_made_from_another_model_is_stale(tiny_checkpoint, tin
     assert variant_is_stale(fp16, fp32, tiny_checkpoint)  # another checkpoint
     onnx_from_checkpoint(other, art, ExportOptions(96, 96))  # same checkpoint, another FP32 ONNX
     assert variant_is_stale(fp16, fp32, other)
+
+
+@pytest.mark.parametrize("version, fp16_source", [((8, 5), ("model.onnx", "fp32")), ((8, 6), ("model.onnx", "fp32")),
+                                                  ((10, 3), ("model.fp16.onnx", "fp16")),
+                                                  ((11, 0), ("model.fp16.onnx", "fp16"))])
+def test_engine_rows_build_from_the_onnx_each_version_takes(version, fp16_source):
+    from aspp_deploy.bench.rows import engine_source
+    from aspp_deploy.trt.plan import BuildRequest, make_build_plan
+
+    assert engine_source("fp16", version) == fp16_source
+    for precision in ("fp32", "fp16", "int8"):
+        _, kind = engine_source(precision, version)
+        make_build_plan(version, BuildRequest(precision=precision, onnx_kind=kind))  # the plan accepts it
+
+
+def test_engine_is_stale_when_its_onnx_changed(tmp_path):
+    from aspp_deploy.bench.rows import engine_is_stale
+    from aspp_deploy.io import sha256_file
+
+    onnx, engine = tmp_path / "model.onnx", tmp_path / "model.fp32.engine"
+    onnx.write_bytes(b"graph v1")
+    assert not engine_is_stale(engine, tmp_path)  # no engine yet: missing, not stale
+    engine.write_bytes(b"plan")
+    assert engine_is_stale(engine, tmp_path)  # no manifest
+    (tmp_path / "model.fp32.engine.json").write_text(json.dumps(
+        {"source_onnx": {"path": "/elsewhere/model.onnx", "sha256": sha256_file(onnx), "kind": "fp32"}}))
+    assert not engine_is_stale(engine, tmp_path)
+    onnx.write_bytes(b"graph v2")
+    assert engine_is_stale(engine, tmp_path)
