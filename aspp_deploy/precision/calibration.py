@@ -5,8 +5,10 @@ images run through exactly the ``Preprocess`` of the model's manifest. ONNX Runt
 through ``OrtCalibrationReader`` (its ``CalibrationDataReader`` interface), ModelOpt as one stacked
 array, and the TensorRT calibrator (``aspp_deploy/trt/calibrator.py``) as the plain iterable.
 
-Images of any size are accepted: the manifest's preprocessing resizes each one to the model's
-input size, exactly as evaluation and deployment do. A folder that shares a file (by name or by
+Images of any reasonable size are accepted: the manifest's preprocessing resizes each one to
+the model's input size, exactly as evaluation and deployment do. An image with a side below a
+quarter of the model's is refused (upscaled that far it no longer looks like a deployment input,
+and its activation ranges would mislead calibration). A folder that shares a file (by name or by
 content) with the validation split is refused: calibrating on the images you evaluate on
 flatters the accuracy figures.
 """
@@ -26,6 +28,7 @@ from aspp_deploy.errors import DatasetError
 from aspp_deploy.io import sha256_file
 
 DEFAULT_CALIB_SIZE = 128
+MIN_SIDE_FRACTION = 4  # an image side below model side / 4 is refused
 
 
 class CalibrationFolderError(DatasetError):
@@ -98,8 +101,19 @@ class CalibrationData:
 
     def load(self) -> "CalibrationData":
         if self._arrays is None:
-            self._arrays = np.stack([self.preprocess(load_image(p)) for p in self.files]).astype(np.float32)
+            self._arrays = np.stack([self.preprocess(self._checked(p)) for p in self.files]).astype(np.float32)
         return self
+
+    def _checked(self, path: Path):
+        image = load_image(path)
+        min_h = -(-self.preprocess.height // MIN_SIDE_FRACTION)
+        min_w = -(-self.preprocess.width // MIN_SIDE_FRACTION)
+        if image.height < min_h or image.width < min_w:
+            raise CalibrationFolderError(
+                f"calibration image {path.name} is {image.width}x{image.height}, too small for a "
+                f"{self.preprocess.width}x{self.preprocess.height} model (at least {min_w}x{min_h}): "
+                "calibrate on images like the ones the model will see")
+        return image
 
     @property
     def array(self) -> np.ndarray:

@@ -32,6 +32,7 @@ def _fails_cleanly(result, fragment: str, folder, before) -> None:
     ("text-only", "none of them an image"),
     ("broken-jpg", "cannot read image"),
     ("missing", "calibration folder not found"),
+    ("too-small", "is 5x40, too small for a 64x64 model"),
 ])
 def test_bad_calibration_folder(tmp_path, fp32_model, tiny_data, case, fragment):
     calib = tmp_path / case
@@ -40,6 +41,9 @@ def test_bad_calibration_folder(tmp_path, fp32_model, tiny_data, case, fragment)
     if case == "text-only":
         (calib / "notes.txt").write_text("not an image")
         (calib / "labels.csv").write_text("a,b\n")
+    if case == "too-small":
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(calib / "a_fine.png")
+        Image.fromarray(np.zeros((40, 5, 3), np.uint8)).save(calib / "b_thin.png")
     if case == "broken-jpg":
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(calib / "good.jpg")
         (calib / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
