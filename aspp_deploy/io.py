@@ -1,13 +1,14 @@
-"""Atomic file writes and hashing: nothing half-written ever appears under its final name."""
+"""Atomic file writes, hashing, JSON reading: nothing half-written ever appears under its final name."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Dict, Iterator
 
 
 @contextmanager
@@ -63,3 +64,19 @@ def ensure_writable(folder: Path | str) -> None:
         probe.unlink()
     except OSError as exc:
         raise InputError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+
+
+def read_json_object(path: Path | str, missing_hint: str) -> Dict[str, Any]:
+    """A JSON object from ``path``; one clear InputError when it is missing, not JSON or not an object."""
+    from aspp_deploy.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} is missing: {missing_hint}")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a JSON object")
+    return data

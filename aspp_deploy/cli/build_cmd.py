@@ -10,6 +10,7 @@ import typer
 
 from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
 from aspp_deploy.errors import InputError
+from aspp_deploy.trt.plan import lint_profile as lint_version
 
 
 class Precision(str, Enum):
@@ -38,15 +39,6 @@ def onnx_kind(path: Path) -> Literal["fp32", "fp16", "qdq"]:
         return "fp16"
     return "fp32"
 
-
-def lint_version(trt_version: tuple[int, int]) -> str:
-    """The offline ``check`` profile for an installed TensorRT version."""
-    major, minor = trt_version
-    if major == 8:
-        return "8.5" if minor <= 5 else "8.6"
-    if major == 10:
-        return "10.3" if minor <= 3 else "10.x"
-    return "11"
 
 
 def parse_shape(text: str) -> list[int]:

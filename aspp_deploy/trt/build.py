@@ -12,7 +12,7 @@ import shlex
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Mapping, Sequence, Tuple, cast
 
 from aspp_deploy.errors import AsppDeployError, InputError
 from aspp_deploy.io import atomic_write_bytes, atomic_write_text, sha256_file
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     import tensorrt
 
 DEFAULT_WORKSPACE_MB = 1024
-Shape = tuple[int, ...]
-Profiles = dict[str, tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max)
+Shape = Tuple[int, ...]  # typing.Tuple/Dict: the Jetson runtime also runs on Python 3.8 (JetPack 5)
+Profiles = Dict[str, Tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max)
 TRTEXEC_FLAGS = {"FP16": "--fp16", "INT8": "--int8", "VERSION_COMPATIBLE": "--versionCompatible",
                  "GPU_FALLBACK": "--allowGPUFallback"}
 PRECISION_TOKENS = (("INT8", ("Int8", "INT8")), ("FP8", ("FP8",)), ("BF16", ("BF16",)), ("FP16", ("FP16", "Half")),
@@ -136,14 +136,29 @@ def io_tensors(engine: tensorrt.ICudaEngine) -> list[dict[str, Any]]:
 
 
 def artifact_metadata(onnx_path: Path | str) -> dict[str, Any]:
-    """preprocess / classes / palette from the ONNX's aspp-deploy manifest; {} when it has none."""
-    from aspp_deploy.export.manifest import read_onnx_manifest
+    """preprocess / classes / palette from the ONNX's aspp-deploy manifest; {} when it has none.
 
+    Without the onnx package (the torch-free Jetson bundle) only ``manifest.json`` beside the ONNX is read.
+    """
     try:
-        entry = read_onnx_manifest(onnx_path).entry
-    except InputError:
-        return {}
+        from aspp_deploy.export.manifest import read_onnx_manifest
+    except ImportError:
+        entry = _sidecar_entry(Path(onnx_path))
+    else:
+        try:
+            entry = read_onnx_manifest(onnx_path).entry
+        except InputError:
+            return {}
     return {key: entry[key] for key in ("preprocess", "classes", "palette") if key in entry}
+
+
+def _sidecar_entry(onnx: Path) -> dict[str, Any]:
+    try:
+        artifacts = json.loads((onnx.parent / "manifest.json").read_text()).get("artifacts", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    entry = artifacts.get(onnx.name) if isinstance(artifacts, dict) else None
+    return entry if isinstance(entry, dict) else {}
 
 
 def _builder_flag(name: str) -> tensorrt.BuilderFlag:

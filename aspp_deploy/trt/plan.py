@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, Tuple
 
 from aspp_deploy.errors import InputError
 
 Precision = Literal["fp32", "fp16", "int8"]
 OnnxKind = Literal["fp32", "fp16", "qdq"]
-Version = tuple[int, int]
+Version = Tuple[int, int]  # typing.Tuple: the Jetson runtime also runs on Python 3.8 (JetPack 5)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_KINDS = ("fp32", "fp16", "qdq")
@@ -256,3 +256,13 @@ def _plan_11x(req: BuildRequest, notes: list[str]) -> tuple[bool, list[str]]:
                         f"build the fp16 ONNX from {QUANTIZE_FP16}")
     notes.append("strongly typed: precision comes from the ONNX tensor types")
     return True, []
+
+
+def lint_profile(version: Version) -> str:
+    """The offline pre-flight profile (``aspp-deploy check --trt-version``) that covers a TensorRT version."""
+    major, minor = version[0], version[1]
+    if major == 8:
+        return "8.5" if minor <= 5 else "8.6"
+    if major == 10:
+        return "10.3" if minor <= 3 else "10.x"
+    return "11"

@@ -8,15 +8,15 @@ Embeddable in a Jetson application: this module imports only NumPy, the standard
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from aspp_deploy.errors import InputError, MissingDependencyError
+from aspp_deploy.io import read_json_object
 from aspp_deploy.trt.cuda import CudaError, DeviceBuffer, get_cuda
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ NUMPY_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "UINT8": 
                 "INT64": "int64", "BOOL": "bool"}  # trt.DataType member name -> NumPy dtype
 VC_ACROSS_MAJORS = {(8, 10), (10, 11)}  # version-compatible engines also run one major version on
 MANIFEST_FORMAT = "aspp-deploy/tensorrt-engine"
-Shape = tuple[int, ...]
+Shape = Tuple[int, ...]  # typing.Tuple: the Jetson runtime also runs on Python 3.8 (JetPack 5)
 
 
 def tensorrt_installed() -> bool:
@@ -78,13 +78,8 @@ def read_engine_manifest(engine_path: Path | str, need_preprocess: bool = True) 
     engine, path = Path(engine_path), manifest_path(engine_path)
     if not engine.is_file():
         raise InputError(f"engine not found: {engine}")
-    if not path.is_file():
-        raise InputError(f"{path} is missing: build engines with `aspp-deploy build`, which writes it")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+    manifest = read_json_object(path, "build engines with `aspp-deploy build`, which writes it")
+    if manifest.get("format") != MANIFEST_FORMAT:
         raise InputError(f"{path} is not an aspp-deploy engine manifest")
     if need_preprocess and not manifest.get("preprocess"):
         raise InputError(f"{path} records no preprocessing: build the engine from an ONNX made by "

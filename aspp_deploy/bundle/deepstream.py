@@ -1,0 +1,195 @@
+"""DeepStream ``Gst-nvinfer``: a semantic-segmentation config and the ONNX variant it runs, both from the manifest.
+
+Two things about nvinfer decide what we ship (facts from NVIDIA's nvinfer guide and its sources):
+
+* Preprocessing is ``y = net-scale-factor * (x - offsets[c])`` on 0..255 pixels, with ONE scale factor for
+  all channels; our models normalise with a per-channel std. So the DeepStream ONNX starts with a
+  ``Mul`` by ``1/std[c]`` and the config uses ``net-scale-factor = 1/255`` and ``offsets = 255*mean[c]``:
+  ``(x - 255 m_c) / 255 / s_c`` is exactly the toolkit's ``(x/255 - m_c) / s_c``.
+* The segmentation post-processor takes, per pixel, the class whose value is above both
+  ``segmentation-threshold`` and -1 (it starts its running maximum at -1), i.e. it expects
+  probabilities. Our models output logits (which may all be below -1), so the DeepStream ONNX ends
+  with a ``Softmax`` over the classes; the argmax is unchanged.
+"""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from aspp_deploy.errors import InputError
+
+# The [property] keys of Gst-nvinfer, as documented in the DeepStream SDK Developer Guide, page
+# "Gst-nvinfer" (docs.nvidia.com/metropolis/deepstream/dev-guide/text/DS_plugin_gst-nvinfer.html),
+# table "Gst-nvinfer Property Group Supported Keys", cross-checked with the key names that the
+# plugin's own gstnvinfer_property_parser.h defines (DeepStream 6.x / 7.x).
+NVINFER_PROPERTY_KEYS = frozenset({
+    # element configuration
+    "gie-unique-id", "process-mode", "interval", "labelfile-path", "gpu-id", "secondary-reinfer-interval",
+    "output-tensor-meta", "enable-dla", "use-dla-core", "disable-output-host-copy",
+    # runtime engine parameters
+    "batch-size", "tensor-meta-pool-size", "network-mode", "model-engine-file", "int8-calib-file",
+    "workspace-size",
+    # generic model parameters
+    "output-blob-names", "is-classifier", "network-type", "force-implicit-batch-dim", "infer-dims",
+    "output-io-formats", "layer-device-precision",
+    # preprocessing
+    "model-color-format", "net-scale-factor", "offsets", "mean-file", "maintain-aspect-ratio",
+    "symmetric-padding", "scaling-filter", "scaling-compute-hw", "network-input-order",
+    "input-tensor-from-meta",
+    # custom implementations
+    "custom-lib-path", "parse-bbox-func-name", "parse-bbox-instance-mask-func-name",
+    "engine-create-func-name", "parse-classifier-func-name", "custom-network-config",
+    # model formats
+    "model-file", "proto-file", "uff-file", "uff-input-order", "input-dims", "uff-input-dims",
+    "uff-input-blob-name", "tlt-encoded-model", "tlt-model-key", "onnx-file",
+    # detector / classifier / segmentation
+    "num-detected-classes", "enable-dbscan", "cluster-mode", "classifier-type", "classifier-threshold",
+    "classifier-async-mode", "segmentation-threshold", "segmentation-output-order", "output-instance-mask",
+    # secondary-mode object filters
+    "input-object-min-width", "input-object-min-height", "input-object-max-width", "input-object-max-height",
+    "operate-on-gie-id", "operate-on-class-ids", "filter-out-class-ids",
+})
+NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer network-mode
+NETWORK_TYPE_SEGMENTATION = 2
+COLOR_FORMAT = {"RGB": 0, "BGR": 1}  # model-color-format (2 = GRAY)
+SCALING_FILTER = {"nearest": 0, "bilinear": 1, "bicubic": 2}  # NvBufSurfTransform_Inter: Nearest, Bilinear, Algo1 (GPU cubic)
+NET_SCALE_FACTOR = 1.0 / 255.0
+REQUIRED_KEYS = ("gpu-id", "net-scale-factor", "offsets", "model-color-format", "onnx-file", "model-engine-file",
+                 "network-type", "output-blob-names", "num-detected-classes", "infer-dims", "network-mode",
+                 "batch-size")
+PROBABILITIES = "probabilities"
+
+
+def _static_input(entry: Mapping[str, Any]) -> list:
+    shape = list(entry["inputs"][0]["shape"])
+    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise InputError(f"the ONNX input has shape {shape}: a Jetson bundle needs a static N x 3 x H x W input "
+                         "(export without --dynamic)")
+    return shape
+
+
+def nvinfer_config(entry: Mapping[str, Any], precision: str, onnx_file: str, engine_file: str, *,
+                   output_name: str = PROBABILITIES, int8_calib_file: str | None = None, gpu_id: int = 0) -> str:
+    """The nvinfer config text for the DeepStream ONNX made from the model described by ``entry``."""
+    pre = entry["preprocess"]
+    batch, channels, height, width = _static_input(entry)
+    if channels != 3 or pre.get("layout", "NCHW") != "NCHW":
+        raise InputError(f"nvinfer feeds 3-channel NCHW images; the model takes {channels} channels, {pre.get('layout')}")
+    if pre.get("channel_order", "RGB") not in COLOR_FORMAT:
+        raise InputError(f"channel order {pre.get('channel_order')} has no nvinfer model-color-format")
+    if pre.get("resize", "bilinear") not in SCALING_FILTER:
+        raise InputError(f"resize filter {pre.get('resize')} has no nvinfer scaling-filter")
+    if precision not in NETWORK_MODE:
+        raise InputError(f"unknown precision {precision!r}")
+    offsets = ";".join(_num(255.0 * float(m)) for m in pre["mean"])
+    classes = list(entry["classes"])
+    lines = [
+        "# Gst-nvinfer config for semantic segmentation, generated by `aspp-deploy bundle` from the model manifest.",
+        f"# Model input {batch}x{channels}x{height}x{width} {pre.get('channel_order', 'RGB')}, resized "
+        f"({pre.get('resize', 'bilinear')}) to the network size without keeping the aspect ratio.",
+        "# nvinfer computes y = net-scale-factor * (pixel - offsets[c]) with one scale for all channels; the",
+        f"# per-channel 1/std {list(pre['std'])} is folded into a Mul at the start of {onnx_file.rsplit('/', 1)[-1]},",
+        "# so these values reproduce the toolkit's normalisation exactly.",
+        f"# Output {output_name!r}: softmax over {len(classes)} classes (nvinfer's segmentation parser expects",
+        "# probabilities), argmax -> class id:",
+        *[f"#   {i}: {name}" for i, name in enumerate(classes)],
+        "[property]",
+        f"gpu-id={gpu_id}",
+        f"net-scale-factor={_num(NET_SCALE_FACTOR)}",
+        f"offsets={offsets}",
+        f"model-color-format={COLOR_FORMAT[pre.get('channel_order', 'RGB')]}",
+        f"onnx-file={onnx_file}",
+        f"model-engine-file={engine_file}",
+    ]
+    if int8_calib_file:
+        lines.append(f"int8-calib-file={int8_calib_file}")
+    lines += [
+        f"infer-dims={channels};{height};{width}",
+        f"batch-size={batch}",
+        f"network-mode={NETWORK_MODE[precision]}",
+        f"network-type={NETWORK_TYPE_SEGMENTATION}",
+        f"output-blob-names={output_name}",
+        f"num-detected-classes={len(classes)}",
+        "segmentation-threshold=0.0",
+        "maintain-aspect-ratio=0",
+        f"scaling-filter={SCALING_FILTER[pre.get('resize', 'bilinear')]}",
+        "process-mode=1",
+        "gie-unique-id=1",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+def read_nvinfer_config(text: str) -> dict:
+    """The ``[property]`` group as a dict (keys as written); InputError when it cannot be parsed."""
+    parser = configparser.ConfigParser(interpolation=None, delimiters=("=",), comment_prefixes=("#",))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep the keys' case
+    try:
+        parser.read_string(text)
+    except configparser.Error as exc:
+        raise InputError(f"not a valid nvinfer config: {exc}") from None
+    if not parser.has_section("property"):
+        raise InputError("an nvinfer config needs a [property] group")
+    return dict(parser.items("property"))
+
+
+def check_nvinfer_config(text: str) -> list:
+    """Problems with a config: keys nvinfer does not document, required keys missing ([] = none)."""
+    props = read_nvinfer_config(text)
+    problems = [f"unknown nvinfer key {k!r}" for k in props if k not in NVINFER_PROPERTY_KEYS]
+    problems += [f"missing key {k!r}" for k in REQUIRED_KEYS if k not in props]
+    return problems
+
+
+def deepstream_onnx(src: Path, out: Path, std: list, entry: dict | None = None,
+                    output_name: str = PROBABILITIES) -> dict:
+    """Write ``out``: ``src`` with a ``Mul`` by 1/std per channel at its input and a ``Softmax`` over the
+    classes at its output (see the module docstring), ``entry`` embedded as its manifest (its
+    ``outputs`` are set here). Returns the new output's name, dtype and shape."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        raise InputError(f"{src.name} is opset {opset}: the DeepStream variant needs opset 13+ (Softmax over one axis)")
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise InputError(f"{src.name} has {len(graph.input)} inputs and {len(graph.output)} outputs; expected one of each")
+    inp, outp = graph.input[0], graph.output[0]
+    if inp.type.tensor_type.elem_type != TensorProto.FLOAT or outp.type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise InputError(f"{src.name} must take and return float32 (logits): DeepStream's segmentation parser "
+                         "needs per-class scores, so export without --argmax for DeepStream")
+    scaled = f"{inp.name}__div_std"
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == inp.name:
+                node.input[i] = scaled
+    scale = numpy_helper.from_array((1.0 / np.asarray(std, dtype=np.float64)).astype(np.float32).reshape(1, -1, 1, 1),
+                                    f"{inp.name}__inv_std")
+    graph.initializer.append(scale)
+    graph.node.insert(0, helper.make_node("Mul", [inp.name, scale.name], [scaled], name="deepstream/div_std"))
+    logits = outp.name
+    graph.node.append(helper.make_node("Softmax", [logits], [output_name], name="deepstream/softmax", axis=1))
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in outp.type.tensor_type.shape.dim]
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(output_name, TensorProto.FLOAT, dims))
+    output = {"name": output_name, "dtype": "float32", "shape": dims}
+    if entry is not None:
+        from aspp_deploy.export.manifest import embed
+
+        entry["outputs"] = [output]
+        embed(model, entry)
+    onnx.checker.check_model(model)
+    from aspp_deploy.io import atomic_write_bytes
+
+    atomic_write_bytes(out, model.SerializeToString())
+    return output

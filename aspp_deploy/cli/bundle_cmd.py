@@ -1,0 +1,174 @@
+"""``aspp-deploy bundle``: a self-contained Jetson folder (ONNX, runtime, build step, DeepStream, Triton, README)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.table import Table
+
+from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
+from aspp_deploy.errors import InputError
+
+TARGETS = ("jetson",)
+DEFAULT_CALIB_IMAGES = 64
+
+
+class QuantBackend(str, Enum):
+    auto = "auto"
+    modelopt = "modelopt"
+    ort = "ort"
+
+
+def parse_precisions(values: List[str]) -> List[str]:
+    """``["fp16,int8"]`` or ``["fp16", "int8"]`` -> ``["fp16", "int8"]`` (order kept, duplicates dropped)."""
+    from aspp_deploy.bundle.bundle import PRECISIONS
+
+    found: List[str] = []
+    for value in values:
+        for p in (v.strip().lower() for v in value.split(",")):
+            if p not in PRECISIONS:
+                raise InputError(f"--precision {p or '(empty)'} is not supported: use {' and/or '.join(PRECISIONS)}")
+            if p not in found:
+                found.append(p)
+    return found or ["fp16"]
+
+
+def check_writable(out: Path) -> None:
+    """InputError unless ``out`` could be created (checked on its nearest existing ancestor; creates nothing)."""
+    import os
+
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        why = "not a folder" if not folder.is_dir() else "permission denied"
+        raise InputError(f"cannot write to {out.parent}: {folder} is {why}" if folder != out.parent
+                         else f"cannot write to {out.parent}: {why}")
+
+
+def _fresh_variant(path: Path, fp32: Path) -> bool:
+    """True when ``path`` exists and was quantized from this very FP32 ONNX."""
+    from aspp_deploy.export.manifest import read_onnx_manifest
+    from aspp_deploy.io import sha256_file
+
+    if not path.is_file():
+        return False
+    try:
+        source = read_onnx_manifest(path).entry.get("source") or {}
+    except InputError:
+        return False
+    return source.get("onnx_sha256") == sha256_file(fp32)
+
+
+def _fp32_onnx(onnx: Optional[Path], checkpoint: Optional[Path], artifacts: Path) -> Path:
+    """The given ONNX, or ARTIFACTS/model.onnx exported from the checkpoint unless it is up to date."""
+    if onnx is not None:
+        if not onnx.is_file():
+            raise InputError(f"ONNX model not found: {onnx} (make it with `aspp-deploy export`)")
+        return onnx
+    from aspp_deploy.bench.rows import onnx_is_stale
+    from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
+    from aspp_deploy.model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    assert ckpt.path is not None
+    fp32 = artifacts / "model.onnx"
+    if fp32.is_file() and not onnx_is_stale(fp32, ckpt.path):
+        console.print(f"reusing {fp32} (exported from {ckpt.path.name})", highlight=False)
+        return fp32
+    with console.status(f"exporting {ckpt.path.name} to {fp32}"):
+        return onnx_from_checkpoint(ckpt.path, artifacts, ExportOptions(),
+                                    log=lambda m: console.print(f"  {m}", highlight=False)).onnx_path
+
+
+def _variants(fp32: Path, precisions: List[str], calib: Optional[Path], data: Optional[Path],
+              backend: str) -> dict:
+    from aspp_deploy.precision.quantize import QuantizeOptions, default_output, quantized_onnx_from_fp32
+
+    made = {}
+    for precision in precisions:
+        path = default_output(fp32, precision, "trt")
+        if _fresh_variant(path, fp32):
+            console.print(f"reusing {path}", highlight=False)
+        else:
+            opts = QuantizeOptions(precision=precision, target="trt", calib=calib, data=data, out=path, backend=backend)
+            with console.status(f"quantizing to {precision}"):
+                path = quantized_onnx_from_fp32(fp32, opts, log=lambda m: console.print(f"  {m}", highlight=False)).onnx_path
+        made[precision] = path
+    return made
+
+
+def _summary(info: dict, out: Path) -> None:
+    sizes: dict = {}
+    for rel, f in info["files"].items():
+        top = rel.split("/")[0] if "/" in rel else rel
+        sizes[top] = sizes.get(top, 0) + f["bytes"]
+    table = Table(title=f"{out} ({sum(sizes.values()) / 1e6:.1f} MB, {len(info['files'])} files)")
+    table.add_column("part")
+    table.add_column("MB", justify="right")
+    for top, size in sorted(sizes.items()):
+        table.add_row(top, f"{size / 1e6:.2f}")
+    out_console.print(table)
+    paths = Table(title="build path per TensorRT version (chosen on the device by `python -m aspp_deploy.runtime build`)")
+    paths.add_column("TensorRT")
+    for p in info["precisions"]:
+        paths.add_column(p)
+    for version, row in info["build_paths"].items():
+        cells = []
+        for p in info["precisions"]:
+            path = row[p]
+            cells.append("not available" if "error" in path else
+                         path["onnx"] + (" (calibrate on device)" if path["legacy_int8"] else ""))
+        paths.add_row(version, *cells)
+    out_console.print(paths)
+    out_console.print(f"next, on the Jetson: cd {out.name} && python3 -m aspp_deploy.runtime selftest && ./build.sh "
+                      "(see README.md)", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def bundle(
+        target: Annotated[str, typer.Option(help="Deployment target (jetson).")] = "jetson",
+        precision: Annotated[List[str], typer.Option(help="fp16 and/or int8: repeat the option or give a comma list.")] = ["fp16"],  # noqa: B006
+        checkpoint: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint (default: the shipped one).")] = None,
+        onnx: Annotated[Optional[Path], typer.Option("--onnx", help="An FP32 ONNX from `export` to bundle instead of exporting the checkpoint.")] = None,
+        artifacts: Annotated[Path, typer.Option(help="Where the exported ONNX is reused from or written to.")] = Path("artifacts"),
+        calib: Annotated[Optional[Path], typer.Option(help="Calibration images (default: the shipped calibration/).")] = None,
+        calib_images: Annotated[int, typer.Option(help="INT8: calibration images shipped for on-device calibration (0: all).")] = DEFAULT_CALIB_IMAGES,
+        calib_cache: Annotated[Optional[Path], typer.Option(help="INT8: a TensorRT calibration cache from `aspp-deploy build --legacy-int8` to ship.")] = None,
+        data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val split measures the quantized models (default: synthetic).")] = None,
+        backend: Annotated[QuantBackend, typer.Option(help="Quantizer (as `aspp-deploy quantize --backend`).")] = QuantBackend.auto,
+        name: Annotated[str, typer.Option(help="Model name in DeepStream and Triton.")] = "aspp",
+        out: Annotated[Path, typer.Option(help="Bundle folder (replaced atomically if it holds an older bundle).")] = Path("bundle/jetson"),
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write bundle.json's content as JSON.")] = None,
+    ) -> None:
+        """Make a self-contained Jetson bundle: ONNX files, torch-free runtime, device build step, DeepStream, Triton."""
+        from aspp_deploy.bundle.bundle import BundleRequest, is_replaceable, bundle_from_onnx
+        from aspp_deploy.precision.calibration import calibration_files
+        from aspp_deploy.precision.quantize import shipped_calibration
+
+        if target.lower() not in TARGETS:
+            raise InputError(f"--target {target} is not supported: only jetson (for a desktop GPU, build an engine "
+                             "with `aspp-deploy build`)")
+        precisions = parse_precisions(precision)
+        if not name or not all(c.isalnum() or c in "_-" for c in name):
+            raise InputError(f"--name {name!r} must be letters, digits, _ or - (it names Triton models and files)")
+        if calib_images < 0:
+            raise InputError(f"--calib-images {calib_images} is impossible: use 0 (all) or a positive count")
+        if not is_replaceable(out):
+            raise InputError(f"{out} exists and is not an aspp-deploy bundle: choose another --out (it is never overwritten)")
+        check_writable(out)
+        calib_folder = calib or shipped_calibration()
+        selftest = calibration_files(calib_folder, 2)
+        fp32 = _fp32_onnx(onnx, checkpoint, artifacts)
+        variants = _variants(fp32, precisions, calib, data, backend.value)
+        shipped = calibration_files(calib_folder, calib_images) if "int8" in precisions else []
+        with console.status(f"writing {out}"):
+            info = bundle_from_onnx(BundleRequest(fp32, variants, out, name, shipped, calib_cache, selftest),
+                                    log=lambda m: console.print(f"  {m}", highlight=False))
+        _summary(info, out)
+        write_json(json_out, info)

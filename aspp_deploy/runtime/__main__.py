@@ -1,0 +1,196 @@
+"""``python -m aspp_deploy.runtime``: build, plan, segment, selftest - on the device, without torch or onnx.
+
+    python -m aspp_deploy.runtime selftest                       # files + bit-identical preprocessing
+    python -m aspp_deploy.runtime plan  --precision fp16         # the path for this TensorRT, no build
+    python -m aspp_deploy.runtime build --precision fp16         # engines/model.fp16.engine (+ .json)
+    python -m aspp_deploy.runtime segment --engine engines/model.fp16.engine --input images/ --out overlays/
+
+Every failure is one ``error:`` line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from aspp_deploy.errors import AsppDeployError, InputError
+from aspp_deploy.trt.build import DEFAULT_WORKSPACE_MB
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CUDA_BACKENDS = ("auto", "cuda-python", "pycuda")
+DEFAULT_ONNX = Path("models/model.onnx")
+DEFAULT_CALIB = Path("calibration/images")
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _installed_version() -> tuple:
+    from aspp_deploy.trt.plan import parse_version
+    from aspp_deploy.trt.runtime import import_tensorrt
+
+    trt = import_tensorrt()  # MissingDependencyError: one line naming TensorRT and how to get it
+    return parse_version(trt.__version__), str(trt.__version__)
+
+
+def _choice(args: argparse.Namespace, version: tuple):
+    from aspp_deploy.runtime.builder import choose_build, read_models
+
+    onnx = Path(args.onnx)
+    if not onnx.is_file():
+        raise InputError(f"ONNX model not found: {onnx} (run from the bundle folder, or give --onnx)")
+    calib = args.calib if args.calib is not None else (DEFAULT_CALIB if DEFAULT_CALIB.is_dir() else None)
+    models = read_models(onnx.parent)
+    choice = choose_build(models, onnx.name, args.precision, version, legacy_int8=args.legacy_int8,
+                          can_calibrate=calib is not None or (args.calib_cache is not None and args.calib_cache.is_file()))
+    return choice, calib
+
+
+def _engine_path(args: argparse.Namespace) -> Path:
+    return args.out or Path("engines") / f"{Path(args.onnx).stem}.{args.precision}.engine"
+
+
+def _calib_cache(args: argparse.Namespace, engine: Path) -> Path:
+    return args.calib_cache or engine.with_suffix(".calib")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from aspp_deploy.runtime.builder import trtexec_line
+    from aspp_deploy.trt.plan import parse_version
+
+    version = parse_version(args.trt_version) if args.trt_version else _installed_version()[0]
+    choice, _ = _choice(args, version)
+    engine = _engine_path(args)
+    line = trtexec_line(choice, str(Path(args.onnx).parent), str(engine), str(_calib_cache(args, engine)),
+                        args.workspace_mb)
+    payload = {"tensorrt": f"{version[0]}.{version[1]}", **choice.to_dict(), "engine": str(engine), "trtexec": line}
+    if args.json:
+        _say(json.dumps(payload, indent=2))
+        return 0
+    _say(f"TensorRT {version[0]}.{version[1]}, {choice.precision}: build {choice.onnx}")
+    for note in payload["notes"]:
+        _say(f"  {note}")
+    _say(f"trtexec equivalent: {line}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from aspp_deploy.runtime.builder import build_engine, trtexec_line
+
+    version, full = _installed_version()
+    choice, calib = _choice(args, version)
+    engine = _engine_path(args)
+    cache = _calib_cache(args, engine)
+    _say(f"TensorRT {full}: building {choice.onnx} for {choice.precision}")
+    for note in choice.to_dict()["notes"]:
+        _say(f"  {note}")
+    _say(f"trtexec equivalent: {trtexec_line(choice, str(Path(args.onnx).parent), str(engine), str(cache), args.workspace_mb)}")
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    manifest = build_engine(choice, Path(args.onnx).parent, engine, calib_dir=calib, calib_cache=cache,
+                            calib_size=args.calib_size, workspace_mb=args.workspace_mb, cuda=args.cuda, log=_say)
+    _say(f"built {engine} ({manifest['build_seconds']} s) and {engine.name}.json")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from aspp_deploy.runtime.app import find_inputs, segment_images, segment_video
+    from aspp_deploy.runtime.segmenter import Segmenter
+
+    _installed_version()  # without TensorRT nothing below can run: say so first
+    kind, files = find_inputs(Path(args.input))
+    with Segmenter(args.engine, cuda=args.cuda) as seg:
+        if kind == "video":
+            summary = segment_video(seg.predict_batch, files[0], args.out, seg.palette, args.alpha, args.limit, _say)
+        else:
+            summary = segment_images(seg.predict_batch, files, args.out, seg.palette, args.alpha,
+                                     args.batch or seg.max_batch, _say)
+    _say(f"{summary['count']} {'frame' if kind == 'video' else 'image'}(s) -> {args.out} "
+         f"({summary['ms_per_image']} ms each, preprocessing + inference + post-processing)")
+    return 0
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from aspp_deploy.runtime.selftest import selftest
+
+    report: Dict[str, Any] = selftest(args.bundle)
+    failed: List[str] = list(report["files"])
+    for item in report["preprocessing"]:
+        if not item["identical"]:
+            failed.append(f"preprocessing of {item['file']} differs from the toolkit's (channel means moved by "
+                          f"up to {item['max_channel_mean_drift']:.3g}): Pillow's resampling differs between "
+                          "releases, use the bundle's Pillow release where this Python allows it")
+    here, made = report["here"], report["bundle_made_with"]
+    if args.json:
+        _say(json.dumps(report, indent=2))
+    else:
+        problems = len(report["files"])
+        _say(f"files: {'ok' if not problems else str(problems) + ' problem(s)'}")
+        same = sum(1 for i in report["preprocessing"] if i["identical"])
+        _say(f"preprocessing: {same}/{len(report['preprocessing'])} image(s) bit-identical to the toolkit "
+             f"(here numpy {here['numpy']}, Pillow {here['pillow']}; bundle made with numpy "
+             f"{made.get('numpy', '?')}, Pillow {made.get('pillow', '?')})")
+    for problem in failed:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--onnx", type=Path, default=DEFAULT_ONNX, help="the FP32 ONNX (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp16", help="engine precision (default: %(default)s)")
+    p.add_argument("--legacy-int8", action="store_true", help="INT8 by calibrating the FP32 ONNX here (8.x-10.x)")
+    p.add_argument("--calib", type=Path, default=None, help=f"calibration images (default: {DEFAULT_CALIB} if present)")
+    p.add_argument("--calib-size", type=int, default=0, help="use the first N calibration images (0: all)")
+    p.add_argument("--calib-cache", type=Path, default=None, help="INT8 calibration cache (default: ENGINE.calib)")
+    p.add_argument("--out", type=Path, default=None, help="engine path (default: engines/MODEL.PRECISION.engine)")
+    p.add_argument("--workspace-mb", type=int, default=DEFAULT_WORKSPACE_MB, help="builder workspace limit in MiB")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m aspp_deploy.runtime",
+                                  description="The aspp-deploy Jetson runtime: build engines and segment, torch-free.")
+    sub = top.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("build", help="build a TensorRT engine for this device's TensorRT version")
+    _build_args(p)
+    p.add_argument("--cuda", choices=CUDA_BACKENDS, default="auto", help="CUDA Python package")
+    p.set_defaults(run=cmd_build)
+    p = sub.add_parser("plan", help="print the build path and trtexec command for a TensorRT version (no build)")
+    _build_args(p)
+    p.add_argument("--trt-version", default=None, help="e.g. 8.5, 10.3 (default: the installed TensorRT)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_plan)
+    p = sub.add_parser("segment", help="segment a folder of images, one image or a video; write overlays")
+    p.add_argument("--engine", type=Path, required=True, help="engine built by `build` (its .json beside it)")
+    p.add_argument("--input", type=Path, required=True, help="folder of images, an image, or a video file")
+    p.add_argument("--out", type=Path, default=Path("overlays"), help="output folder (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlays")
+    p.add_argument("--batch", type=int, default=0, help="images per inference (default: the engine's batch)")
+    p.add_argument("--limit", type=int, default=0, help="video: stop after N frames (0: all)")
+    p.add_argument("--cuda", choices=CUDA_BACKENDS, default="auto", help="CUDA Python package")
+    p.set_defaults(run=cmd_segment)
+    p = sub.add_parser("selftest", help="check the bundle's files and bit-identical preprocessing (no TensorRT)")
+    p.add_argument("--bundle", type=Path, default=Path("."), help="bundle folder (default: current folder)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_selftest)
+    return top
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except AsppDeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except PermissionError as exc:
+        print(f"error: permission denied: {exc.filename or exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

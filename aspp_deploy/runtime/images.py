@@ -1,0 +1,135 @@
+"""The CPU side of segmentation: images in, model input out; model output in, class map and overlay out.
+
+NumPy and Pillow only. Preprocessing is ``aspp_deploy.data.preprocess.Preprocess`` itself (the code the
+toolkit exports, evaluates and calibrates with), so the device feeds the engine bit-identically.
+
+Sizes follow Pillow: ``(width, height)``. Arrays are ``H x W`` (masks) or ``H x W x 3`` (RGB images).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.data.voc import load_image, voc_palette
+from aspp_deploy.errors import InputError
+
+ImageLike = Union[Image.Image, np.ndarray, str, Path]  # typing.Union: runs on Python 3.8 (JetPack 5)
+DEFAULT_ALPHA = 0.5
+NEAREST = getattr(getattr(Image, "Resampling", Image), "NEAREST")  # Image.Resampling from Pillow 9.1; older Pillows have the constant
+
+
+def load_rgb(image: ImageLike) -> Image.Image:
+    """A path, a PIL image or an ``H x W x 3`` uint8 RGB array (``H x W`` grey) -> an RGB PIL image.
+
+    Arrays from OpenCV are BGR: convert them first (``frame[..., ::-1]``).
+    """
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+            raise InputError(f"an image array must be H x W x 3 (RGB) or H x W uint8, got {image.dtype} "
+                             f"{tuple(image.shape)}")
+        return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
+    raise InputError(f"cannot read an image from a {type(image).__name__}: give a path, a PIL image or an array")
+
+
+def preprocess_image(image: ImageLike, preprocess: Preprocess) -> np.ndarray:
+    """One image -> the model's ``3 x H x W`` float32 input (exactly the toolkit's preprocessing)."""
+    return preprocess(load_rgb(image))
+
+
+def class_map(output: np.ndarray) -> np.ndarray:
+    """One image's model output -> ``H x W`` class ids at the model's resolution.
+
+    Logits (float, ``C x H x W`` or ``1 x C x H x W``) are reduced by argmax over classes; class ids
+    (integer, from an export with ``--argmax``: ``H x W``, ``1 x H x W`` or ``1 x 1 x H x W``) pass through.
+    """
+    a = np.asarray(output)
+    if a.dtype.kind == "f":
+        if a.ndim == 4 and a.shape[0] == 1:
+            a = a[0]
+        if a.ndim != 3:
+            raise InputError(f"logits must be C x H x W for one image, got shape {tuple(a.shape)}")
+        return a.argmax(axis=0)
+    if a.dtype.kind not in "iu":
+        raise InputError(f"model output of type {a.dtype} is neither logits nor class ids")
+    while a.ndim > 2 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise InputError(f"class ids must be H x W for one image, got shape {tuple(np.asarray(output).shape)}")
+    return a
+
+
+def postprocess(output: np.ndarray, original_size: Sequence[int], num_classes: int | None = None) -> np.ndarray:
+    """One image's model output -> ``H x W`` class ids at the original ``(width, height)`` (nearest).
+
+    The mask is uint8 when the classes fit in a byte (the logits' channel count, or ``num_classes``),
+    else int32.
+    """
+    ids = class_map(output)
+    classes = num_classes or (np.asarray(output).shape[-3] if np.asarray(output).dtype.kind == "f" else None)
+    small = classes is not None and classes <= 256 or (classes is None and ids.dtype == np.uint8)
+    if small and ids.size and (int(ids.min()) < 0 or int(ids.max()) > 255):
+        raise InputError(f"class ids {int(ids.min())}..{int(ids.max())} do not fit {classes} classes")
+    ids = ids.astype(np.uint8 if small else np.int32, copy=False)
+    width, height = int(original_size[0]), int(original_size[1])
+    if ids.shape == (height, width):
+        return np.ascontiguousarray(ids)
+    resized = Image.fromarray(ids).resize((width, height), NEAREST)
+    return np.asarray(resized, dtype=ids.dtype)
+
+
+def palette_array(palette: Sequence[Sequence[int]] | None, size: int = 256) -> np.ndarray:
+    """A ``size x 3`` uint8 colour table: the given colours first, then the VOC colour map."""
+    table = np.asarray(voc_palette(size), dtype=np.uint8)
+    if palette:
+        colours = np.asarray(palette, dtype=np.int64).reshape(-1, 3)[:size]
+        if colours.min() < 0 or colours.max() > 255:
+            raise InputError("palette colours must be 0..255")
+        table[: len(colours)] = colours
+    return table
+
+
+def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """``H x W`` class ids -> ``H x W x 3`` uint8 RGB, one colour per class."""
+    ids = np.asarray(mask)
+    if ids.dtype.kind not in "iu":
+        raise InputError(f"a mask holds integer class ids, got {ids.dtype}")
+    top = int(ids.max()) + 1 if ids.size else 1
+    return palette_array(palette, max(256, top))[ids]
+
+
+def overlay(image: ImageLike, mask: np.ndarray, palette: Sequence[Sequence[int]] | None = None,
+            alpha: float = DEFAULT_ALPHA, background: int | None = 0) -> Image.Image:
+    """The image with the coloured mask blended over it (``alpha`` = mask weight).
+
+    Pixels of class ``background`` keep the image's own colour (None: colour every class). A mask of
+    another size is resized to the image with nearest neighbour.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
+    rgb = load_rgb(image)
+    ids = np.asarray(mask)
+    if ids.shape != (rgb.height, rgb.width):
+        ids = np.asarray(Image.fromarray(ids.astype(np.int32)).resize(rgb.size, NEAREST), dtype=np.int32)
+    base = np.asarray(rgb, dtype=np.float32)
+    colour = colorize(ids, palette).astype(np.float32)
+    blended = np.rint((1.0 - alpha) * base + alpha * colour)
+    if background is not None:
+        blended[ids == background] = base[ids == background]
+    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
+
+
+def stack_inputs(arrays: Sequence[np.ndarray], batch: int) -> np.ndarray:
+    """``3 x H x W`` inputs -> one ``batch x 3 x H x W`` array, padded by repeating the last input."""
+    if not arrays:
+        raise InputError("no images to stack")
+    padded = list(arrays) + [arrays[-1]] * max(0, batch - len(arrays))
+    return np.ascontiguousarray(np.stack(padded).astype(np.float32, copy=False))
