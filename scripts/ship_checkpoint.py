@@ -43,7 +43,7 @@ def main() -> None:
         "preprocess": ckpt.preprocess.to_dict(),
         "training": {"seed": ckpt.meta.get("train_settings", {}).get("seed"),
                      "command": ckpt.meta.get("train_command"),
-                     "data": "aspp-deploy data synth --out data/synth --train 2000 --val 200 (seed 0)",
+                     "data": "aspp-deploy data synth --out data/synth --train 2000 --val 200",
                      **{k: ckpt.meta.get(k) for k in ("train_settings", "train_images", "final_loss",
                                                        "device", "torch")}},
         "validation": {"data": f"synthetic val split, seed 0, {result.num_images} images "
