@@ -15,30 +15,35 @@ ONNX_VARIANTS = [
 ]
 
 
-def onnx_is_stale(onnx_path: Path, checkpoint: Path) -> bool:
-    """True when the ONNX was exported from another checkpoint (or has no manifest)."""
+def _source(onnx_path: Path) -> dict | None:
+    """The ``source`` record of an ONNX file's manifest ({} when it has none), None without a manifest."""
     from aspp_deploy.errors import InputError
     from aspp_deploy.export.manifest import read_onnx_manifest
 
     try:
-        entry = read_onnx_manifest(onnx_path).entry
+        return read_onnx_manifest(onnx_path).entry.get("source") or {}
     except InputError:
-        return True
-    return entry.get("source", {}).get("checkpoint_sha256") != sha256_file(checkpoint)
+        return None
+
+
+def onnx_is_stale(onnx_path: Path, checkpoint: Path) -> bool:
+    """True when the ONNX was exported from another checkpoint (or has no manifest)."""
+    source = _source(onnx_path)
+    return source is None or source.get("checkpoint_sha256") != sha256_file(checkpoint)
+
+
+def made_from(variant: Path, fp32: Path) -> bool:
+    """True when ``variant`` exists and was quantized from this very FP32 ONNX."""
+    source = _source(variant) if variant.is_file() else None
+    return source is not None and source.get("onnx_sha256") == sha256_file(fp32)
 
 
 def variant_is_stale(variant: Path, fp32: Path, checkpoint: Path) -> bool:
     """True when a quantized ONNX was made from another FP32 ONNX or checkpoint."""
-    from aspp_deploy.errors import InputError
-    from aspp_deploy.export.manifest import read_onnx_manifest
-
     if not variant.is_file():
         return False
-    if onnx_is_stale(variant, checkpoint):
-        return True
-    try:
-        source = read_onnx_manifest(variant).entry.get("source", {})
-    except InputError:
+    source = _source(variant)
+    if source is None or source.get("checkpoint_sha256") != sha256_file(checkpoint):
         return True
     return fp32.is_file() and source.get("onnx_sha256") != sha256_file(fp32)
 
@@ -71,10 +76,8 @@ def default_row_specs(checkpoint: Path, artifacts: Path, export_fn, quantize_fn)
     ]
     for precision, name, kwargs in ONNX_VARIANTS:
         path = artifacts / name
-        reason = None if quantize_fn is not None else "the precision module is not available"
-        specs.append(RowSpec("onnxruntime", precision, "cpu", path, unavailable=reason,
-                             refresh=variant_is_stale(path, fp32, checkpoint),
-                             produce=(lambda kw=kwargs, p=path: quantize_fn(fp32, p, **kw)) if quantize_fn else None))
+        specs.append(RowSpec("onnxruntime", precision, "cpu", path, refresh=variant_is_stale(path, fp32, checkpoint),
+                             produce=lambda kw=kwargs, p=path: quantize_fn(fp32, p, **kw)))
     specs.append(RowSpec("onnxruntime", "fp32", "cuda", fp32, produce=export_fn,
                          unavailable=_ort_provider_reason("CUDAExecutionProvider")))
     specs.append(RowSpec("onnxruntime", "fp32", "tensorrt", fp32, produce=export_fn,

@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
-from aspp_deploy.cli.export_cmd import SHIPPED_CALIBRATION, image_files
+from aspp_deploy.cli.export_cmd import image_files
+from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
 from aspp_deploy.errors import InputError
 
 

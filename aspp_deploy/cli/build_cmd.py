@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 
 from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
 from aspp_deploy.errors import InputError
 from aspp_deploy.trt.plan import lint_profile as lint_version
+
+if TYPE_CHECKING:
+    import onnx
 
 
 class Precision(str, Enum):
@@ -24,14 +27,10 @@ class CalibAlgo(str, Enum):
     minmax = "minmax"
 
 
-def onnx_kind(path: Path) -> Literal["fp32", "fp16", "qdq"]:
-    """What precision an ONNX file holds: 'qdq' (Q/DQ nodes), 'fp16' (fp16 weights) or 'fp32'."""
+def onnx_kind(model: onnx.ModelProto) -> Literal["fp32", "fp16", "qdq"]:
+    """What precision an ONNX model holds: 'qdq' (Q/DQ nodes), 'fp16' (fp16 weights) or 'fp32'."""
     import onnx
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise InputError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
     ops = {n.op_type for n in model.graph.node}
     if ops & {"QuantizeLinear", "DequantizeLinear"}:
         return "qdq"
@@ -76,6 +75,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build a TensorRT engine, choosing the build path by the installed TensorRT version."""
         from aspp_deploy.backends.registry import require_backend
+        from aspp_deploy.export.graph import load_onnx
         from aspp_deploy.export.trt_check import check_for_trt
         from aspp_deploy.trt.build import engine_from_onnx
         from aspp_deploy.trt.plan import BuildRequest, parse_version
@@ -86,10 +86,9 @@ def register(app: typer.Typer) -> None:
         require_backend("trt")
         trt = import_tensorrt()
         version = parse_version(trt.__version__)
-        kind = onnx_kind(onnx)
-        import onnx as onnx_lib
-
-        report = check_for_trt(onnx_lib.load(str(onnx)), lint_version(version))
+        model = load_onnx(onnx)
+        kind = onnx_kind(model)
+        report = check_for_trt(model, lint_version(version))
         for finding in report.findings:
             console.print(f"pre-flight {finding}", highlight=False)
         if not report.ok:
@@ -105,14 +104,15 @@ def register(app: typer.Typer) -> None:
         engine = out or onnx.with_name(f"{onnx.stem}.{precision.value}.engine")
         batches, data_key = None, None
         if precision is Precision.int8 and kind != "qdq":
-            from aspp_deploy.cli.export_cmd import SHIPPED_CALIBRATION
             from aspp_deploy.export.manifest import read_onnx_manifest
-            from aspp_deploy.precision.calibration import CalibrationData, calibration_files, data_digest
+            from aspp_deploy.precision.calibration import (SHIPPED_CALIBRATION, CalibrationData, calibration_files,
+                                                           data_digest)
 
-            entry = read_onnx_manifest(onnx).entry
+            manifest = read_onnx_manifest(onnx)
+            entry = manifest.entry
             files = calibration_files(calib or SHIPPED_CALIBRATION, calib_size)
             batch = entry["inputs"][0]["shape"][0]
-            batches = CalibrationData(files, read_onnx_manifest(onnx).preprocess(), entry["inputs"][0]["name"],
+            batches = CalibrationData(files, manifest.preprocess(), entry["inputs"][0]["name"],
                                       batch if isinstance(batch, int) else 1)
             data_key = data_digest(files)
         manifest = engine_from_onnx(onnx, engine, req, workspace_mb=workspace_mb, opt_level=opt_level,

@@ -49,20 +49,6 @@ def check_writable(out: Path) -> None:
                          else f"cannot write to {out.parent}: {why}")
 
 
-def _fresh_variant(path: Path, fp32: Path) -> bool:
-    """True when ``path`` exists and was quantized from this very FP32 ONNX."""
-    from aspp_deploy.export.manifest import read_onnx_manifest
-    from aspp_deploy.io import sha256_file
-
-    if not path.is_file():
-        return False
-    try:
-        source = read_onnx_manifest(path).entry.get("source") or {}
-    except InputError:
-        return False
-    return source.get("onnx_sha256") == sha256_file(fp32)
-
-
 def _fp32_onnx(onnx: Optional[Path], checkpoint: Optional[Path], artifacts: Path) -> Path:
     """The given ONNX, or ARTIFACTS/model.onnx exported from the checkpoint unless it is up to date."""
     if onnx is not None:
@@ -86,12 +72,13 @@ def _fp32_onnx(onnx: Optional[Path], checkpoint: Optional[Path], artifacts: Path
 
 def _variants(fp32: Path, precisions: List[str], calib: Optional[Path], data: Optional[Path],
               backend: str) -> dict:
+    from aspp_deploy.bench.rows import made_from
     from aspp_deploy.precision.quantize import QuantizeOptions, default_output, quantized_onnx_from_fp32
 
     made = {}
     for precision in precisions:
         path = default_output(fp32, precision, "trt")
-        if _fresh_variant(path, fp32):
+        if made_from(path, fp32):
             console.print(f"reusing {path}", highlight=False)
         else:
             opts = QuantizeOptions(precision=precision, target="trt", calib=calib, data=data, out=path, backend=backend)
@@ -149,7 +136,7 @@ def register(app: typer.Typer) -> None:
         """Make a self-contained Jetson bundle: ONNX files, torch-free runtime, device build step, DeepStream, Triton."""
         from aspp_deploy.bundle.bundle import BundleRequest, is_replaceable, bundle_from_onnx
         from aspp_deploy.precision.calibration import calibration_files
-        from aspp_deploy.precision.quantize import shipped_calibration
+        from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
 
         if target.lower() not in TARGETS:
             raise InputError(f"--target {target} is not supported: only jetson (for a desktop GPU, build an engine "
@@ -162,7 +149,7 @@ def register(app: typer.Typer) -> None:
         if not is_replaceable(out):
             raise InputError(f"{out} exists and is not an aspp-deploy bundle: choose another --out (it is never overwritten)")
         check_writable(out)
-        calib_folder = calib or shipped_calibration()
+        calib_folder = calib or SHIPPED_CALIBRATION
         selftest = calibration_files(calib_folder, 2)
         fp32 = _fp32_onnx(onnx, checkpoint, artifacts)
         variants = _variants(fp32, precisions, calib, data, backend.value)

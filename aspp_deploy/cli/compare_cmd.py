@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         if fp32.is_file() and onnx_is_stale(fp32, ckpt.path):
             console.print(f"{fp32} was exported from another checkpoint: exporting again", highlight=False)
             export_fn()
-        specs = default_row_specs(ckpt.path, artifacts, export_fn, _quantize_fn())
+        specs = default_row_specs(ckpt.path, artifacts, export_fn, _quantize)
         with Progress(console=console, transient=True) as progress:
             gen = progress.add_task("generating the synthetic validation split", total=None, visible=False)
             root = data if data is not None else ensure_default_data(
@@ -111,11 +111,8 @@ def register(app: typer.Typer) -> None:
         write_json(json_out, {"machine": machine, "settings": settings, "rows": dicts})
 
 
-def _quantize_fn():
-    """Makes the FP16 / INT8 ONNX rows' artifacts with ``aspp-deploy quantize``'s defaults."""
+def _quantize(fp32: Path, out: Path, **kwargs) -> Path:
+    """Makes an FP16 / INT8 ONNX row's artifact with ``aspp-deploy quantize``'s defaults."""
     from aspp_deploy.precision.api import quantize_for_compare
 
-    def quantize(fp32: Path, out: Path, **kwargs) -> Path:
-        return quantize_for_compare(fp32, out, log=lambda m: console.print(f"  {m}", highlight=False), **kwargs)
-
-    return quantize
+    return quantize_for_compare(fp32, out, log=lambda m: console.print(f"  {m}", highlight=False), **kwargs)

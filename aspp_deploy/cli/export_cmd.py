@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
+from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
 
-SHIPPED_CALIBRATION = Path(__file__).resolve().parents[2] / "calibration"
 
 
 class ArgmaxDtype(str, Enum):
@@ -102,17 +102,10 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the findings as JSON.")] = None,
     ) -> None:
         """Lint an ONNX model against the TensorRT ONNX parser's constraints (no TensorRT needed)."""
-        import onnx
-
-        from aspp_deploy.errors import InputError
+        from aspp_deploy.export.graph import load_onnx
         from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt
 
-        if not model.is_file():
-            raise InputError(f"ONNX model not found: {model}")
-        try:
-            graph = onnx.load(str(model))
-        except Exception as exc:
-            raise InputError(f"{model} is not a readable ONNX file ({type(exc).__name__})") from None
+        graph = load_onnx(model)
         versions = [trt_version.value] if trt_version else list(TRT_VERSIONS)
         reports = [check_for_trt(graph, v) for v in versions]
         for rep in reports:

@@ -1,9 +1,24 @@
-"""Small helpers over an ONNX graph: static shapes, initializers, attributes, FLOP counts."""
+"""Small helpers over an ONNX graph: loading, static shapes, initializers, attributes, FLOP counts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 from onnx import helper, numpy_helper, shape_inference
+
+from aspp_deploy.errors import InputError
+
+
+def load_onnx(path: Path | str, external_data: bool = True) -> onnx.ModelProto:
+    """An ONNX model from ``path``; one clear InputError when the file is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"ONNX model not found: {path}")
+    try:
+        return onnx.load(str(path), load_external_data=external_data)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise InputError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
 
 
 def infer(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -18,6 +18,7 @@ import onnx
 
 from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.errors import InputError
+from aspp_deploy.export.graph import load_onnx
 from aspp_deploy.io import atomic_write_text
 
 METADATA_KEY = "aspp_deploy.manifest"
@@ -70,12 +71,11 @@ def read_embedded(model: onnx.ModelProto) -> dict | None:
 def read_onnx_manifest(path: Path | str) -> ArtifactManifest:
     """The manifest of an ONNX file: its embedded entry, else its ``manifest.json`` entry."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"ONNX model not found: {path}")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise InputError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
+    return manifest_of(load_onnx(path, external_data=False), path)
+
+
+def manifest_of(model: onnx.ModelProto, path: Path) -> ArtifactManifest:
+    """The manifest of ``model``, loaded from ``path``: embedded, else in ``manifest.json`` beside it."""
     entry = read_embedded(model) or read_sidecar(path.parent).get(path.name)
     if not entry:
         raise InputError(f"{path} has no aspp-deploy manifest (embedded or in {MANIFEST_NAME}); "

@@ -28,6 +28,7 @@ from aspp_deploy.errors import DatasetError
 from aspp_deploy.io import sha256_file
 
 DEFAULT_CALIB_SIZE = 128
+SHIPPED_CALIBRATION = Path(__file__).resolve().parents[2] / "calibration"  # the default --calib
 MIN_SIDE_FRACTION = 4  # an image side below model side / 4 is refused
 
 

@@ -26,13 +26,15 @@ from typing import Callable
 import onnx
 
 from aspp_deploy.errors import InputError, MissingDependencyError
-from aspp_deploy.export.manifest import embed, read_onnx_manifest, tool_versions, update_sidecar
+from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.export.graph import load_onnx
+from aspp_deploy.export.manifest import embed, manifest_of, tool_versions, update_sidecar
 from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt
 from aspp_deploy.io import atomic_write_bytes, ensure_writable, sha256_file
 from aspp_deploy.precision.budget import BudgetResult, run_budget
 from aspp_deploy.precision.cache import CacheKey, CacheLookup, CalibrationCache
-from aspp_deploy.precision.calibration import (DEFAULT_CALIB_SIZE, CalibrationData, calibration_files,
-                                               check_disjoint_from_val, data_digest)
+from aspp_deploy.precision.calibration import (DEFAULT_CALIB_SIZE, SHIPPED_CALIBRATION, CalibrationData,
+                                               calibration_files, check_disjoint_from_val, data_digest)
 
 PRECISIONS = ("fp16", "int8")
 TARGETS = ("trt", "cpu")
@@ -79,10 +81,6 @@ def default_output(src: Path, precision: str, target: str) -> Path:
     return src.with_name(f"{src.stem}.{suffix}.onnx")
 
 
-def shipped_calibration() -> Path:
-    return Path(__file__).resolve().parents[2] / "calibration"
-
-
 def validate(opts: QuantizeOptions) -> str:
     """Check the options; returns the calibration method to use."""
     from aspp_deploy.precision.int8_ort import METHODS
@@ -109,8 +107,8 @@ def validate(opts: QuantizeOptions) -> str:
 
 def check_source(src: Path) -> tuple[onnx.ModelProto, dict]:
     """The FP32 source and its manifest entry; refuses anything already reduced."""
-    manifest = read_onnx_manifest(src)
-    model = onnx.load(str(src))
+    model = load_onnx(src)
+    manifest = manifest_of(model, Path(src))
     q = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
     if q:
         raise InputError(f"{src} is already quantized ({len(q)} {q[0].op_type}/... nodes): "
@@ -170,7 +168,7 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
     src = Path(src)
     method = validate(opts)
     model, fp32_entry = check_source(src)
-    pre = read_onnx_manifest(src).preprocess()
+    pre = Preprocess.from_dict(fp32_entry["preprocess"])
     classes = list(fp32_entry["classes"])
     out = Path(opts.out) if opts.out else default_output(src, opts.precision, opts.target)
     if out.suffix != ".onnx":
@@ -181,7 +179,7 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
     backend = choose_backend(opts, method)
     data_root = Path(opts.data) if opts.data else ensure_default_data()
 
-    calib_folder = Path(opts.calib) if opts.calib else shipped_calibration()
+    calib_folder = Path(opts.calib) if opts.calib else SHIPPED_CALIBRATION
     limit = FP16_AUTOCAST_IMAGES if opts.precision == "fp16" else opts.calib_size
     files = calibration_files(calib_folder, limit)
     check_disjoint_from_val(files, data_root)

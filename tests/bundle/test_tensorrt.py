@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from aspp_deploy.errors import MissingDependencyError
+from aspp_deploy.backends.registry import trt_unavailable_reason
 
 pytestmark = pytest.mark.tensorrt
 ort = pytest.importorskip("onnxruntime")
@@ -20,21 +20,7 @@ ort = pytest.importorskip("onnxruntime")
 MIN_AGREEMENT = {"fp16": 0.98, "int8": 0.9}  # pixels whose class matches FP32 ONNX Runtime
 
 
-def _skip_reason() -> str | None:
-    from aspp_deploy.trt.runtime import tensorrt_installed
-
-    if not tensorrt_installed():
-        return "TensorRT is not installed (only tensorrt-stubs, or nothing)"
-    from aspp_deploy.trt.cuda import get_cuda
-
-    try:
-        get_cuda()
-    except MissingDependencyError as exc:
-        return f"no usable CUDA device: {exc}"
-    return None
-
-
-SKIP = _skip_reason()
+SKIP = trt_unavailable_reason()
 requires_trt = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 
 

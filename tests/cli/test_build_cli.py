@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from aspp_deploy.cli import app
 from aspp_deploy.cli.build_cmd import lint_version, onnx_kind, parse_shape
 from aspp_deploy.errors import InputError
+from aspp_deploy.export.graph import load_onnx
 from aspp_deploy.export.trt_check import TRT_VERSIONS
 from aspp_deploy.trt.runtime import tensorrt_installed
 
@@ -44,16 +45,16 @@ def test_lint_profile_for_the_installed_version(installed, profile):
 
 
 def test_onnx_kind(tiny_onnx, tmp_path):
-    assert onnx_kind(tiny_onnx) == "fp32"
+    assert onnx_kind(load_onnx(tiny_onnx)) == "fp32"
     from onnxconverter_common import float16
 
     half = float16.convert_float_to_float16(onnx.load(str(tiny_onnx)), keep_io_types=True)
     onnx.save(half, str(tmp_path / "h.onnx"))
-    assert onnx_kind(tmp_path / "h.onnx") == "fp16"
+    assert onnx_kind(load_onnx(tmp_path / "h.onnx")) == "fp16"
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf at all \x00\xff")
     with pytest.raises(InputError, match="not a readable ONNX"):
-        onnx_kind(bad)
+        onnx_kind(load_onnx(bad))
 
 
 def test_parse_shape():

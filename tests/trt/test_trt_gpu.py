@@ -4,13 +4,13 @@ Skips (with the reason) where TensorRT or a CUDA device is missing. The tiny mod
 checked against ONNX Runtime everywhere, so the fixtures stay honest on CPU-only machines.
 """
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
-from aspp_deploy.errors import InputError, MissingDependencyError
+from aspp_deploy.backends.registry import trt_unavailable_reason
+from aspp_deploy.errors import InputError
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -20,23 +20,7 @@ FP32_TOL = 1e-2  # FP32 engines may use TF32 convolutions on Ampere and later
 FP16_TOL = 3e-2
 
 
-def _skip_reason():
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed"
-    from aspp_deploy.trt.runtime import tensorrt_installed
-
-    if not tensorrt_installed():
-        return "only the tensorrt type stubs are installed, not TensorRT"
-    from aspp_deploy.trt.cuda import get_cuda
-
-    try:
-        get_cuda()
-    except MissingDependencyError as exc:
-        return f"no usable CUDA device: {exc}"
-    return None
-
-
-SKIP_REASON = _skip_reason()
+SKIP_REASON = trt_unavailable_reason()
 requires_trt_gpu = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
 
