@@ -1,12 +1,27 @@
 """The one definition of preprocessing, recorded with every checkpoint and artifact.
 
-NumPy and Pillow only (no torch), so the Jetson runtime uses this very code and feeds the
-model bit-identically to the toolkit.
+NumPy and Pillow only (no torch), and Python 3.8 syntax, so the Jetson runtime uses this very code
+and feeds the model bit-identically to the toolkit. The same object maps a predicted mask back to
+the original image (``restore``), so eval, predict and the runtime all undo the geometry alike.
+
+Geometry (``policy``), for a model input of ``width x height``:
+
+- ``stretch``: resize the whole image to the input size (aspect ratio not kept);
+- ``letterbox``: resize to fit inside the input keeping the aspect ratio, pad the rest
+  symmetrically with ``pad_value`` (pixel values, RGB);
+- ``center_crop``: resize so the image covers the input keeping the aspect ratio (the short side
+  fits), then crop the centre. Predictions for the cropped-off margins are extended from the
+  nearest predicted pixel when masks are mapped back.
+
+Pixel values: ``x = (pixel * scale - mean) / std`` per channel, where ``mean``/``std`` are listed
+in the model's channel order (``channel_order`` RGB or BGR), then laid out NCHW or NHWC.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -14,48 +29,173 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_FILTERS = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}
+POLICIES = ("stretch", "letterbox", "center_crop")
+LAYOUTS = ("NCHW", "NHWC")
+CHANNEL_ORDERS = ("RGB", "BGR")
+_NEAREST = Image.NEAREST
+
+
+@dataclass(frozen=True)
+class Box:
+    """Where the image content sits: the image is resized to ``resized`` (w, h), and the model
+    input's pixel (0, 0) is the resized image's pixel ``(x, y)`` (negative: padding before it)."""
+
+    resized: Tuple[int, int]
+    x: int
+    y: int
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize to (height, width) with ``resize``, scale to [0, 1], normalise, HWC -> CHW float32."""
+    """Geometry, pixel scaling, normalisation and layout of one model's input."""
 
     height: int = 512
     width: int = 512
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    resize: str = "bilinear"
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    resize: str = "bilinear"          # interpolation filter
     layout: str = "NCHW"
     channel_order: str = "RGB"
+    scale: float = 1.0 / 255.0        # pixel (0..255) -> value before mean/std
+    policy: str = "stretch"
+    pad_value: Tuple[int, int, int] = (0, 0, 0)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list:
+        out = []
+        if not (isinstance(self.height, int) and isinstance(self.width, int)) or self.height < 1 or self.width < 1:
+            out.append(f"input size {self.height}x{self.width} is impossible")
+        if self.resize not in RESIZE_FILTERS:
+            out.append(f"interpolation {self.resize!r} is not one of {', '.join(RESIZE_FILTERS)}")
+        if self.layout not in LAYOUTS:
+            out.append(f"layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            out.append(f"channel order {self.channel_order!r} is not one of {', '.join(CHANNEL_ORDERS)}")
+        if self.policy not in POLICIES:
+            out.append(f"resize policy {self.policy!r} is not one of {', '.join(POLICIES)}")
+        for name, values in (("mean", self.mean), ("std", self.std), ("pad_value", self.pad_value)):
+            if len(values) != 3 or not all(np.isfinite(float(v)) for v in values):
+                out.append(f"{name} must be three finite numbers, got {list(values)}")
+        if len(self.std) == 3 and any(float(v) <= 0 for v in self.std):
+            out.append(f"std must be positive, got {list(self.std)}")
+        if len(self.pad_value) == 3 and any(not 0 <= float(v) <= 255 for v in self.pad_value):
+            out.append(f"pad_value must be pixel values 0..255, got {list(self.pad_value)}")
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            out.append(f"scale must be a positive number, got {self.scale}")
+        return out
+
+    # -- serialisation ---------------------------------------------------------------------------
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"], d["pad_value"] = list(self.mean), list(self.std), list(self.pad_value)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: Dict[str, Any]) -> "Preprocess":
+        """From a manifest's ``preprocess`` record; keys missing in older records take the defaults
+        those records meant (stretch, x/255, NCHW RGB)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a preprocessing record must be a JSON object, got {type(d).__name__}")
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         for key in ("mean", "std"):
             if key in known:
                 known[key] = tuple(float(v) for v in known[key])
+        if "pad_value" in known:
+            known["pad_value"] = tuple(int(round(float(v))) for v in known["pad_value"])
+        for key in ("height", "width"):
+            if key in known:
+                known[key] = int(known[key])
+        if "scale" in known:
+            known["scale"] = float(known["scale"])
         return cls(**known)
 
     def with_size(self, height: int, width: int) -> "Preprocess":
-        return Preprocess(height, width, self.mean, self.std, self.resize, self.layout, self.channel_order)
+        return dataclasses.replace(self, height=int(height), width=int(width))
+
+    def input_shape(self, batch: int = 1) -> Tuple[int, int, int, int]:
+        if self.layout == "NHWC":
+            return (batch, self.height, self.width, 3)
+        return (batch, 3, self.height, self.width)
+
+    # -- geometry --------------------------------------------------------------------------------
+
+    def box(self, size: Sequence[int]) -> Box:
+        """The placement of an image of ``size`` = (width, height) in the model input."""
+        w0, h0 = int(size[0]), int(size[1])
+        if self.policy == "stretch":
+            return Box((self.width, self.height), 0, 0)
+        fit = min if self.policy == "letterbox" else max
+        s = fit(self.width / w0, self.height / h0)
+        w1, h1 = max(1, int(round(w0 * s))), max(1, int(round(h0 * s)))
+        if self.policy == "letterbox":
+            w1, h1 = min(w1, self.width), min(h1, self.height)
+        else:
+            w1, h1 = max(w1, self.width), max(h1, self.height)
+        # letterbox: negative offsets (padding before the content); centre crop: positive (cut off)
+        return Box((w1, h1), (w1 - self.width) // 2, (h1 - self.height) // 2)
 
     def resize_image(self, image: Image.Image) -> Image.Image:
+        """An image -> an RGB image of exactly the model's input size, by ``policy``."""
         image = image.convert("RGB")
-        if image.size != (self.width, self.height):
-            image = image.resize((self.width, self.height), RESIZE_FILTERS[self.resize])
-        return image
+        box = self.box(image.size)
+        if image.size != box.resized:
+            image = image.resize(box.resized, RESIZE_FILTERS[self.resize])
+        if box.resized == (self.width, self.height):
+            return image
+        if self.policy == "letterbox":
+            canvas = Image.new("RGB", (self.width, self.height), tuple(int(v) for v in self.pad_value))
+            canvas.paste(image, (-box.x, -box.y))
+            return canvas
+        return image.crop((box.x, box.y, box.x + self.width, box.y + self.height))
+
+    def restore(self, ids: np.ndarray, size: Sequence[int]) -> np.ndarray:
+        """Class ids predicted on the model input -> class ids at the original ``size`` = (width, height).
+
+        Undoes the geometry: nearest-neighbour for ids; letterbox padding is cut away; centre-crop
+        margins take the nearest predicted class."""
+        ids = np.asarray(ids)
+        w0, h0 = int(size[0]), int(size[1])
+        dtype = np.uint8 if ids.size == 0 or (ids.min() >= 0 and ids.max() <= 255) else np.int32
+        ids = ids.astype(dtype, copy=False)
+        if ids.shape != (self.height, self.width):
+            ids = _resize_ids(ids, (self.width, self.height))
+        box = self.box((w0, h0))
+        if self.policy == "letterbox":
+            ids = ids[-box.y:-box.y + box.resized[1], -box.x:-box.x + box.resized[0]]
+        elif self.policy == "center_crop":
+            w1, h1 = box.resized
+            ids = np.pad(ids, ((box.y, h1 - self.height - box.y), (box.x, w1 - self.width - box.x)), mode="edge")
+        if ids.shape != (h0, w0):
+            ids = _resize_ids(ids, (w0, h0))
+        return np.ascontiguousarray(ids)
+
+    # -- pixels ----------------------------------------------------------------------------------
 
     def normalize(self, rgb: np.ndarray) -> np.ndarray:
-        """uint8 HxWx3 RGB -> float32 3xHxW, normalised."""
-        x = rgb.astype(np.float32) * np.float32(1.0 / 255.0)
+        """uint8 H x W x 3 RGB -> float32 in the model's channel order and layout, normalised."""
+        if self.channel_order == "BGR":
+            rgb = rgb[..., ::-1]
+        x = rgb.astype(np.float32) * np.float32(self.scale)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if self.layout == "NHWC":
+            return np.ascontiguousarray(x)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """A PIL image -> one float32 CHW array of the model's input size."""
+        """A PIL image -> one float32 array (3 x H x W or H x W x 3) of the model's input."""
         return self.normalize(np.asarray(self.resize_image(image), dtype=np.uint8))
+
+    def random_input(self, batch: int, seed: int = 0) -> np.ndarray:
+        """Standard-normal float32 inputs of the model's shape (for parity checks)."""
+        return np.random.default_rng(seed).standard_normal(self.input_shape(batch)).astype(np.float32)
+
+
+def _resize_ids(ids: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    if ids.dtype == np.uint8:
+        return np.asarray(Image.fromarray(ids).resize(size, _NEAREST), dtype=np.uint8)
+    return np.asarray(Image.fromarray(ids.astype(np.int32)).resize(size, _NEAREST), dtype=ids.dtype)
