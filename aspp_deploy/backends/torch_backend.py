@@ -1,21 +1,31 @@
-"""PyTorch runner: the reference every other backend is compared with."""
+"""PyTorch runner: the reference every other backend is compared with.
+
+It runs any model source (``aspp_deploy.model.sources``) through the same output adapter the export
+uses, so its logits are what the ONNX was verified against."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from aspp_deploy.backends.base import Runner, RunnerInfo
 from aspp_deploy.errors import MissingDependencyError
 
+if TYPE_CHECKING:
+    from aspp_deploy.data.preprocess import Preprocess
+    from aspp_deploy.model.sources import ModelSource
+
 
 class TorchRunner(Runner):
     def __init__(self, checkpoint: Path | str | None = None, device: str = "cpu",
-                 precision: str = "fp32", channels_last: bool | None = None) -> None:
+                 precision: str = "fp32", channels_last: bool | None = None,
+                 source: "ModelSource | None" = None, preprocess: "Preprocess | None" = None) -> None:
         import torch
 
-        from aspp_deploy.model.checkpoint import load_checkpoint
+        from aspp_deploy.data.preprocess import Preprocess
+        from aspp_deploy.model.sources import adapt, load_source
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise MissingDependencyError("PyTorch sees no CUDA device (CPU build of torch, or no GPU)")
@@ -23,17 +33,23 @@ class TorchRunner(Runner):
             raise MissingDependencyError(f"the PyTorch backend runs fp32 or fp16, not {precision}")
         if precision == "fp16" and not device.startswith("cuda"):
             raise MissingDependencyError("PyTorch fp16 inference needs a CUDA device")
-        self.ckpt = load_checkpoint(checkpoint)
+        self.source = source or load_source(Path(checkpoint) if checkpoint is not None else None)
+        self.preprocess = preprocess or self.source.preprocess or Preprocess()
+        self.classes = self.source.classes
+        module, plan = adapt(self.source, self.preprocess)
         self._torch = torch
         self.device = torch.device(device)
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
-        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
-        model = self.ckpt.build().to(self.device, self.dtype)
+        self.channels_last = (self.device.type == "cuda" if channels_last is None else channels_last) \
+            and self.preprocess.layout == "NCHW"
+        model = module.to(self.device, self.dtype)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.info = RunnerInfo("torch", precision, str(self.device), str(self.ckpt.path),
-                               extra={"channels_last": self.channels_last})
+        artifact = str(self.source.files[0]) if self.source.files else self.source.label
+        self.info = RunnerInfo("torch", precision, str(self.device), artifact,
+                               outputs_class_ids=plan.kind == "class_ids",
+                               extra={"channels_last": self.channels_last, "source": self.source.label})
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -41,7 +57,8 @@ class TorchRunner(Runner):
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device, self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return self.model(x).float().cpu().numpy()
+            y = self.model(x)
+            return (y.float() if y.is_floating_point() else y).cpu().numpy()
 
     def infer_phases(self, batch: np.ndarray) -> dict[str, float] | None:
         if self.device.type != "cuda":
