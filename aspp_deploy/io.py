@@ -52,6 +52,16 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def fingerprint(record: Dict[str, Any], spec: Dict[str, Any]) -> str:
+    """What identifies a model source and its spec: file hashes, factory and arguments, the spec.
+    Paths are left out (the same file moved is the same model)."""
+    h = hashlib.sha256()
+    kept = {k: v for k, v in record.items() if k not in ("file", "checkpoint", "weights")}
+    h.update(json.dumps(kept, sort_keys=True, default=str).encode())
+    h.update(json.dumps(spec, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 def ensure_writable(folder: Path | str) -> None:
     """Create ``folder`` if needed and prove a file can be written there (one clear error if not)."""
     from aspp_deploy.errors import InputError

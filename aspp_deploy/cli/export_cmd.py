@@ -1,4 +1,4 @@
-"""``aspp-deploy export`` and ``aspp-deploy check``."""
+"""``aspp-deploy export``, ``import``, ``presets`` and ``check``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from aspp_deploy.cli import _model_opts as M
 from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
 from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
 
@@ -41,17 +42,61 @@ def _parity_images(data: Optional[Path]) -> list[Path]:
     return [s.image for s in VOCSegmentation(data, "val").samples[:4]]
 
 
+def print_export(result, verb: str = "wrote") -> None:
+    """The summary export and import share: notes, ASPP findings, passes, parity, pre-flight."""
+    entry = result.entry
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    for match in entry["export"].get("aspp") or []:
+        out_console.print(f"ASPP found: {match['describe']}", highlight=False)
+    if not entry["export"].get("aspp"):
+        out_console.print("ASPP found: none (the passes still apply to any dilated conv or 1x1-map resize)")
+    table = Table(title=f"{result.onnx_path}")
+    table.add_column("pass")
+    table.add_column("changes", justify="right")
+    table.add_column("nodes removed", justify="right")
+    table.add_column("MFLOPs removed", justify="right")
+    table.add_column("operators")
+    for rep in entry["export"]["passes"]:
+        ops = ", ".join(f"{op} {d:+d}" for op, d in rep["ops_delta"].items()) or "(weights only)"
+        table.add_row(rep["name"], str(len(rep["details"])), str(rep["nodes_removed"]),
+                      f"{rep['flops_removed'] / 1e6:.1f}", ops)
+    out_console.print(table)
+    par = entry["parity"]
+    against = "the original ONNX" if entry["export"].get("exporter") == "import" else "PyTorch"
+    out_console.print(f"parity vs {against}: max abs {par['max_abs']:.2e}, mean abs {par['mean_abs']:.2e}, "
+                      f"argmax agreement {par['argmax_agreement']:.6f} over {len(par['cases'])} cases", highlight=False)
+    pre = entry["preprocess"]
+    out_console.print(f"spec: {pre['layout']} {pre['channel_order']} {pre['height']}x{pre['width']} "
+                      f"{pre['policy']}, {len(entry['classes'])} classes, output {entry['output_kind']}", highlight=False)
+    out_console.print("TensorRT pre-flight: " + ", ".join(
+        f"{v} {'ok' if c['ok'] else 'FAIL'}" for v, c in entry["trt_check"].items()), highlight=False)
+    out_console.print(f"{verb} {result.onnx_path} and {result.manifest_path}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def export(
-        checkpoint: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint (default: the shipped one).")] = None,
+        checkpoint: M.Checkpoint = None,
+        arch: M.Arch = None,
+        arch_args: M.ArchArgs = None,
+        weights: M.Weights = None,
+        spec: M.Spec = None,
+        height: M.Height = 0,
+        width: M.Width = 0,
+        layout: M.LayoutOpt = None,
+        channel_order: M.ChannelOrderOpt = None,
+        scale: M.Scale = None,
+        mean: M.Mean = None,
+        std: M.Std = None,
+        resize: M.Resize = None,
+        classes: M.Classes = None,
+        output_kind: M.OutputKindOpt = None,
         out: Annotated[Path, typer.Option(help="Output folder (MODEL.onnx + manifest.json).")] = Path("artifacts"),
-        name: Annotated[str, typer.Option(help="File stem of the ONNX model.")] = "model",
-        height: Annotated[int, typer.Option(help="Input height (0: the checkpoint's).")] = 0,
-        width: Annotated[int, typer.Option(help="Input width (0: the checkpoint's).")] = 0,
+        name: Annotated[str, typer.Option(help="File stem of the ONNX model (a plain name).")] = "model",
         batch: Annotated[int, typer.Option(help="Batch size (the static or the reference one).")] = 1,
-        dynamic: Annotated[str, typer.Option(help="Dynamic axes: '', 'batch', 'spatial' or 'batch,spatial'.")] = "",
+        dynamic: Annotated[Optional[str], typer.Option(help="Dynamic axes: 'batch', 'spatial' or 'batch,spatial' (default: the spec's, else none).")] = None,
         opset: Annotated[int, typer.Option(help="ONNX opset (17 parses on every TensorRT from 8.5).")] = 17,
         simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxsim.")] = True,
         degenerate_atrous: Annotated[bool, typer.Option("--degenerate-atrous/--no-degenerate-atrous",
@@ -63,36 +108,81 @@ def register(app: typer.Typer) -> None:
         data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val images join the parity check (default: shipped calibration images).")] = None,
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the manifest entry as JSON.")] = None,
     ) -> None:
-        """Export a checkpoint to a checked, simplified, parity-verified ONNX with a manifest."""
-        from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
+        """Export a PyTorch model (our checkpoint, a factory + weights, TorchScript, torch.export) to a checked,
+        simplified, parity-verified ONNX with a manifest."""
+        from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_source
+        from aspp_deploy.model.sources import load_source
 
-        dyn = frozenset(d.strip() for d in dynamic.split(",") if d.strip())
-        opts = ExportOptions(height or None, width or None, batch, dyn, opset, simplify,
-                             degenerate_atrous, pool_broadcast, argmax, argmax_dtype.value, name)
+        model_spec = M.build_spec(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
+                                  output_kind)
+        dyn = None if dynamic is None else frozenset(d.strip() for d in dynamic.split(",") if d.strip())
+        opts = ExportOptions(None, None, batch, dyn, opset, simplify, degenerate_atrous, pool_broadcast, argmax,
+                             argmax_dtype.value, name)
         with console.status("exporting"):
-            result = onnx_from_checkpoint(checkpoint, out, opts, _parity_images(data),
-                                          log=lambda m: console.print(m, highlight=False))
-        entry = result.entry
-        for note in result.notes:
-            console.print(f"[yellow]note:[/] {note}", highlight=False)
-        table = Table(title=f"{result.onnx_path}")
-        table.add_column("pass")
-        table.add_column("changes", justify="right")
-        table.add_column("nodes removed", justify="right")
-        table.add_column("MFLOPs removed", justify="right")
-        table.add_column("operators")
-        for rep in entry["export"]["passes"]:
-            ops = ", ".join(f"{op} {d:+d}" for op, d in rep["ops_delta"].items()) or "(weights only)"
-            table.add_row(rep["name"], str(len(rep["details"])), str(rep["nodes_removed"]),
-                          f"{rep['flops_removed'] / 1e6:.1f}", ops)
+            source = load_source(checkpoint, arch, arch_args, weights)
+            result = onnx_from_source(source, model_spec, out, opts, _parity_images(data),
+                                      log=lambda m: console.print(m, highlight=False))
+        print_export(result)
+        write_json(json_out, result.entry)
+
+    @app.command("import")
+    @handle_errors
+    def import_command(
+        model: Annotated[Path, typer.Argument(help="An ONNX segmentation model made elsewhere.")],
+        spec: M.Spec = None,
+        height: M.Height = 0,
+        width: M.Width = 0,
+        layout: M.LayoutOpt = None,
+        channel_order: M.ChannelOrderOpt = None,
+        scale: M.Scale = None,
+        mean: M.Mean = None,
+        std: M.Std = None,
+        resize: M.Resize = None,
+        classes: M.Classes = None,
+        output_kind: M.OutputKindOpt = None,
+        out: Annotated[Path, typer.Option(help="Output folder (MODEL.onnx + manifest.json).")] = Path("artifacts"),
+        name: Annotated[str, typer.Option(help="File stem of the adopted ONNX (a plain name).")] = "model",
+        simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxsim.")] = True,
+        degenerate_atrous: Annotated[bool, typer.Option("--degenerate-atrous/--no-degenerate-atrous",
+                                                        help="Pass 1: atrous convs whose rate covers the feature map -> smaller convs.")] = True,
+        pool_broadcast: Annotated[bool, typer.Option("--pool-broadcast/--no-pool-broadcast",
+                                                     help="Pass 2: Resize of the 1x1 pooled map -> Expand.")] = True,
+        argmax: Annotated[bool, typer.Option("--argmax/--no-argmax", help="Pass 3: output class ids instead of logits.")] = False,
+        argmax_dtype: Annotated[ArgmaxDtype, typer.Option(help="Class-id dtype with --argmax.")] = ArgmaxDtype.int32,
+        data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val images join the parity check (default: shipped calibration images).")] = None,
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the manifest entry as JSON.")] = None,
+    ) -> None:
+        """Adopt a foreign ONNX: checker, onnxsim, ASPP passes, parity against the original, TensorRT
+        pre-flight and the manifest every later command reads."""
+        from aspp_deploy.export.onnx_export import ExportOptions
+        from aspp_deploy.export.onnx_import import onnx_from_foreign
+
+        model_spec = M.build_spec(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
+                                  output_kind)
+        opts = ExportOptions(None, None, 1, None, 17, simplify, degenerate_atrous, pool_broadcast, argmax,
+                             argmax_dtype.value, name)
+        with console.status("importing"):
+            result = onnx_from_foreign(model, model_spec, out, opts, _parity_images(data),
+                                       log=lambda m: console.print(m, highlight=False))
+        print_export(result, "adopted as")
+        write_json(json_out, result.entry)
+
+    @app.command()
+    @handle_errors
+    def presets(
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the presets as JSON.")] = None,
+    ) -> None:
+        """List the --arch presets (torchvision and segmentation_models_pytorch models)."""
+        from aspp_deploy.model.sources import PRESETS
+
+        table = Table(title="--arch presets (pretrained downloads forced off; --weights required)")
+        for col in ("preset", "factory", "class-count argument", "package"):
+            table.add_column(col)
+        for name, p in PRESETS.items():
+            table.add_row(name, p.target, p.classes_arg, p.package)
         out_console.print(table)
-        par = entry["parity"]
-        out_console.print(f"parity vs PyTorch: max abs {par['max_abs']:.2e}, mean abs {par['mean_abs']:.2e}, "
-                          f"argmax agreement {par['argmax_agreement']:.6f}", highlight=False)
-        out_console.print("TensorRT pre-flight: " + ", ".join(
-            f"{v} {'ok' if c['ok'] else 'FAIL'}" for v, c in entry["trt_check"].items()), highlight=False)
-        out_console.print(f"wrote {result.onnx_path} and {result.manifest_path}", highlight=False)
-        write_json(json_out, entry)
+        write_json(json_out, {name: {"factory": p.target, "classes_arg": p.classes_arg, "package": p.package}
+                              for name, p in PRESETS.items()})
 
     @app.command()
     @handle_errors

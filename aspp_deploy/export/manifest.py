@@ -49,7 +49,10 @@ class ArtifactManifest:
         return [list(c) for c in self.entry["palette"]]
 
     def preprocess(self) -> Preprocess:
-        return Preprocess.from_dict(self.entry["preprocess"])
+        try:
+            return Preprocess.from_dict(self.entry["preprocess"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the manifest's preprocessing record is malformed: {exc}") from None
 
 
 def embed(model: onnx.ModelProto, entry: dict) -> None:
@@ -79,7 +82,8 @@ def manifest_of(model: onnx.ModelProto, path: Path) -> ArtifactManifest:
     entry = read_embedded(model) or read_sidecar(path.parent).get(path.name)
     if not entry:
         raise InputError(f"{path} has no aspp-deploy manifest (embedded or in {MANIFEST_NAME}); "
-                         "export it with `aspp-deploy export`")
+                         "adopt it with `aspp-deploy import MODEL.onnx` (an ONNX made elsewhere) or "
+                         "make it with `aspp-deploy export`")
     return ArtifactManifest(entry)
 
 

@@ -1,4 +1,6 @@
-"""``onnx_from_checkpoint``: the whole export pipeline behind ``aspp-deploy export``.
+"""``onnx_from_source``: the whole export pipeline behind ``aspp-deploy export`` (any PyTorch source:
+our checkpoint, a factory with weights, TorchScript, torch.export), and the steps it shares with
+``aspp-deploy import`` (``finish_graph``, ``write_artifact``).
 
 Exporter: the TorchScript-based ``torch.onnx.export(dynamo=False)``. For this model it gives a
 plain opset-17 graph (Conv with BatchNorm already folded in eval mode, Relu, Add, MaxPool,
@@ -24,7 +26,9 @@ from aspp_deploy.export.manifest import embed, tool_versions, update_sidecar
 from aspp_deploy.export.parity import ParityReport, compare_outputs
 from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt
 from aspp_deploy.io import atomic_write_bytes, ensure_writable, sha256_file
-from aspp_deploy.model.checkpoint import Checkpoint, load_checkpoint
+from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.model.sources import ModelSource, load_source, resolve_for_source
+from aspp_deploy.spec import GraphFacts, ModelSpec, ResolvedSpec, resolve_input
 
 MIN_SIDE = 32
 MAX_SIDE = 8192
@@ -33,10 +37,10 @@ DEFAULT_OPSET = 17
 
 @dataclass
 class ExportOptions:
-    height: int | None = None  # None: the checkpoint's preprocessing size
+    height: int | None = None  # None: the spec's, else the source's (our checkpoints), else 512
     width: int | None = None
     batch: int = 1
-    dynamic: frozenset[str] = frozenset()  # subset of {"batch", "spatial"}
+    dynamic: frozenset[str] | None = None  # subset of {"batch", "spatial"}; None: the spec's
     opset: int = DEFAULT_OPSET
     simplify: bool = True
     degenerate_atrous: bool = True
@@ -54,43 +58,82 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def validate_options(opts: ExportOptions, ckpt: Checkpoint) -> tuple[int, int, list[str]]:
+def check_name(name: str) -> str:
+    """A file stem for the artifact: one plain name, so nothing can be written outside ``--out``."""
+    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+           or name.startswith(".") or Path(name).is_absolute() or len(name) > 200)
+    if bad:
+        raise InputError(f"--name {name!r} must be a plain file name (no folders, no leading dot): "
+                         "the artifact is written inside --out")
+    return name
+
+
+def validate_options(opts: ExportOptions, h: int, w: int, stride: int | None) -> list[str]:
     notes = []
-    h = opts.height or ckpt.preprocess.height
-    w = opts.width or ckpt.preprocess.width
     for label, v in (("height", h), ("width", w)):
         if not MIN_SIDE <= v <= MAX_SIDE:
             raise InputError(f"--{label} {v} is impossible: it must be between {MIN_SIDE} and {MAX_SIDE}")
     if opts.batch < 1:
         raise InputError(f"--batch {opts.batch} is impossible: it must be at least 1")
-    unknown = set(opts.dynamic) - {"batch", "spatial"}
+    unknown = set(opts.dynamic or ()) - {"batch", "spatial"}
     if unknown:
         raise InputError(f"--dynamic takes batch and/or spatial, not {', '.join(sorted(unknown))}")
     if not 13 <= opts.opset <= 20:
         raise InputError(f"--opset {opts.opset} is not supported: use 13..20 (17 for TensorRT 8.5/8.6)")
-    os_ = ckpt.config.output_stride
-    if h % os_ or w % os_:
-        notes.append(f"{h}x{w} is not a multiple of the output stride {os_}: the feature grid does "
+    check_name(opts.name)
+    if stride and (h % stride or w % stride):
+        notes.append(f"{h}x{w} is not a multiple of the output stride {stride}: the feature grid does "
                      "not align with the input (valid, but edges are slightly less accurate)")
-    return h, w, notes
+    return notes
 
 
-def _export_torch(model, x, opts: ExportOptions) -> onnx.ModelProto:
+def dynamic_axes(dynamic: frozenset[str] | set[str], layout: str, output_ids: bool) -> dict[str, dict[int, str]]:
+    if not dynamic:
+        return {}
+    dims_in = {0: "batch"} if "batch" in dynamic else {}
+    dims_out = dict(dims_in)
+    if "spatial" in dynamic:
+        dims_in.update({1: "height", 2: "width"} if layout == "NHWC" else {2: "height", 3: "width"})
+        dims_out.update({1: "height", 2: "width"} if output_ids else {2: "height", 3: "width"})
+    return {"input": dims_in, "output": dims_out}
+
+
+def _export_torch(module, x, opts: ExportOptions, axes: dict, out_name: str) -> onnx.ModelProto:
     import torch
 
-    axes = {}
-    if opts.dynamic:
-        dims_in = {0: "batch"} if "batch" in opts.dynamic else {}
-        if "spatial" in opts.dynamic:
-            dims_in.update({2: "height", 3: "width"})
-        axes = {"input": dims_in, "logits": dict(dims_in)}
+    named = {"input": axes["input"], out_name: axes["output"]} if axes else None
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buf, opset_version=opts.opset, dynamo=False,
-                          input_names=["input"], output_names=["logits"], dynamic_axes=axes or None,
-                          do_constant_folding=True)
+        try:
+            torch.onnx.export(module, (x,), buf, opset_version=opts.opset, dynamo=False,
+                              input_names=["input"], output_names=[out_name], dynamic_axes=named,
+                              do_constant_folding=True)
+        except Exception as exc:  # the exporter fails in many ways on user models: one line, no traceback
+            text = str(exc).strip().splitlines()
+            raise InputError(f"torch.onnx.export failed: {type(exc).__name__}: {text[0][:300] if text else ''}") from None
     return onnx.load_from_string(buf.getvalue())
+
+
+def set_io_shape(value: onnx.ValueInfoProto, dims: list[int | str]) -> None:
+    """Declare a graph input's or output's shape (ints static, strings symbolic)."""
+    shape = value.type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        else:
+            dim.dim_param = d
+
+
+def declared_output_dims(pre: Preprocess, batch: int, axes: dict, num_classes: int | None,
+                         output_ids: bool) -> list[int | str]:
+    """The output's shape with meaningful names: batch, classes, height, width (never exporter names)."""
+    out_axes = axes.get("output", {}) if axes else {}
+    dims: list[int | str] = [out_axes.get(0, batch)]
+    spatial = [out_axes.get(1 if output_ids else 2, pre.height), out_axes.get(2 if output_ids else 3, pre.width)]
+    return dims + spatial if output_ids else dims + [num_classes or "classes"] + spatial
 
 
 def _simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -105,21 +148,97 @@ def _simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     return simplified, "simplified with onnxsim"
 
 
-def _check(model: onnx.ModelProto) -> onnx.ModelProto:
+def _check(model: onnx.ModelProto, what: str = "the exported graph") -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise InputError(f"the exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise InputError(f"{what} fails onnx.checker: {str(exc).strip().splitlines()[0]}") from None
     return onnx.shape_inference.infer_shapes(model)
 
 
-def parity_inputs(pre, shapes: list[tuple[int, int, int]], images: list[Path]) -> list[tuple[str, np.ndarray]]:
-    """Random inputs at every (batch, H, W) in ``shapes`` and real images at the first one."""
+@dataclass
+class Finished:
+    graph: onnx.ModelProto       # after simplification and the exact passes (logits)
+    final: onnx.ModelProto       # graph, or graph + ArgMax
+    reports: list
+    simplify_note: str
+    notes: list[str]
+    aspp: list[dict]
+
+
+def finish_graph(graph: onnx.ModelProto, opts: ExportOptions, log: Callable[[str], None],
+                 output_dims: list[int | str] | None = None, what: str = "the exported graph") -> Finished:
+    """checker -> onnxsim -> checker -> ASPP detection -> exact passes -> optional ArgMax.
+
+    Shared by export and import. ``output_dims`` re-declares the output shape after each rewrite, so
+    exporter-made symbol names never reach the manifest."""
+
+    def declare(m: onnx.ModelProto) -> onnx.ModelProto:
+        if output_dims is not None:
+            set_io_shape(m.graph.output[0], output_dims)
+        return m
+
+    graph = _check(declare(graph), what)
+    _name_nodes(graph)
+    simplify_note = "simplification off (--no-simplify)"
+    if opts.simplify:
+        graph, simplify_note = _simplify(graph)
+        graph = _check(declare(graph), what)
+    log(simplify_note)
+    notes = []
+    if any(n.op_type == "BatchNormalization" for n in graph.graph.node):
+        notes.append("BatchNormalization nodes remain (not folded into a conv)")
+    aspp = _find_aspp(graph)
+    log(f"ASPP by graph structure: {'; '.join(a['describe'] for a in aspp) if aspp else 'none found'}")
+    reports = []
+    steps = [(opts.degenerate_atrous, P.degenerate_atrous), (opts.pool_broadcast, P.pool_broadcast)]
+    for enabled, fn in steps:
+        if enabled:
+            new, rep = fn(graph)
+            reports.append(P.with_ops_delta(graph, new, rep))
+            graph = _check(declare(new), what)
+    final = graph
+    if opts.argmax:
+        final, rep = P.append_argmax(graph, opts.argmax_dtype)
+        reports.append(P.with_ops_delta(graph, final, rep))
+        final = _check(final, what)
+    for rep in reports:
+        log(f"pass {rep.name}: {len(rep.details)} change(s), {rep.flops_removed / 1e6:.1f} MFLOPs removed")
+    return Finished(graph, final, reports, simplify_note, notes, aspp)
+
+
+def _name_nodes(graph: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name: quantizers keep nodes in higher precision by name."""
+    taken = {n.name for n in graph.graph.node if n.name}
+    for i, node in enumerate(graph.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+
+
+def _find_aspp(graph: onnx.ModelProto) -> list[dict]:
+    try:
+        from aspp_deploy.export.aspp_find import find_aspp
+    except ImportError:
+        return []
+    out = []
+    for match in find_aspp(graph):
+        d = match.to_dict()
+        d["describe"] = match.describe()
+        out.append(d)
+    return out
+
+
+def parity_inputs(pre: Preprocess, shapes: list[tuple[int, int, int]], images: list[Path]) -> list[tuple[str, np.ndarray]]:
+    """Random inputs at every (batch, H, W) in ``shapes`` and real images at the first one, in the
+    model's layout."""
     from aspp_deploy.data.voc import load_image
 
-    rng = np.random.default_rng(0)
-    cases = [(f"random {n}x{h}x{w}", rng.standard_normal((n, 3, h, w)).astype(np.float32))
-             for n, h, w in shapes]
+    cases = [(f"random {n}x{h}x{w}", pre.with_size(h, w).random_input(n, seed=i))
+             for i, (n, h, w) in enumerate(shapes)]
     n, h, w = shapes[0]
     if images:
         sized = pre.with_size(h, w)
@@ -131,82 +250,130 @@ def parity_inputs(pre, shapes: list[tuple[int, int, int]], images: list[Path]) -
     return cases
 
 
-def verification_shapes(opts: ExportOptions, h: int, w: int, stride: int) -> list[tuple[int, int, int]]:
-    shapes = [(opts.batch, h, w)]
-    if "batch" in opts.dynamic:
-        shapes.append((opts.batch + 1, h, w))
-    if "spatial" in opts.dynamic:
-        shapes.append((opts.batch, max(MIN_SIDE, h // 2 + stride), max(MIN_SIDE, w // 2 - stride)))
-        shapes.append((opts.batch, h + 2 * stride, w + stride))
+def verification_shapes(batch: int, dynamic, h: int, w: int, stride: int) -> list[tuple[int, int, int]]:
+    shapes = [(batch, h, w)]
+    if "batch" in dynamic:
+        shapes.append((batch + 1, h, w))
+    if "spatial" in dynamic:
+        shapes.append((batch, max(MIN_SIDE, h // 2 + stride), max(MIN_SIDE, w // 2 - stride)))
+        shapes.append((batch, h + 2 * stride, w + stride))
     return shapes
+
+
+def run_parity(reference: Callable[[np.ndarray], np.ndarray], graph: onnx.ModelProto, final: onnx.ModelProto,
+               cases: list[tuple[str, np.ndarray]], reference_ids: bool = False) -> ParityReport:
+    """ONNX Runtime on ``graph`` (and ``final`` when it differs: class ids) against ``reference``."""
+    from aspp_deploy.backends.onnxruntime_backend import ort_session
+
+    sessions = [("", ort_session_from_model(graph, ort_session))]
+    if final is not graph:
+        sessions.append(("class ids, ", ort_session_from_model(final, ort_session)))
+    results = []
+    for name, arr in cases:
+        ref = reference(arr)
+        for prefix, session in sessions:
+            feed = {session.get_inputs()[0].name: arr}
+            results.append(compare_outputs(prefix + name, ref, session.run(None, feed)[0], reference_ids))
+    return ParityReport(results)
+
+
+def describe_parity(parity: ParityReport) -> str:
+    return (f"parity: max abs {parity.max_abs:.2e}, mean abs {parity.mean_abs:.2e}, "
+            f"argmax agreement {parity.argmax_agreement:.6f} over {len(parity.cases)} case(s)")
+
+
+def require_parity(parity: ParityReport, against: str) -> None:
+    if not parity:
+        raise ParityError(f"ONNX Runtime disagrees with {against}: max abs {parity.max_abs:.3g} "
+                          f"(tolerance {parity.max_abs_tol}), argmax agreement "
+                          f"{parity.argmax_agreement:.6f} (need {parity.min_agreement}); nothing written")
+
+
+def onnx_from_source(source: ModelSource, spec: ModelSpec, out_dir: Path, opts: ExportOptions,
+                     images: list[Path] | None = None,
+                     log: Callable[[str], None] = lambda m: None) -> ExportResult:
+    """Export any PyTorch source: adapt its output, export, simplify, run the passes, verify parity
+    against the PyTorch module on random and real inputs, write the ONNX and its manifest."""
+    import torch
+
+    t0 = time.perf_counter()
+    unknown = set(opts.dynamic or ()) - {"batch", "spatial"}
+    if unknown:
+        raise InputError(f"--dynamic takes batch and/or spatial, not {', '.join(sorted(unknown))}")
+    spec = spec.merged(height=opts.height, width=opts.width,
+                       dynamic=sorted(opts.dynamic) if opts.dynamic is not None else None)
+    pre0 = resolve_input(spec, GraphFacts(), source.preprocess)[0]
+    notes = validate_options(opts, pre0.height, pre0.width, source.output_stride if source.config else None)
+    resolved, module, plan = resolve_for_source(source, spec, opts.batch)
+    if opts.argmax and plan.kind == "class_ids":
+        raise InputError("--argmax: the model already outputs class ids")
+    ensure_writable(out_dir)
+    pre = resolved.preprocess
+    dynamic = frozenset(resolved.dynamic)
+    ids = plan.kind == "class_ids"
+    out_name = "class_ids" if ids else "logits"
+    axes = dynamic_axes(dynamic, pre.layout, ids)
+    x = torch.zeros(pre.input_shape(opts.batch))
+    log(f"exporting {source.label} at {'x'.join(map(str, x.shape))} ({pre.layout}), opset {opts.opset}")
+    for note in plan.notes:
+        log(f"adapted: {note}")
+    graph = _export_torch(module, x, opts, axes, out_name)
+    done = finish_graph(graph, opts, log, declared_output_dims(pre, opts.batch, axes, plan.num_classes, ids))
+
+    def reference(arr: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(arr)).numpy()
+
+    cases = parity_inputs(pre, verification_shapes(opts.batch, dynamic, pre.height, pre.width,
+                                                   source.output_stride), images or [])
+    parity = run_parity(reference, done.graph, done.final, cases, reference_ids=ids)
+    log(describe_parity(parity))
+    require_parity(parity, "PyTorch")
+    model_record = {"source": source.kind, "label": source.label, "config": source.config,
+                    "output_adaptations": plan.notes, "source_notes": source.notes}
+    src_record = dict(source.record, fingerprint=source.fingerprint(resolved.to_dict()))
+    export_record = {"exporter": "torch.onnx.export(dynamo=False)", "dynamic": sorted(dynamic),
+                     "batch": opts.batch, "simplify": done.simplify_note, "aspp": done.aspp,
+                     "passes": [r.to_dict() for r in done.reports], "notes": notes + done.notes,
+                     "seconds": round(time.perf_counter() - t0, 2)}
+    entry = manifest_entry(done.final, resolved, f"{opts.name}.onnx", model=model_record, source=src_record,
+                           export=export_record, parity=parity.to_dict(), argmax=opts.argmax or ids)
+    onnx_path, manifest_path = write_artifact(done.final, entry, out_dir, opts.name)
+    return ExportResult(onnx_path, manifest_path, entry, notes + done.notes + source.notes + resolved_notes(resolved))
+
+
+def resolved_notes(resolved: ResolvedSpec) -> list[str]:
+    return [f"assumed {a}" for a in resolved.assumed]
 
 
 def onnx_from_checkpoint(checkpoint: Path | None, out_dir: Path, opts: ExportOptions,
                          images: list[Path] | None = None,
-                         log: Callable[[str], None] = lambda m: None) -> ExportResult:
-    import torch
+                         log: Callable[[str], None] = lambda m: None, spec: ModelSpec | None = None) -> ExportResult:
+    """``onnx_from_source`` for a checkpoint, TorchScript or torch.export file (default: the shipped model)."""
+    return onnx_from_source(load_source(checkpoint), spec or ModelSpec(), out_dir, opts, images, log)
 
-    from aspp_deploy.backends.onnxruntime_backend import ort_session
 
-    t0 = time.perf_counter()
-    ckpt = load_checkpoint(checkpoint)
-    h, w, notes = validate_options(opts, ckpt)
-    ensure_writable(out_dir)
-    model = ckpt.build()
-    x = torch.zeros(opts.batch, 3, h, w)
-    log(f"exporting {ckpt.config.backbone}/ASPP-{ckpt.config.head} at {opts.batch}x3x{h}x{w}, opset {opts.opset}")
-    graph = _check(_export_torch(model, x, opts))
-    simplify_note = "simplification off (--no-simplify)"
-    if opts.simplify:
-        graph, simplify_note = _simplify(graph)
-        graph = _check(graph)
-    log(simplify_note)
-    if any(n.op_type == "BatchNormalization" for n in graph.graph.node):
-        notes.append("BatchNormalization nodes remain (not folded into a conv)")
-    reports = []
-    steps = [(opts.degenerate_atrous, P.degenerate_atrous), (opts.pool_broadcast, P.pool_broadcast)]
-    for enabled, fn in steps:
-        if enabled:
-            new, rep = fn(graph)
-            reports.append(P.with_ops_delta(graph, new, rep))
-            graph = _check(new)
-    final = graph
-    if opts.argmax:
-        final, rep = P.append_argmax(graph, opts.argmax_dtype)
-        reports.append(P.with_ops_delta(graph, final, rep))
-        final = _check(final)
-    for rep in reports:
-        log(f"pass {rep.name}: {len(rep.details)} change(s), {rep.flops_removed / 1e6:.1f} MFLOPs removed")
+def manifest_entry(graph: onnx.ModelProto, resolved: ResolvedSpec, file_name: str, *, model: dict, source: dict,
+                   export: dict, parity: dict, argmax: bool) -> dict:
+    return {
+        "kind": "onnx", "file": file_name, "precision": "fp32",
+        "inputs": _io(graph.graph.input), "outputs": _io(graph.graph.output),
+        "outputs_class_ids": bool(argmax), "output_kind": "class_ids" if argmax else resolved.output_kind,
+        "opset": next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
+        "preprocess": resolved.preprocess.to_dict(), "classes": resolved.classes, "palette": resolved.palette,
+        "spec": resolved.to_dict(), "assumed": resolved.assumed, "model": model, "source": source,
+        "export": export, "parity": parity,
+        "trt_check": {v: check_for_trt(graph, v).to_dict() for v in TRT_VERSIONS}, "tools": tool_versions(),
+    }
 
-    # parity: ONNX Runtime against PyTorch, on the logits and (with --argmax) on the class ids
-    sessions = [("", ort_session_from_model(graph, ort_session))]
-    if final is not graph:
-        sessions.append(("class ids, ", ort_session_from_model(final, ort_session)))
-    cases = []
-    for name, arr in parity_inputs(ckpt.preprocess, verification_shapes(opts, h, w, ckpt.config.output_stride),
-                                   images or []):
-        with torch.inference_mode():
-            ref = model(torch.from_numpy(arr)).numpy()
-        for prefix, session in sessions:
-            cases.append(compare_outputs(prefix + name, ref, session.run(None, {"input": arr})[0]))
-    parity = ParityReport(cases)
-    log(f"parity: max abs {parity.max_abs:.2e}, mean abs {parity.mean_abs:.2e}, "
-        f"argmax agreement {parity.argmax_agreement:.6f} over {len(cases)} case(s)")
-    if not parity:
-        raise ParityError(f"ONNX Runtime disagrees with PyTorch: max abs {parity.max_abs:.3g} "
-                          f"(tolerance {parity.max_abs_tol}), argmax agreement "
-                          f"{parity.argmax_agreement:.6f} (need {parity.min_agreement}); nothing written")
-    graph = final
-    checks = {v: check_for_trt(graph, v).to_dict() for v in TRT_VERSIONS}
 
-    onnx_path = out_dir / f"{opts.name}.onnx"
-    entry = _manifest_entry(ckpt, graph, opts, h, w, reports, parity, checks, simplify_note, notes,
-                            time.perf_counter() - t0, onnx_path.name)
+def write_artifact(graph: onnx.ModelProto, entry: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
+    """Embed the manifest, write the ONNX atomically, then its sidecar entry (with the file's sha256)."""
+    onnx_path = out_dir / f"{check_name(name)}.onnx"
     embed(graph, entry)
     atomic_write_bytes(onnx_path, graph.SerializeToString())
     entry["onnx_sha256"] = sha256_file(onnx_path)
-    manifest_path = update_sidecar(out_dir, onnx_path.name, entry)
-    return ExportResult(onnx_path, manifest_path, entry, notes)
+    return onnx_path, update_sidecar(out_dir, onnx_path.name, entry)
 
 
 def ort_session_from_model(graph: onnx.ModelProto, factory):
@@ -225,22 +392,3 @@ def _io(values) -> list[dict]:
         out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
                     "shape": [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]})
     return out
-
-
-def _manifest_entry(ckpt, graph, opts, h, w, reports, parity, checks, simplify_note, notes,
-                    seconds, file_name) -> dict:
-    return {
-        "kind": "onnx", "file": file_name, "precision": "fp32",
-        "inputs": _io(graph.graph.input), "outputs": _io(graph.graph.output),
-        "outputs_class_ids": opts.argmax,
-        "opset": next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
-        "preprocess": ckpt.preprocess.with_size(h, w).to_dict(),
-        "classes": ckpt.classes, "palette": ckpt.palette, "model": ckpt.config.to_dict(),
-        "source": {"checkpoint": str(ckpt.path), "checkpoint_sha256": sha256_file(ckpt.path)
-                   if ckpt.path else None},
-        "export": {"exporter": "torch.onnx.export(dynamo=False)", "dynamic": sorted(opts.dynamic),
-                   "batch": opts.batch, "simplify": simplify_note,
-                   "passes": [r.to_dict() for r in reports], "notes": notes, "seconds": round(seconds, 2)},
-        "parity": parity.to_dict(), "trt_check": checks, "tools": tool_versions(),
-    }
-

@@ -28,7 +28,8 @@ class ParityReport:
 
     @property
     def max_abs(self) -> float:
-        return max(c.max_abs for c in self.cases)
+        values = [c.max_abs for c in self.cases]
+        return float("nan") if any(np.isnan(v) for v in values) else max(values)
 
     @property
     def mean_abs(self) -> float:
@@ -40,7 +41,9 @@ class ParityReport:
 
     @property
     def ok(self) -> bool:
-        return self.max_abs <= self.max_abs_tol and self.argmax_agreement >= self.min_agreement
+        finite = all(np.isfinite(c.max_abs) and np.isfinite(c.argmax_agreement) for c in self.cases)
+        return bool(self.cases) and finite and self.max_abs <= self.max_abs_tol \
+            and self.argmax_agreement >= self.min_agreement
 
     def __bool__(self) -> bool:
         return self.ok
@@ -51,8 +54,16 @@ class ParityReport:
                 "min_agreement": self.min_agreement, "cases": [asdict(c) for c in self.cases]}
 
 
-def compare_outputs(name: str, reference: np.ndarray, candidate: np.ndarray) -> ParityCase:
-    """Reference logits (N,C,H,W) vs candidate logits, or candidate class ids (N,H,W)."""
+def compare_outputs(name: str, reference: np.ndarray, candidate: np.ndarray,
+                    reference_ids: bool = False) -> ParityCase:
+    """Reference logits (N,C,H,W) vs candidate logits, or candidate class ids (N,H,W); with
+    ``reference_ids`` the reference itself is class ids (a model that outputs them)."""
+    if reference_ids:
+        ids = candidate.reshape(reference.shape).astype(np.int64)
+        ref = reference.astype(np.int64)
+        diff = np.abs(ref - ids)
+        return ParityCase(name, list(reference.shape), float(diff.max()), float(diff.mean()),
+                          float((ids == ref).mean()))
     ref_ids = reference.argmax(1)
     if candidate.ndim == reference.ndim:
         diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))

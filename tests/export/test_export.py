@@ -245,7 +245,7 @@ def test_failed_parity_writes_nothing(tiny_checkpoint, tmp_path, monkeypatch):
 
     real = onnx_export.compare_outputs
     # simulate an ONNX graph whose logits are off by 0.01 everywhere
-    monkeypatch.setattr(onnx_export, "compare_outputs", lambda n, ref, got: real(n, ref, got + 0.01))
+    monkeypatch.setattr(onnx_export, "compare_outputs", lambda n, ref, got, *a: real(n, ref, got + 0.01, *a))
     r = export_cli("--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o"))
     assert r.exit_code == 1 and "disagrees with PyTorch" in r.output
     assert not any((tmp_path / "o").iterdir())

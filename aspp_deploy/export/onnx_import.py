@@ -1,0 +1,232 @@
+"""``aspp-deploy import``: adopt a segmentation ONNX made elsewhere.
+
+The same steps as an export (``onnx_export.finish_graph``): onnx.checker, onnxsim, ASPP detection
+by graph structure, the exact passes, the offline TensorRT check and the manifest every later command
+reads; parity is measured against the original file in ONNX Runtime. What the graph shows (input
+layout and size, dynamic axes, class count, output kind) is read from it; the rest comes from the
+spec, or is assumed and said. Output adaptations, each recorded: extra outputs are dropped (the
+first is the segmentation map), and low-resolution output is upsampled to the input size in the graph
+(Resize, linear with half_pixel = ``align_corners=False``; nearest for class ids).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from aspp_deploy.errors import InputError
+from aspp_deploy.export.graph import load_onnx
+from aspp_deploy.export.onnx_export import (ExportOptions, ExportResult, finish_graph, manifest_entry,
+                                            parity_inputs, require_parity, resolved_notes, run_parity,
+                                            describe_parity, verification_shapes, validate_options,
+                                            write_artifact, MIN_SIDE)
+from aspp_deploy.io import ensure_writable, fingerprint, sha256_file
+from aspp_deploy.spec import GraphFacts, ModelSpec, resolve, resolve_input
+
+FLOAT_TYPES = (TensorProto.FLOAT,)
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+            for d in value.type.tensor_type.shape.dim]
+
+
+def _layout(dims: list[int | str], said: str | None) -> str:
+    nchw, nhwc = dims[1] == 3, dims[3] == 3
+    if said:
+        if (said == "NCHW" and not nchw and isinstance(dims[1], int)) or \
+                (said == "NHWC" and not nhwc and isinstance(dims[3], int)):
+            raise InputError(f"the spec contradicts the model: layout {said} given, the input is {dims}")
+        return said
+    if nchw and not nhwc:
+        return "NCHW"
+    if nhwc and not nchw:
+        return "NHWC"
+    if nchw and nhwc:
+        raise InputError(f"input {dims} could be NCHW or NHWC: give --layout or the spec's layout")
+    raise InputError(f"input {dims} has no 3-channel axis: an RGB image model takes N x 3 x H x W or N x H x W x 3")
+
+
+def _session(model: onnx.ModelProto):
+    from aspp_deploy.backends.onnxruntime_backend import ort_session
+    from aspp_deploy.export.onnx_export import ort_session_from_model
+
+    return ort_session_from_model(model, ort_session)
+
+
+def _upsample(model: onnx.ModelProto, layout: str, ids: bool, opset: int) -> None:
+    """Resize the first output to the input's spatial size, inside the graph (the output keeps its name)."""
+    if opset < 11:
+        raise InputError(f"the model's output is smaller than its input and its opset {opset} is older than 11: "
+                         "re-export it at opset 11 or later so it can be upsampled in the graph")
+    g = model.graph
+    out = g.output[0]
+    low = f"{out.name}__lowres"
+    for node in g.node:
+        for i, name in enumerate(node.output):
+            if name == out.name:
+                node.output[i] = low
+        for i, name in enumerate(node.input):
+            if name == out.name:
+                node.input[i] = low
+    spatial = [1, 2] if layout == "NHWC" else [2, 3]
+    inp = g.input[0].name
+    p = f"{out.name}__up"
+    g.initializer.extend([numpy_helper.from_array(np.asarray(spatial, np.int64), f"{p}_hw_idx"),
+                          numpy_helper.from_array(np.asarray([0], np.int64), f"{p}_zero"),
+                          numpy_helper.from_array(np.asarray([2 if not ids else 1], np.int64), f"{p}_lead")])
+    nodes = [helper.make_node("Shape", [inp], [f"{p}_in_shape"], name=f"{p}_in_shape"),
+             helper.make_node("Gather", [f"{p}_in_shape", f"{p}_hw_idx"], [f"{p}_hw"], axis=0, name=f"{p}_hw"),
+             helper.make_node("Shape", [low], [f"{p}_out_shape"], name=f"{p}_out_shape"),
+             helper.make_node("Slice", [f"{p}_out_shape", f"{p}_zero", f"{p}_lead", f"{p}_zero"], [f"{p}_nc"],
+                              name=f"{p}_nc"),
+             helper.make_node("Concat", [f"{p}_nc", f"{p}_hw"], [f"{p}_sizes"], axis=0, name=f"{p}_sizes")]
+    if ids:
+        dtype = out.type.tensor_type.elem_type
+        nodes += [helper.make_node("Cast", [low], [f"{p}_f"], to=TensorProto.FLOAT, name=f"{p}_to_float"),
+                  helper.make_node("Resize", [f"{p}_f", "", "", f"{p}_sizes"], [f"{p}_r"], mode="nearest",
+                                   coordinate_transformation_mode="half_pixel", nearest_mode="floor",
+                                   name=f"{p}_resize"),
+                  helper.make_node("Cast", [f"{p}_r"], [out.name], to=dtype, name=f"{p}_to_ids")]
+    else:
+        nodes.append(helper.make_node("Resize", [low, "", "", f"{p}_sizes"], [out.name], mode="linear",
+                                      coordinate_transformation_mode="half_pixel", name=f"{p}_resize"))
+    g.node.extend(nodes)
+
+
+def _torch_upsample(y: np.ndarray, size: tuple[int, int], ids: bool) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(y))
+    if ids:
+        lead = t.dim() == 3
+        r = F.interpolate((t[:, None] if lead else t).float(), size=size, mode="nearest")
+        return (r[:, 0] if lead else r).to(t.dtype).numpy()
+    return F.interpolate(t.float(), size=size, mode="bilinear", align_corners=False).numpy()
+
+
+def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOptions,
+                      images: list[Path] | None = None,
+                      log: Callable[[str], None] = lambda m: None) -> ExportResult:
+    t0 = time.perf_counter()
+    path = Path(path)
+    spec = spec.merged(height=opts.height, width=opts.width)
+    original = load_onnx(path)
+    original_sha = sha256_file(path)
+    try:
+        onnx.checker.check_model(original, full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError
+        raise InputError(f"{path} is not a valid ONNX model: {str(exc).strip().splitlines()[0][:300]}") from None
+    opset = next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), 0)
+    g = original.graph
+    weights = {t.name for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in weights]
+    if len(inputs) != 1:
+        raise InputError(f"{path.name} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}): "
+                         "a segmentation model takes one image tensor")
+    if not g.output:
+        raise InputError(f"{path.name} has no outputs")
+    inp = inputs[0]
+    if inp.type.tensor_type.elem_type not in FLOAT_TYPES:
+        raise InputError(f"input {inp.name} is {onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)}:"
+                         " only float32 image inputs are supported")
+    dims = _dims(inp)
+    if len(dims) != 4:
+        raise InputError(f"input {inp.name} has shape {dims}: an image model takes a 4-D batch")
+    layout = _layout(dims, spec.layout)
+    hi, wi = (1, 2) if layout == "NHWC" else (2, 3)
+    dynamic = (["batch"] if not isinstance(dims[0], int) else []) + \
+              (["spatial"] if not (isinstance(dims[hi], int) and isinstance(dims[wi], int)) else [])
+    facts = GraphFacts(height=dims[hi] if isinstance(dims[hi], int) else None,
+                       width=dims[wi] if isinstance(dims[wi], int) else None, layout=layout, dynamic=dynamic)
+    if spec.dynamic is not None and sorted(spec.dynamic) != sorted(dynamic):
+        raise InputError(f"the spec contradicts the model: dynamic {spec.dynamic} given, the graph's dynamic "
+                         f"axes are {dynamic or 'none'}")
+    notes: list[str] = []
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    if len(model.graph.output) > 1:
+        dropped = [o.name for o in model.graph.output[1:]]
+        del model.graph.output[1:]
+        notes.append(f"outputs {', '.join(dropped)} dropped; {model.graph.output[0].name} is the segmentation map")
+    # probe the output once at the reference size
+    pre0 = resolve_input(spec, facts)[0]
+    batch = dims[0] if isinstance(dims[0], int) else max(opts.batch, 1)
+    probe_model = onnx.ModelProto()
+    probe_model.CopyFrom(model)
+    session = _session(probe_model)
+    try:
+        y = session.run(None, {inp.name: pre0.random_input(batch)})[0]
+    except Exception as exc:  # ORT's InvalidArgument and friends
+        raise InputError(f"ONNX Runtime cannot run {path.name} on a {list(pre0.input_shape(batch))} input: "
+                         f"{str(exc).strip().splitlines()[0][:300]}") from None
+    ids = y.dtype.kind in "iu"
+    if ids:
+        if y.ndim == 4 and y.shape[1] == 1:
+            raise InputError(f"class ids of shape {list(y.shape)}: squeeze the channel axis (N x H x W) before import")
+        if y.ndim != 3:
+            raise InputError(f"the model outputs integers of shape {list(y.shape)}: class ids must be N x H x W")
+        num_classes, kind, out_hw = None, "class_ids", tuple(y.shape[1:])
+    else:
+        if y.ndim != 4 or y.shape[-2:] == (1, 1):
+            raise InputError(f"the model outputs {list(y.shape)} for a {list(pre0.input_shape(batch))} input: not a "
+                             "segmentation map (a classifier?); expected N x C x H x W")
+        num_classes, out_hw = int(y.shape[1]), tuple(y.shape[2:])
+        sums = y.sum(axis=1)
+        kind = "probabilities" if y.shape[1] > 1 and y.min() >= 0 and y.max() <= 1 and \
+            np.allclose(sums, 1.0, atol=1e-3) else "logits"
+    facts.num_classes, facts.output_kind = num_classes, kind
+    resolved = resolve(spec, facts)
+    pre = resolved.preprocess
+    validate_options(opts, pre.height, pre.width, None)
+    if opts.argmax and ids:
+        raise InputError("--argmax: the model already outputs class ids")
+    if "spatial" in dynamic and (pre.height, pre.width) != (pre0.height, pre0.width):
+        raise InputError("internal: reference size changed between probe and resolve")
+    upsample = out_hw != (pre.height, pre.width)
+    if upsample:
+        _upsample(model, layout, ids, opset)
+        notes.append(f"output is {out_hw[0]}x{out_hw[1]} for a {pre.height}x{pre.width} input: upsampled to the "
+                     f"input size in the graph ({'nearest' if ids else 'bilinear, align_corners=False'})")
+    ensure_writable(out_dir)
+    log(f"importing {path.name}: input {inp.name} {dims} ({layout}), output {model.graph.output[0].name} "
+        f"{list(y.shape)} ({kind}), opset {opset}")
+    for note in notes:
+        log(f"adapted: {note}")
+    out_dims: list[int | str] = [dims[0]] + ([] if ids else [num_classes or "classes"]) + [dims[hi], dims[wi]]
+    done = finish_graph(model, opts, log, out_dims, what=f"the imported {path.name}")
+
+    def reference(arr: np.ndarray) -> np.ndarray:
+        out = session.run(None, {inp.name: arr})[0]
+        if upsample:
+            h, w = arr.shape[hi], arr.shape[wi]
+            out = _torch_upsample(out, (h, w), ids)
+        return out
+
+    stride = 32
+    shapes = verification_shapes(batch, dynamic, pre.height, pre.width, stride)
+    shapes = [(n, max(MIN_SIDE, h), max(MIN_SIDE, w)) for n, h, w in shapes]
+    parity = run_parity(reference, done.graph, done.final, parity_inputs(pre, shapes, images or []), reference_ids=ids)
+    log(describe_parity(parity))
+    require_parity(parity, f"the original {path.name}")
+    model_record = {"source": "onnx", "label": path.name, "config": None, "output_adaptations": notes,
+                    "source_notes": [], "original_io": {"input": inp.name, "input_shape": dims,
+                                                        "outputs": [o.name for o in original.graph.output],
+                                                        "opset": opset}}
+    src_record = {"kind": "onnx", "file": str(path), "file_sha256": original_sha}
+    fp = fingerprint(src_record, resolved.to_dict())
+    export_record = {"exporter": "import", "dynamic": sorted(dynamic), "batch": batch,
+                     "simplify": done.simplify_note, "aspp": done.aspp, "passes": [r.to_dict() for r in done.reports],
+                     "notes": done.notes, "seconds": round(time.perf_counter() - t0, 2)}
+    entry = manifest_entry(done.final, resolved, f"{opts.name}.onnx", model=model_record,
+                           source=dict(src_record, fingerprint=fp), export=export_record, parity=parity.to_dict(),
+                           argmax=opts.argmax or ids)
+    onnx_path, manifest_path = write_artifact(done.final, entry, out_dir, opts.name)
+    return ExportResult(onnx_path, manifest_path, entry, notes + done.notes + resolved_notes(resolved))
+
