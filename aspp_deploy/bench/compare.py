@@ -90,7 +90,7 @@ def measure_row(row: Row, runner, val: ValidationSet, classes: list[str], refere
     kept: list[np.ndarray] = []
     for i, (x, mask) in enumerate(zip(val.inputs, val.masks)):
         out = runner.infer(x)
-        pred = to_mask_size(class_ids(out, runner.info.outputs_class_ids)[0], mask.shape).astype(np.uint8)
+        pred = to_mask_size(class_ids(out, runner.info.outputs_class_ids)[0], mask.shape, val.pre).astype(np.uint8)
         cm.update(mask, pred)
         row.predictions.append(pred)
         if reference is not None:

@@ -26,10 +26,11 @@ def _source(onnx_path: Path) -> dict | None:
         return None
 
 
-def onnx_is_stale(onnx_path: Path, checkpoint: Path) -> bool:
-    """True when the ONNX was exported from another checkpoint (or has no manifest)."""
+def onnx_is_stale(onnx_path: Path, fingerprint: str) -> bool:
+    """True when the ONNX was made from another model or spec (or has no manifest): ``fingerprint``
+    identifies the model source by content and the spec it is exported with."""
     source = _source(onnx_path)
-    return source is None or source.get("checkpoint_sha256") != sha256_file(checkpoint)
+    return source is None or source.get("fingerprint") != fingerprint
 
 
 def made_from(variant: Path, fp32: Path) -> bool:
@@ -38,14 +39,13 @@ def made_from(variant: Path, fp32: Path) -> bool:
     return source is not None and source.get("onnx_sha256") == sha256_file(fp32)
 
 
-def variant_is_stale(variant: Path, fp32: Path, checkpoint: Path) -> bool:
-    """True when a quantized ONNX was made from another FP32 ONNX or checkpoint."""
+def variant_is_stale(variant: Path, fp32: Path) -> bool:
+    """True when a quantized ONNX was made from another FP32 ONNX (the FP32 file's sha256 covers
+    the model and spec it was made from)."""
     if not variant.is_file():
         return False
     source = _source(variant)
-    if source is None or source.get("checkpoint_sha256") != sha256_file(checkpoint):
-        return True
-    return fp32.is_file() and source.get("onnx_sha256") != sha256_file(fp32)
+    return source is None or not fp32.is_file() or source.get("onnx_sha256") != sha256_file(fp32)
 
 
 def _cuda_reason() -> str | None:
@@ -62,21 +62,23 @@ def _ort_provider_reason(provider: str) -> str | None:
     return f"ONNX Runtime here has no {provider} (installed: {', '.join(ort.get_available_providers())})"
 
 
-def default_row_specs(checkpoint: Path, artifacts: Path, export_fn, quantize_fn) -> list[RowSpec]:
-    """Every backend x precision; the first row is the PyTorch FP32 reference."""
+def default_row_specs(torch_model: Path | None, artifacts: Path, export_fn, quantize_fn,
+                      no_torch: str | None = None) -> list[RowSpec]:
+    """Every backend x precision; the first runnable row is the reference (PyTorch FP32, or ONNX
+    Runtime FP32 when the model came as ONNX: ``no_torch`` says why there is no PyTorch row)."""
     from aspp_deploy.backends.registry import trt_unavailable_reason
 
     fp32 = artifacts / "model.onnx"
-    cuda = _cuda_reason()
+    cuda = no_torch or _cuda_reason()
     specs = [
-        RowSpec("torch", "fp32", "cpu", checkpoint),
-        RowSpec("torch", "fp32", "cuda", checkpoint, unavailable=cuda),
-        RowSpec("torch", "fp16", "cuda", checkpoint, unavailable=cuda, note="channels_last"),
+        RowSpec("torch", "fp32", "cpu", torch_model, unavailable=no_torch),
+        RowSpec("torch", "fp32", "cuda", torch_model, unavailable=cuda),
+        RowSpec("torch", "fp16", "cuda", torch_model, unavailable=cuda, note="channels_last"),
         RowSpec("onnxruntime", "fp32", "cpu", fp32, produce=export_fn),
     ]
     for precision, name, kwargs in ONNX_VARIANTS:
         path = artifacts / name
-        specs.append(RowSpec("onnxruntime", precision, "cpu", path, refresh=variant_is_stale(path, fp32, checkpoint),
+        specs.append(RowSpec("onnxruntime", precision, "cpu", path, refresh=variant_is_stale(path, fp32),
                              produce=lambda kw=kwargs, p=path: quantize_fn(fp32, p, **kw)))
     specs.append(RowSpec("onnxruntime", "fp32", "cuda", fp32, produce=export_fn,
                          unavailable=_ort_provider_reason("CUDAExecutionProvider")))
@@ -89,7 +91,7 @@ def default_row_specs(checkpoint: Path, artifacts: Path, export_fn, quantize_fn)
         if name == "model.onnx":
             return fp32 if fp32.is_file() else export_fn()
         kwargs, path = variants[name]
-        return path if path.is_file() and not variant_is_stale(path, fp32, checkpoint) else quantize_fn(fp32, path, **kwargs)
+        return path if path.is_file() and not variant_is_stale(path, fp32) else quantize_fn(fp32, path, **kwargs)
 
     for precision in ("fp32", "fp16", "int8"):
         engine = artifacts / f"model.{precision}.engine"

@@ -70,13 +70,13 @@ def bench_runner(runner: Runner, batch: np.ndarray, warmup: int = 10, iters: int
         pre_ms = time_calls(lambda: [pre(load_image(p)) for p in imgs], 1, 3)
         result.preprocess = latency_stats([t / len(imgs) for t in pre_ms], 1)
         out = runner.infer(batch)
-        size = (pre.height, pre.width)
-        post_ms = time_calls(lambda: _postprocess(out, runner.info.outputs_class_ids, size), 1, 10)
+        size = load_image(imgs[0]).size[::-1]  # (H, W) of a real image: what a user maps back to
+        post_ms = time_calls(lambda: _postprocess(out, runner.info.outputs_class_ids, size, pre), 1, 10)
         result.postprocess = latency_stats([t / n for t in post_ms], 1)
     return result
 
 
-def _postprocess(output: np.ndarray, outputs_class_ids: bool, size: tuple[int, int]) -> np.ndarray:
+def _postprocess(output: np.ndarray, outputs_class_ids: bool, size: tuple[int, int], pre=None) -> np.ndarray:
     from aspp_deploy.eval.evaluate import to_mask_size
 
-    return np.stack([to_mask_size(p, size) for p in class_ids(output, outputs_class_ids)])
+    return np.stack([to_mask_size(p, size, pre) for p in class_ids(output, outputs_class_ids)])

@@ -108,7 +108,9 @@ def _deepstream(root: Path, req: BundleRequest, fp32: dict, variants: dict, mode
         ds_entry.update({"file": ds_name, "deepstream": True,
                          "source": {"onnx": entry["file"], "onnx_sha256": entry["onnx_sha256"]}})
         output = deepstream.deepstream_onnx(root / "models" / entry["file"], root / "models" / ds_name,
-                                            fp32["preprocess"]["std"], ds_entry)
+                                            fp32["preprocess"]["std"], ds_entry,
+                                            layout=fp32["preprocess"].get("layout", "NCHW"),
+                                            output_kind=fp32.get("output_kind", "logits"))
         ds_entry["onnx_sha256"] = sha256_file(root / "models" / ds_name)
         models[ds_name] = ds_entry
         config = f"deepstream/config_infer_primary_{req.name}_{precision}.txt"

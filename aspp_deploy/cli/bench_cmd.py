@@ -42,20 +42,21 @@ def input_geometry(backend: str, model: Path | None, batch: int, height: int, wi
     manifest = read_onnx_manifest(model)
     pre = manifest.preprocess()
     shape = manifest.entry["inputs"][0]["shape"]
-    wanted = [batch, 3, height or pre.height, width or pre.width]
+    sized = pre.with_size(height or pre.height, width or pre.width)
+    wanted = list(sized.input_shape(batch))
+    axes = ("batch", "height", "width", "channels") if pre.layout == "NHWC" else ("batch", "channels", "height", "width")
     for axis, (have, want) in enumerate(zip(shape, wanted)):
         if isinstance(have, int) and have != want:
-            what = ("batch", "channels", "height", "width")[axis]
+            what = axes[axis]
             raise InputError(f"{model.name} has a static {what} of {have}; {want} asked for "
                              "(export with --dynamic for other sizes)")
-    return pre.with_size(wanted[2], wanted[3]), batch
+    return sized, batch
 
 
 def real_batch(pre, batch: int) -> tuple[np.ndarray, list[Path]]:
     images = image_files(SHIPPED_CALIBRATION)
     if not images:
-        rng = np.random.default_rng(0)
-        return rng.standard_normal((batch, 3, pre.height, pre.width)).astype(np.float32), []
+        return pre.random_input(batch), []
     from aspp_deploy.data.voc import load_image
 
     arr = np.stack([pre(load_image(images[i % len(images)])) for i in range(batch)])

@@ -55,19 +55,14 @@ def _fp32_onnx(onnx: Optional[Path], checkpoint: Optional[Path], artifacts: Path
         if not onnx.is_file():
             raise InputError(f"ONNX model not found: {onnx} (make it with `aspp-deploy export`)")
         return onnx
-    from aspp_deploy.bench.rows import onnx_is_stale
-    from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
-    from aspp_deploy.model.checkpoint import load_checkpoint
+    from aspp_deploy.export.ensure import ensure_fp32
+    from aspp_deploy.spec import ModelSpec
 
-    ckpt = load_checkpoint(checkpoint)
-    assert ckpt.path is not None
-    fp32 = artifacts / "model.onnx"
-    if fp32.is_file() and not onnx_is_stale(fp32, ckpt.path):
-        console.print(f"reusing {fp32} (exported from {ckpt.path.name})", highlight=False)
-        return fp32
-    with console.status(f"exporting {ckpt.path.name} to {fp32}"):
-        return onnx_from_checkpoint(ckpt.path, artifacts, ExportOptions(),
-                                    log=lambda m: console.print(f"  {m}", highlight=False)).onnx_path
+    with console.status(f"checking {artifacts / 'model.onnx'}"):
+        made = ensure_fp32(artifacts, ModelSpec(), checkpoint=checkpoint,
+                           log=lambda m: console.print(f"  {m}", highlight=False))
+    console.print(f"{made.action} {made.path}", highlight=False)
+    return made.path
 
 
 def _variants(fp32: Path, precisions: List[str], calib: Optional[Path], data: Optional[Path],

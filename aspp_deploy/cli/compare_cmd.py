@@ -9,13 +9,14 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from aspp_deploy.cli import _model_opts as M
 from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
 
 
-def _table(rows: list[dict]) -> tuple[Table, list[str]]:
+def _table(rows: list[dict], reference: str = "torch fp32") -> tuple[Table, list[str]]:
     """The table, and the footnotes that say why a row did not run (one per distinct reason)."""
     notes: list[str] = []
-    t = Table(title="aspp-deploy compare (deltas vs PyTorch FP32)")
+    t = Table(title=f"aspp-deploy compare (deltas vs {reference})")
     for col in ("backend", "precision", "device", "MB", "mIoU", "ΔmIoU", "pix agr", "bndry F",
                 "max Δlogit", "p50 ms", "p99 ms", "img/s", "speed-up"):
         t.add_column(col, justify="left" if col in ("backend", "precision", "device") else "right")
@@ -42,9 +43,26 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def compare(
-        checkpoint: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint (default: the shipped one).")] = None,
+        checkpoint: M.Checkpoint = None,
+        arch: M.Arch = None,
+        arch_args: M.ArchArgs = None,
+        weights: M.Weights = None,
+        onnx: Annotated[Optional[Path], typer.Option(help="A foreign ONNX to adopt (as `aspp-deploy import` does) instead of a PyTorch model.",
+                                                     rich_help_panel=M.PANEL_MODEL)] = None,
+        spec: M.Spec = None,
+        height: M.Height = 0,
+        width: M.Width = 0,
+        layout: M.LayoutOpt = None,
+        channel_order: M.ChannelOrderOpt = None,
+        scale: M.Scale = None,
+        mean: M.Mean = None,
+        std: M.Std = None,
+        resize: M.Resize = None,
+        classes: M.Classes = None,
+        output_kind: M.OutputKindOpt = None,
         artifacts: Annotated[Path, typer.Option(help="Folder of artifacts: reused when up to date, made when missing.")] = Path("artifacts"),
         data: Annotated[Optional[Path], typer.Option(help="VOC-style folder (default: the synthetic validation split).")] = None,
+        calib: Annotated[Optional[Path], typer.Option(help="Calibration image folder for the INT8 rows (default: the shipped calibration/ images; use your own for your model).")] = None,
         limit: Annotated[int, typer.Option(help="Use only the first N validation images (0: all).")] = 0,
         warmup: Annotated[int, typer.Option(help="Latency warm-up runs per row.")] = 5,
         iters: Annotated[int, typer.Option(help="Timed latency runs per row.")] = 30,
@@ -52,67 +70,91 @@ def register(app: typer.Typer) -> None:
         report: Annotated[Optional[Path], typer.Option(help="Report folder (JSON, CSV, Markdown, plots, overlays).")] = Path("reports/compare"),
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure as JSON.")] = None,
     ) -> None:
-        """Run every backend x precision that can run here; one table of accuracy and latency."""
+        """Run every backend x precision that can run here; one table of accuracy and latency.
+
+        The model: --checkpoint, --arch with --weights, or --onnx; with none of them, what ARTIFACTS/model.onnx
+        already holds, else the shipped checkpoint."""
         import torch
 
         from aspp_deploy.backends.registry import open_runner
+        from aspp_deploy.backends.torch_backend import TorchRunner
         from aspp_deploy.bench.compare import ValidationSet, run_compare
         from aspp_deploy.bench.report import machine_description, write_report
-        from aspp_deploy.bench.rows import default_row_specs, onnx_is_stale
+        from aspp_deploy.bench.rows import default_row_specs
+        from aspp_deploy.data.preprocess import Preprocess
+        from aspp_deploy.errors import InputError
         from aspp_deploy.eval.evaluate import ensure_default_data
-        from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
-        from aspp_deploy.model.checkpoint import load_checkpoint
+        from aspp_deploy.export.ensure import ensure_fp32
 
+        if limit < 0 or iters < 1 or warmup < 0 or threads < 0:
+            raise InputError("--limit, --warmup and --threads must be >= 0 and --iters >= 1")
         if threads:
             torch.set_num_threads(threads)
-        ckpt = load_checkpoint(checkpoint)
-        assert ckpt.path is not None
-        fp32 = artifacts / "model.onnx"
+        model_spec = M.build_spec(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
+                                  output_kind)
+        log = lambda m: console.print(m, highlight=False)  # noqa: E731
+        fp32 = ensure_fp32(artifacts, model_spec, checkpoint=checkpoint, arch=arch, arch_args=arch_args,
+                           weights=weights, onnx=onnx, log=log)
+        entry = fp32.entry
+        pre = Preprocess.from_dict(entry["preprocess"])
+        class_names = list(entry["classes"])
 
         def export_fn() -> Path:
-            return onnx_from_checkpoint(ckpt.path, artifacts, ExportOptions(),
-                                        log=lambda m: console.print(m, highlight=False)).onnx_path
+            return ensure_fp32(artifacts, model_spec, checkpoint=checkpoint, arch=arch, arch_args=arch_args,
+                               weights=weights, onnx=onnx, log=log).path
 
-        if fp32.is_file() and onnx_is_stale(fp32, ckpt.path):
-            console.print(f"{fp32} was exported from another checkpoint: exporting again", highlight=False)
-            export_fn()
-        specs = default_row_specs(ckpt.path, artifacts, export_fn, _quantize)
+        torch_model = fp32.source.files[0] if fp32.source and fp32.source.files else None
+
+        def open_row(s):
+            if s.backend == "torch":
+                return TorchRunner(device=s.device, precision=s.precision, source=fp32.source, preprocess=pre)
+            return open_runner(s.backend, s.artifact, s.precision, s.device, threads)
+
         with Progress(console=console, transient=True) as progress:
             gen = progress.add_task("generating the synthetic validation split", total=None, visible=False)
             root = data if data is not None else ensure_default_data(
                 lambda s, i, n: progress.update(gen, completed=i, total=n, visible=True))
             progress.update(gen, visible=False)
+            specs = default_row_specs(torch_model, artifacts, export_fn, _quantizer(root, calib, threads),
+                                      no_torch=fp32.no_torch)
             load = progress.add_task("loading validation images", total=None)
-            val = ValidationSet(root, ckpt.preprocess, len(ckpt.classes), limit or None)
+            val = ValidationSet(root, pre, len(class_names), limit or None)
             progress.update(load, visible=False)
 
             def progress_factory(label: str):
                 task = progress.add_task(f"{label}: accuracy", total=len(val.inputs))
                 return lambda i, n: progress.update(task, completed=i)
 
-            rows = run_compare(specs, val, ckpt.classes,
-                               lambda s: open_runner(s.backend, s.artifact, s.precision, s.device, threads),
-                               warmup, iters, log=lambda m: console.print(m, highlight=False),
+            rows = run_compare(specs, val, class_names, open_row, warmup, iters, log=log,
                                progress_factory=progress_factory)
         dicts = [r.to_dict() for r in rows]
-        table, notes = _table(dicts)
+        reference = next((r for r in rows if r.status == "ok"), None)
+        ref_label = f"{reference.spec.backend} {reference.spec.precision}" if reference else "nothing"
+        table, notes = _table(dicts, ref_label)
         out_console.print(table)
         for note in notes:
             out_console.print(note, highlight=False)
         machine = machine_description()
-        settings = {"images": len(val.inputs), "data": str(root), "input": [ckpt.preprocess.height, ckpt.preprocess.width],
+        settings = {"images": len(val.inputs), "data": str(root), "input": [pre.height, pre.width],
                     "warmup": warmup, "iters": iters, "threads": threads or torch.get_num_threads(),
-                    "checkpoint": str(ckpt.path)}
+                    "model": (entry.get("model") or {}).get("label"), "reference": ref_label,
+                    "checkpoint": str(torch_model) if torch_model else None}
         if report is not None:
             preds = {f"{r.spec.backend} {r.spec.precision}": r.predictions for r in rows if r.status == "ok"}
             written = write_report(report, dicts, machine, settings, samples=val.samples,
-                                   predictions=preds, palette=ckpt.palette)
+                                   predictions=preds, palette=entry.get("palette"))
             console.print(f"report: {len(written)} files in {report}", highlight=False)
         write_json(json_out, {"machine": machine, "settings": settings, "rows": dicts})
+        if not any(r.status == "ok" for r in rows):
+            raise InputError("no row could run: see the reasons in the table")
 
 
-def _quantize(fp32: Path, out: Path, **kwargs) -> Path:
-    """Makes an FP16 / INT8 ONNX row's artifact with ``aspp-deploy quantize``'s defaults."""
+def _quantizer(data: Path, calib: Optional[Path], threads: int):
+    """Makes an FP16 / INT8 ONNX row's artifact as ``aspp-deploy quantize`` does, on compare's data."""
     from aspp_deploy.precision.api import quantize_for_compare
 
-    return quantize_for_compare(fp32, out, log=lambda m: console.print(f"  {m}", highlight=False), **kwargs)
+    def make(fp32: Path, out: Path, **kwargs) -> Path:
+        return quantize_for_compare(fp32, out, log=lambda m: console.print(f"  {m}", highlight=False),
+                                    data=data, calib=calib, threads=threads, **kwargs)
+
+    return make

@@ -10,6 +10,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from aspp_deploy.cli import _model_opts as M
 from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
 
 
@@ -36,7 +37,14 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def eval_command(
         backend: Annotated[EvalBackend, typer.Option(help="Which runtime runs the model.")] = EvalBackend.torch,
-        checkpoint: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint (torch backend; default: the shipped one).")] = None,
+        checkpoint: M.Checkpoint = None,
+        arch: M.Arch = None,
+        arch_args: M.ArchArgs = None,
+        weights: M.Weights = None,
+        spec: M.Spec = None,
+        height: M.Height = 0,
+        width: M.Width = 0,
+        classes: M.Classes = None,
         model: Annotated[Optional[Path], typer.Option("--model", "--onnx", help="ONNX model (onnxruntime backend).")] = None,
         data: Annotated[Optional[Path], typer.Option(help="VOC-style folder (default: the synthetic validation split, generated if absent).")] = None,
         split: Annotated[str, typer.Option(help="Split list under ImageSets/Segmentation.")] = "val",
@@ -50,10 +58,12 @@ def register(app: typer.Typer) -> None:
 
         with Progress(console=console, transient=True) as progress:
             on_generate, on_eval = _progress_callbacks(progress, f"evaluating ({backend.value})")
-            runner, pre, classes = _open_runner(backend, checkpoint, model, device, threads)
+            model_spec = M.build_spec(spec, height, width, classes=classes)
+            runner, pre, class_names = _open_runner(backend, (checkpoint, arch, arch_args, weights), model_spec,
+                                                    model, device, threads)
             root = data if data is not None else ensure_default_data(on_generate)
             with runner:
-                result = evaluate(runner, root, pre, classes, split, limit=limit or None, progress=on_eval)
+                result = evaluate(runner, root, pre, class_names, split, limit=limit or None, progress=on_eval)
         table = Table(title=f"{backend.value} on {root} ({split}, {result.num_images} images)")
         table.add_column("class")
         table.add_column("IoU", justify="right")
@@ -67,17 +77,20 @@ def register(app: typer.Typer) -> None:
                               **result.to_dict()})
 
 
-def _open_runner(backend: EvalBackend, checkpoint: Optional[Path], model: Optional[Path],
+def _open_runner(backend: EvalBackend, source_options: tuple, spec, model: Optional[Path],
                  device: str, threads: int):
     if backend is EvalBackend.torch:
         import torch
 
         from aspp_deploy.backends.torch_backend import TorchRunner
+        from aspp_deploy.model.sources import load_source, resolve_for_source
 
         if threads:
             torch.set_num_threads(threads)
-        runner = TorchRunner(checkpoint, device=device)
-        return runner, runner.ckpt.preprocess, runner.ckpt.classes
+        source = load_source(*source_options)
+        resolved, _, _ = resolve_for_source(source, spec)
+        runner = TorchRunner(device=device, source=source, preprocess=resolved.preprocess)
+        return runner, resolved.preprocess, resolved.classes
     from aspp_deploy.backends.onnxruntime_backend import OrtRunner
     from aspp_deploy.errors import InputError
     from aspp_deploy.export.manifest import read_onnx_manifest

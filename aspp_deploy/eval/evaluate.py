@@ -58,8 +58,11 @@ def iter_batches(ds: VOCSegmentation, pre: Preprocess, num_classes: int, batch: 
         yield x, [load_mask(s.mask, num_classes) for s in chunk], [s.name for s in chunk]
 
 
-def to_mask_size(pred: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a class-id map back to the mask's size."""
+def to_mask_size(pred: np.ndarray, shape: tuple[int, int], pre: Preprocess | None = None) -> np.ndarray:
+    """A class-id map predicted on the model input -> the mask's (H, W): ``pre.restore`` undoes the
+    preprocessing's geometry (letterbox, centre crop); without it, a nearest-neighbour resize."""
+    if pre is not None:
+        return pre.restore(pred, (shape[1], shape[0]))
     if pred.shape == shape:
         return pred
     im = Image.fromarray(pred.astype(np.uint8)).resize((shape[1], shape[0]), Image.NEAREST)
@@ -76,7 +79,7 @@ def evaluate(runner: Runner, data: Path, pre: Preprocess, classes: list[str], sp
     for x, masks, _ in iter_batches(ds, pre, len(classes), batch, limit):
         preds = class_ids(runner.infer(x), runner.info.outputs_class_ids)
         for pred, mask in zip(preds, masks):
-            cm.update(mask, to_mask_size(pred, mask.shape))
+            cm.update(mask, to_mask_size(pred, mask.shape, pre))
         done += len(masks)
         if progress:
             progress(done, total)

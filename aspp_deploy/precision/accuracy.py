@@ -40,8 +40,9 @@ class Comparison:
 class _Tally:
     """Accumulates one candidate's agreement with the reference and its confusion matrix."""
 
-    def __init__(self, num_classes: int, class_output: bool) -> None:
+    def __init__(self, num_classes: int, class_output: bool, pre: Preprocess) -> None:
         self.cm = ConfusionMatrix(num_classes)
+        self.pre = pre
         self.class_output = class_output
         self.agree = self.total = 0
         self.max_diff = 0.0
@@ -53,7 +54,7 @@ class _Tally:
         self.agree += int((pred == ref_pred).sum())
         self.total += pred.size
         for p, mask in zip(pred, masks):
-            self.cm.update(mask, to_mask_size(p, mask.shape))
+            self.cm.update(mask, to_mask_size(p, mask.shape, self.pre))
 
     def result(self, n: int, ref_cm: ConfusionMatrix) -> Comparison:
         return Comparison(n, ref_cm.miou(), self.cm.miou(), self.agree / max(self.total, 1),
@@ -71,11 +72,11 @@ def compare_on_val(fp32_onnx: Path, candidate: Path, data: Path, pre: Preprocess
     with OrtRunner(fp32_onnx, threads=threads) as ref_runner, OrtRunner(candidate, threads=threads) as runner:
         class_output = ref_runner.info.outputs_class_ids
         ref_cm = ConfusionMatrix(len(classes))
-        tally = _Tally(len(classes), class_output)
+        tally = _Tally(len(classes), class_output, pre)
         for i, (x, masks, _) in enumerate(iter_batches(ds, pre, len(classes), 1, n)):
             ref = ref_runner.infer(x)
             for r, mask in zip(class_ids(ref, class_output), masks):
-                ref_cm.update(mask, to_mask_size(r, mask.shape))
+                ref_cm.update(mask, to_mask_size(r, mask.shape, pre))
             tally.add(runner.infer(x), ref, masks)
             if progress:
                 progress(i + 1, n)
@@ -90,7 +91,7 @@ class Reference:
                  limit: int, split: str = "val", threads: int = 0) -> None:
         from aspp_deploy.backends.onnxruntime_backend import OrtRunner
 
-        self.classes, self.threads = classes, threads
+        self.classes, self.threads, self.pre = classes, threads, pre
         ds = VOCSegmentation(data, split)
         self.limit = min(limit, len(ds))
         self.batches = list(iter_batches(ds, pre, len(classes), 1, self.limit))
@@ -100,12 +101,12 @@ class Reference:
         self.cm = ConfusionMatrix(len(classes))
         for out, (_, masks, _) in zip(self.outputs, self.batches):
             for pred, mask in zip(class_ids(out, self.class_output), masks):
-                self.cm.update(mask, to_mask_size(pred, mask.shape))
+                self.cm.update(mask, to_mask_size(pred, mask.shape, pre))
 
     def compare(self, candidate: Path) -> Comparison:
         from aspp_deploy.backends.onnxruntime_backend import OrtRunner
 
-        tally = _Tally(len(self.classes), self.class_output)
+        tally = _Tally(len(self.classes), self.class_output, self.pre)
         with OrtRunner(candidate, threads=self.threads) as runner:
             for (x, masks, _), ref in zip(self.batches, self.outputs):
                 tally.add(runner.infer(x), ref, masks)

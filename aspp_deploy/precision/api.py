@@ -13,10 +13,12 @@ COMPARE_EVAL_IMAGES = 8
 
 
 def quantize_for_compare(fp32_onnx: Path, out_path: Path, precision: str, target: str = "trt",
-                         log: Callable[[str], None] = lambda m: None) -> Path:
-    """``aspp-deploy quantize --onnx FP32 --precision P --target T --out OUT`` on the shipped defaults
-    (shipped calibration images, default validation data, 0.5-point budget); returns the path."""
-    opts = QuantizeOptions(precision=precision, target=target, out=Path(out_path),
-                           eval_images=COMPARE_EVAL_IMAGES)
+                         log: Callable[[str], None] = lambda m: None, data: Path | None = None,
+                         calib: Path | None = None, threads: int = 0) -> Path:
+    """``aspp-deploy quantize --onnx FP32 --precision P --target T --out OUT --data DATA --calib CALIB``
+    with the default 0.5-point budget (None: the shipped calibration images, the default validation
+    data); returns the path."""
+    opts = QuantizeOptions(precision=precision, target=target, out=Path(out_path), data=data, calib=calib,
+                           eval_images=COMPARE_EVAL_IMAGES, threads=threads)
     result: QuantizeResult = quantized_onnx_from_fp32(Path(fp32_onnx), opts, log=log)
     return result.onnx_path

@@ -67,8 +67,11 @@ def class_map(output: np.ndarray) -> np.ndarray:
     return a
 
 
-def postprocess(output: np.ndarray, original_size: Sequence[int], num_classes: int | None = None) -> np.ndarray:
-    """One image's model output -> ``H x W`` class ids at the original ``(width, height)`` (nearest).
+def postprocess(output: np.ndarray, original_size: Sequence[int], num_classes: int | None = None,
+                preprocess: Preprocess | None = None) -> np.ndarray:
+    """One image's model output -> ``H x W`` class ids at the original ``(width, height)``: with the
+    model's ``preprocess``, its geometry is undone (letterbox padding cut, centre-crop margins
+    extended); without it, a nearest-neighbour resize.
 
     The mask is uint8 when the classes fit in a byte (the logits' channel count, or ``num_classes``),
     else int32.
@@ -80,6 +83,8 @@ def postprocess(output: np.ndarray, original_size: Sequence[int], num_classes: i
         raise InputError(f"class ids {int(ids.min())}..{int(ids.max())} do not fit {classes} classes")
     ids = ids.astype(np.uint8 if small else np.int32, copy=False)
     width, height = int(original_size[0]), int(original_size[1])
+    if preprocess is not None:
+        return preprocess.restore(ids, (width, height))
     if ids.shape == (height, width):
         return np.ascontiguousarray(ids)
     resized = Image.fromarray(ids).resize((width, height), NEAREST)

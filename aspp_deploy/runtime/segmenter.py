@@ -47,10 +47,10 @@ class Segmenter:
         self.input_name = tensor.name
         self.output_name = self.runner.outputs[0].name
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
-        size = (self.preprocess.height, self.preprocess.width)
-        if len(hi) != 4 or not (tuple(lo[2:]) <= size <= tuple(hi[2:])):
+        wanted = self.preprocess.input_shape(1)[1:]
+        if len(hi) != 4 or not all(int(a) <= w <= int(b) for a, w, b in zip(lo[1:], wanted, hi[1:])):
             raise InputError(f"{self.engine_path} takes inputs {tuple(lo)}..{tuple(hi)}, but its preprocessing "
-                             f"makes 3x{size[0]}x{size[1]}: rebuild the engine from the ONNX it came with")
+                             f"makes {'x'.join(map(str, wanted))}: rebuild the engine from the ONNX it came with")
 
     @property
     def outputs_class_ids(self) -> bool:
@@ -72,10 +72,10 @@ class Segmenter:
             result = self.runner.infer(feed)[self.output_name]
             outputs.extend(result[i] for i in range(len(chunk)))
         classes = len(self.classes) or None
-        return [postprocess(out, image.size, classes) for out, image in zip(outputs, rgb)]
+        return [postprocess(out, image.size, classes, self.preprocess) for out, image in zip(outputs, rgb)]
 
     def infer_raw(self, batch: np.ndarray) -> np.ndarray:
-        """A preprocessed ``N x 3 x H x W`` float32 batch -> the engine's raw output (logits or class ids)."""
+        """A preprocessed float32 batch in the model's layout (``N x 3 x H x W`` or ``N x H x W x 3``) -> the engine's raw output (logits or class ids)."""
         return self.runner.infer({self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[self.output_name]
 
     def close(self) -> None:
