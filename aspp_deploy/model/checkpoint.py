@@ -3,7 +3,10 @@
 A checkpoint is a plain dict saved with ``torch.save`` and read with ``weights_only=True``
 (no pickled code): ``format``, ``config`` (``ModelConfig``), ``preprocess``, ``classes``,
 ``palette``, ``state_dict`` (fp16 or fp32 tensors) and ``meta`` (training provenance).
-A bare torchvision DeepLabV3 state dict is accepted too (see docs/torchvision-mapping.md).
+``load_checkpoint`` accepts only this format; torchvision and other models come in through the
+factory option (``--arch MODULE:FUNCTION`` with ``--weights STATE_DICT``).
+``checkpoint_from_torchvision`` converts a torchvision DeepLabV3 (ResNet-50) state dict into
+this format (see docs/torchvision-mapping.md).
 """
 
 from __future__ import annotations
