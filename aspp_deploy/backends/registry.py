@@ -8,7 +8,7 @@ from aspp_deploy.backends.base import Runner
 from aspp_deploy.errors import InputError, MissingDependencyError
 
 BACKENDS = ("torch", "onnxruntime", "trt")
-SUFFIXES = {"torch": (".pt", ".pth"), "onnxruntime": (".onnx",), "trt": (".engine", ".plan", ".trt")}
+SUFFIXES = {"torch": (".pt", ".pth", ".pt2", ".ts", ".jit"), "onnxruntime": (".onnx",), "trt": (".engine", ".plan", ".trt")}
 
 
 def check_artifact_kind(backend: str, model: Path) -> None:

@@ -67,8 +67,8 @@ PROBABILITIES = "probabilities"
 def _static_input(entry: Mapping[str, Any]) -> list:
     shape = list(entry["inputs"][0]["shape"])
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise InputError(f"the ONNX input has shape {shape}: a Jetson bundle needs a static N x 3 x H x W input "
-                         "(export without --dynamic)")
+        raise InputError(f"the ONNX input has shape {shape}: a Jetson bundle needs a static input (export "
+                         "without --dynamic, or `aspp-deploy import MODEL.onnx --dynamic ''` to pin the dynamic axes)")
     return shape
 
 

@@ -25,9 +25,10 @@ class Backend(str, Enum):
 def input_geometry(backend: str, model: Path | None, batch: int, height: int, width: int):
     """(preprocess, batch, H, W) for the artifact, refusing sizes a static model cannot take."""
     if backend == "torch":
-        from aspp_deploy.model.checkpoint import load_checkpoint
+        from aspp_deploy.data.preprocess import Preprocess
+        from aspp_deploy.model.sources import load_source
 
-        pre = load_checkpoint(model).preprocess
+        pre = load_source(model).preprocess or Preprocess()  # TorchScript / .pt2 record none: 512 unless given
         return pre.with_size(height or pre.height, width or pre.width), batch
     if model is None:
         raise InputError(f"--backend {backend} needs --model")

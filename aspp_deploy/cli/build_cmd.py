@@ -100,7 +100,8 @@ def register(app: typer.Typer) -> None:
         if min_shape or opt_shape or max_shape:
             if not (min_shape and opt_shape and max_shape):
                 raise InputError("--min, --opt and --max go together")
-            profile = [{"input": parse_shape(s)} for s in (min_shape, opt_shape, max_shape)]
+            input_name = model.graph.input[0].name  # the model's own name ("input" for our exports)
+            profile = [{input_name: parse_shape(s)} for s in (min_shape, opt_shape, max_shape)]
         engine = out or onnx.with_name(f"{onnx.stem}.{precision.value}.engine")
         batches, data_key = None, None
         if precision is Precision.int8 and kind != "qdq":

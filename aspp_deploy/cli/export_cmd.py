@@ -142,6 +142,8 @@ def register(app: typer.Typer) -> None:
         output_kind: M.OutputKindOpt = None,
         out: Annotated[Path, typer.Option(help="Output folder (MODEL.onnx + manifest.json).")] = Path("artifacts"),
         name: Annotated[str, typer.Option(help="File stem of the adopted ONNX (a plain name).")] = "model",
+        batch: Annotated[int, typer.Option(help="Batch size: the reference one, or the static one a pinned dynamic batch takes.")] = 1,
+        dynamic: Annotated[Optional[str], typer.Option(help="Dynamic axes to keep: 'batch', 'spatial', both, or '' to pin every dynamic axis (default: the graph's).")] = None,
         simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxsim.")] = True,
         degenerate_atrous: Annotated[bool, typer.Option("--degenerate-atrous/--no-degenerate-atrous",
                                                         help="Pass 1: atrous convs whose rate covers the feature map -> smaller convs.")] = True,
@@ -158,8 +160,8 @@ def register(app: typer.Typer) -> None:
         from aspp_deploy.export.onnx_import import onnx_from_foreign
 
         model_spec = M.build_spec(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
-                                  output_kind)
-        opts = ExportOptions(None, None, 1, None, 17, simplify, degenerate_atrous, pool_broadcast, argmax,
+                                  output_kind, dynamic)
+        opts = ExportOptions(None, None, batch, None, 17, simplify, degenerate_atrous, pool_broadcast, argmax,
                              argmax_dtype.value, name)
         with console.status("importing"):
             result = onnx_from_foreign(model, model_spec, out, opts, _parity_images(data),

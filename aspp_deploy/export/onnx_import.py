@@ -145,12 +145,28 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
               (["spatial"] if not (isinstance(dims[hi], int) and isinstance(dims[wi], int)) else [])
     facts = GraphFacts(height=dims[hi] if isinstance(dims[hi], int) else None,
                        width=dims[wi] if isinstance(dims[wi], int) else None, layout=layout, dynamic=dynamic)
-    if spec.dynamic is not None and sorted(spec.dynamic) != sorted(dynamic):
-        raise InputError(f"the spec contradicts the model: dynamic {spec.dynamic} given, the graph's dynamic "
-                         f"axes are {dynamic or 'none'}")
     notes: list[str] = []
     model = onnx.ModelProto()
     model.CopyFrom(original)
+    if spec.dynamic is not None and set(spec.dynamic) != set(dynamic):
+        extra = set(spec.dynamic) - set(dynamic)
+        if extra:
+            raise InputError(f"the spec contradicts the model: dynamic {sorted(spec.dynamic)} given, but the graph's "
+                             f"{', '.join(sorted(extra))} axes are static ({dims})")
+        pinned = resolve_input(spec, facts)[0]
+        new = list(dims)
+        if "batch" not in spec.dynamic and "batch" in dynamic:
+            new[0] = max(opts.batch, 1)
+        if "spatial" not in spec.dynamic and "spatial" in dynamic:
+            new[hi], new[wi] = pinned.height, pinned.width
+        from aspp_deploy.export.onnx_export import set_io_shape
+
+        set_io_shape(next(i for i in model.graph.input if i.name == inp.name), new)
+        notes.append(f"input {inp.name} pinned from {dims} to the static {new}")
+        dims = new
+        dynamic = sorted(spec.dynamic)
+        facts = GraphFacts(height=dims[hi] if isinstance(dims[hi], int) else None,
+                           width=dims[wi] if isinstance(dims[wi], int) else None, layout=layout, dynamic=dynamic)
     if len(model.graph.output) > 1:
         dropped = [o.name for o in model.graph.output[1:]]
         del model.graph.output[1:]

@@ -1,6 +1,6 @@
 """Calibration data: one shape for every consumer.
 
-``CalibrationData`` is an iterable of ``{input_name: float32 NCHW batch}`` built from a folder of
+``CalibrationData`` is an iterable of ``{input_name: float32 batch}`` (in the model's layout) built from a folder of
 images run through exactly the ``Preprocess`` of the model's manifest. ONNX Runtime takes it
 through ``OrtCalibrationReader`` (its ``CalibrationDataReader`` interface), ModelOpt as one stacked
 array, and the TensorRT calibrator (``aspp_deploy/trt/calibrator.py``) as the plain iterable.
@@ -83,7 +83,7 @@ def check_disjoint_from_val(files: list[Path], data_root: Path, split: str = "va
 
 @dataclass
 class CalibrationData:
-    """An iterable of ``{input_name: float32 NCHW batch}``; iterating again starts over.
+    """An iterable of ``{input_name: float32 batch}`` in the model's layout; iterating again starts over.
 
     Every image is decoded once, up front (``load``), so a bad file fails before any work
     starts and repeated passes (entropy calibration, several consumers) cost no decoding.
@@ -118,7 +118,7 @@ class CalibrationData:
 
     @property
     def array(self) -> np.ndarray:
-        """All images as one (N, 3, H, W) float32 array."""
+        """All images as one float32 array (N x 3 x H x W, or N x H x W x 3 for NHWC models)."""
         return self.load()._arrays  # type: ignore[return-value]
 
     def __len__(self) -> int:

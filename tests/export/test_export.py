@@ -78,6 +78,11 @@ def test_dynamic_export_is_verified_at_several_sizes(tiny_checkpoint, tmp_path):
                                ExportOptions(dynamic=frozenset({"batch", "spatial"})))
     shapes = {tuple(c["shape"]) for c in res.entry["parity"]["cases"]}
     assert len(shapes) >= 3
+    # the output's dims are named for what they are, never after the exporter's internal tensors
+    assert res.entry["outputs"][0]["shape"] == ["batch", 6, "height", "width"]
+    assert res.entry["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
+    spatial = onnx_from_checkpoint(tiny_checkpoint, tmp_path / "s", ExportOptions(dynamic=frozenset({"spatial"})))
+    assert spatial.entry["outputs"][0]["shape"] == [1, 6, "height", "width"]
     for shape in [(2, 3, 96, 160), (1, 3, 64, 64)]:
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
         got = run_ort(res.onnx_path, x)
