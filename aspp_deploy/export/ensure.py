@@ -103,7 +103,10 @@ def ensure_fp32(artifacts: Path, spec: ModelSpec, *, checkpoint: Path | None = N
             log(f"{fp32} was made from another model or spec: importing {onnx} again")
         result = onnx_from_foreign(Path(onnx), spec, artifacts, ExportOptions(name=FP32_NAME), images, log)
         return Fp32Artifact(result.onnx_path, result.entry, None, no_torch, "imported")
-    if not named and entry and (entry.get("source") or {}).get("fingerprint") and not spec.given():
+    if not named and entry and (entry.get("source") or {}).get("fingerprint"):
+        if not _spec_matches(spec, entry.get("spec")):
+            raise InputError(f"{fp32} was made with another spec; name the model (--checkpoint, --arch or --onnx) "
+                             "to make it again with the spec given")
         try:
             source, reason = source_from_record(entry["source"]), None
         except AsppDeployError as exc:

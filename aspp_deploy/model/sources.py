@@ -183,6 +183,9 @@ def resolve_arch(arch: str) -> tuple[str, Preset | None]:
     for preset in PRESETS.values():
         if preset.target == arch:
             return arch, preset
+    where, _, name = arch.rpartition(":")
+    if where.endswith(".py") and Path(where).is_file():
+        return f"{Path(where).resolve()}:{name}", None  # the same file from any working folder
     return arch, None
 
 

@@ -236,3 +236,17 @@ def test_weights_file_is_never_unpickled_with_code(tmp_path):
     r = cli("export", "--arch", f"{MODELS_FILE}:build", "--weights", path, *SIZE, "--out", tmp_path / "o")
     assert r.exit_code == 1 and "cannot read weights" in r.output
     assert not marker.exists()
+
+
+def test_compare_never_replaces_an_adopted_model_with_the_shipped_one(foreign_onnx, tmp_path):
+    """compare with no model option works on what ARTIFACTS holds; a spec that does not match it is
+    refused instead of re-exporting the shipped checkpoint over the user's model."""
+    from aspp_deploy.io import sha256_file
+
+    art = tmp_path / "art"
+    assert cli("import", foreign_onnx, "--out", art).exit_code == 0
+    before = sha256_file(art / "model.onnx")
+    r = cli("compare", "--artifacts", art, "--classes", "a,b,c,d", "--limit", "1", "--iters", "1",
+            "--report", tmp_path / "rep")
+    assert r.exit_code == 1 and "made with another spec" in r.output, r.output
+    assert sha256_file(art / "model.onnx") == before
