@@ -59,7 +59,9 @@ def _fp32_onnx(onnx: Optional[Path], checkpoint: Optional[Path], artifacts: Path
     from aspp_deploy.spec import ModelSpec
 
     with console.status(f"checking {artifacts / 'model.onnx'}"):
-        made = ensure_fp32(artifacts, ModelSpec(), checkpoint=checkpoint,
+        from aspp_deploy.cli.export_cmd import parity_images
+
+        made = ensure_fp32(artifacts, ModelSpec(), checkpoint=checkpoint, images=parity_images(None),
                            log=lambda m: console.print(f"  {m}", highlight=False))
     console.print(f"{made.action} {made.path}", highlight=False)
     return made.path

@@ -93,15 +93,18 @@ def register(app: typer.Typer) -> None:
         model_spec = M.build_spec(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
                                   output_kind)
         log = lambda m: console.print(m, highlight=False)  # noqa: E731
+        from aspp_deploy.cli.export_cmd import parity_images
+
+        images = parity_images(data)  # real images join the parity check, as in `export`
         fp32 = ensure_fp32(artifacts, model_spec, checkpoint=checkpoint, arch=arch, arch_args=arch_args,
-                           weights=weights, onnx=onnx, log=log)
+                           weights=weights, onnx=onnx, images=images, log=log)
         entry = fp32.entry
         pre = Preprocess.from_dict(entry["preprocess"])
         class_names = list(entry["classes"])
 
         def export_fn() -> Path:
             return ensure_fp32(artifacts, model_spec, checkpoint=checkpoint, arch=arch, arch_args=arch_args,
-                               weights=weights, onnx=onnx, log=log).path
+                               weights=weights, onnx=onnx, images=images, log=log).path
 
         torch_model = fp32.source.files[0] if fp32.source and fp32.source.files else None
 

@@ -34,7 +34,7 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
 
 
-def _parity_images(data: Optional[Path]) -> list[Path]:
+def parity_images(data: Optional[Path]) -> list[Path]:
     if data is None:
         return image_files(SHIPPED_CALIBRATION)[:4]
     from aspp_deploy.data.voc import VOCSegmentation
@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
                              argmax_dtype.value, name)
         with console.status("exporting"):
             source = load_source(checkpoint, arch, arch_args, weights)
-            result = onnx_from_source(source, model_spec, out, opts, _parity_images(data),
+            result = onnx_from_source(source, model_spec, out, opts, parity_images(data),
                                       log=lambda m: console.print(m, highlight=False))
         print_export(result)
         write_json(json_out, result.entry)
@@ -164,7 +164,7 @@ def register(app: typer.Typer) -> None:
         opts = ExportOptions(None, None, batch, None, 17, simplify, degenerate_atrous, pool_broadcast, argmax,
                              argmax_dtype.value, name)
         with console.status("importing"):
-            result = onnx_from_foreign(model, model_spec, out, opts, _parity_images(data),
+            result = onnx_from_foreign(model, model_spec, out, opts, parity_images(data),
                                        log=lambda m: console.print(m, highlight=False))
         print_export(result, "adopted as")
         write_json(json_out, result.entry)

@@ -1,0 +1,104 @@
+"""``aspp-deploy predict``: segment your own images with any artifact (a thin layer over ``aspp_deploy.predict``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from aspp_deploy.cli import _model_opts as M
+from aspp_deploy.cli._common import console, fail, handle_errors, out_console, write_json
+
+
+def _backends() -> str:
+    from aspp_deploy.backends.registry import BACKENDS
+
+    return ", ".join(BACKENDS)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("predict")
+    @handle_errors
+    def predict_command(
+        images: Annotated[Optional[List[Path]], typer.Argument(
+            help="Image files and/or folders of images (.jpg .jpeg .png .bmp, any case; folders are not searched recursively).",
+            show_default=False)] = None,
+        model: Annotated[Optional[Path], typer.Option(
+            "--model", "--onnx", help="The artifact: an ONNX (onnxruntime), an engine (trt), a checkpoint (torch).")] = None,
+        backend: Annotated[Optional[str], typer.Option(
+            help=f"Runtime that runs the model ({_backends()}; default: from --model's suffix, torch for "
+                 "--checkpoint/--arch).", show_default=False)] = None,
+        out: Annotated[Path, typer.Option(help="Folder for NAME.mask.png (and NAME.overlay.png).")] = Path("predictions"),
+        overlay: Annotated[bool, typer.Option("--overlay", help="Also write the mask blended on the image, "
+                                              "with a legend of the classes present.")] = False,
+        alpha: Annotated[float, typer.Option(help="Mask opacity in the overlays.")] = 0.5,
+        batch: Annotated[int, typer.Option(help="Images per inference (0: the artifact's static batch, "
+                                           "else 4 for a dynamic batch).")] = 0,
+        device: Annotated[str, typer.Option(help="cpu or cuda (torch, onnxruntime).")] = "cpu",
+        threads: Annotated[int, typer.Option(help="CPU threads (0: library default).")] = 0,
+        checkpoint: M.Checkpoint = None,
+        arch: M.Arch = None,
+        arch_args: M.ArchArgs = None,
+        weights: M.Weights = None,
+        spec: M.Spec = None,
+        height: M.Height = 0,
+        width: M.Width = 0,
+        classes: M.Classes = None,
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-image class areas (pixels and "
+                                                         "fraction per class) and the outputs as JSON.")] = None,
+    ) -> None:
+        """Segment your own images: class-id mask PNGs (the model's palette) at each image's size,
+        optional overlays with a class legend, per-image class areas (--json).
+
+        Unreadable images are skipped with a warning each; the exit code is then 1."""
+        from aspp_deploy.predict import find_images, open_model, predict_images
+
+        files, notes = find_images(images or [])
+        for note in notes:
+            console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        model_spec = M.build_spec(spec, height, width, classes=classes)
+        with console.status("loading the model"):
+            opened = open_model(backend, model, (checkpoint, arch, arch_args, weights), model_spec, batch,
+                                device, threads)
+        with opened:
+            for note in opened.notes:
+                console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+            console.print(f"{opened.backend} {opened.precision} on {opened.runner.info.device}: {opened.artifact} "
+                          f"({opened.preprocess.height}x{opened.preprocess.width}, batch {opened.batch}, "
+                          f"{len(opened.classes)} classes)", highlight=False, soft_wrap=True)
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          TimeRemainingColumn(), console=console, transient=True,
+                          disable=len(files) < 2) as progress:
+                task = progress.add_task("predicting", total=len(files))
+                summary = predict_images(
+                    opened, files, out, overlay=overlay, alpha=alpha,
+                    progress=lambda i, n: progress.update(task, completed=i),
+                    warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True))
+        _print_summary(summary)
+        write_json(json_out, summary)
+        if summary["failed"]:
+            names = ", ".join(Path(f["input"]).name for f in summary["failed"][:5])
+            more = f" and {len(summary['failed']) - 5} more" if len(summary["failed"]) > 5 else ""
+            fail(f"{len(summary['failed'])} of {len(files)} image(s) could not be read ({names}{more}): "
+                 "see the warnings above")
+
+
+def _print_summary(summary: dict) -> None:
+    from aspp_deploy.predict import class_totals
+
+    if summary["count"]:
+        table = Table(title=f"{summary['count']} image(s): classes found")
+        for col, justify in (("class", "left"), ("images", "right"), ("share of all pixels", "right")):
+            table.add_column(col, justify=justify)
+        for row in class_totals(summary):
+            if row["pixels"]:
+                table.add_row(row["class"], str(row["images"]), f"{100 * row['fraction']:.1f}%")
+        out_console.print(table)
+    ms = summary["ms_per_image"]
+    out_console.print(f"{summary['count']} image(s) -> {summary['out']}/ in {summary['seconds']:.1f} s: "
+                      f"{ms['total']:.1f} ms per image (load + preprocess {ms['load_preprocess']:.1f}, "
+                      f"inference {ms['inference']:.1f}, masks/overlays {ms['postprocess_write']:.1f})",
+                      highlight=False, soft_wrap=True)
