@@ -129,3 +129,56 @@ def test_tritons_schema_rejects_a_wrong_field():
     pb = _model_config()
     with pytest.raises(text_format.ParseError):
         text_format.Parse('name: "x"\nmax_batch: 0\n', pb.ModelConfig())
+
+
+def _nhwc_model(path: Path) -> None:
+    """A tiny NHWC model: Transpose -> 1x1 Conv (3 -> 2 classes)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.array([[1.0, -2.0, 0.5], [-0.3, 0.8, 1.1]], np.float32).reshape(2, 3, 1, 1), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2]),
+         helper.make_node("Conv", ["nchw", "w"], ["logits"])], "nhwc",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 12, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 8, 12])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize("policy", ["letterbox", "stretch"])
+def test_nvinfer_config_expresses_the_spec_nhwc_bgr_scale(tmp_path, policy):
+    """A model fed NHWC, BGR, 0..255 means (scale 1): nvinfer's own keys reproduce the toolkit's input."""
+    from aspp_deploy.bundle.deepstream import deepstream_onnx
+
+    pre = Preprocess(8, 12, mean=(103.5, 116.3, 123.7), std=(57.4, 57.1, 58.4), scale=1.0, layout="NHWC",
+                     channel_order="BGR", policy=policy)
+    entry = {"preprocess": pre.to_dict(), "classes": ["a", "b"],
+             "inputs": [{"name": "input", "shape": [1, 8, 12, 3]}]}
+    text = nvinfer_config(entry, "fp16", "m.onnx", "m.engine")
+    assert check_nvinfer_config(text) == []
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(text)
+    props = dict(parser["property"])
+    assert props["model-color-format"] == "1" and props["network-input-order"] == "1"
+    assert float(props["net-scale-factor"]) == 1.0 and props["infer-dims"] == "3;8;12"
+    assert (props["maintain-aspect-ratio"], props.get("symmetric-padding")) == \
+        (("1", "1") if policy == "letterbox" else ("0", None))
+    src, ds_path = tmp_path / "m.onnx", tmp_path / "m.ds.onnx"
+    _nhwc_model(src)
+    deepstream_onnx(src, ds_path, list(pre.std), layout="NHWC")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 20, 3), dtype=np.uint8))
+    bgr = np.asarray(pre.resize_image(image), np.float32)[..., ::-1]  # what nvinfer sees (BGR, resized)
+    offsets = np.array([float(v) for v in props["offsets"].split(";")], np.float32)
+    nvinfer_input = (np.float32(props["net-scale-factor"]) * (bgr - offsets))[None]
+    logits = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"input": pre(image)[None]})[0]
+    probs = ort.InferenceSession(str(ds_path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": np.ascontiguousarray(nvinfer_input)})[0]
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert np.abs(probs - expected).max() < 1e-5
+
+
+def test_nvinfer_config_says_it_cannot_centre_crop():
+    pre = Preprocess(8, 8, policy="center_crop")
+    entry = {"preprocess": pre.to_dict(), "classes": ["a", "b"], "inputs": [{"name": "input", "shape": [1, 3, 8, 8]}]}
+    assert "CAVEAT: nvinfer cannot resize-then-centre-crop" in nvinfer_config(entry, "fp16", "m.onnx", "m.engine")
