@@ -101,7 +101,7 @@ def test_factory_from_local_file_end_to_end(weights, user_voc, user_calib, tmp_p
     assert again.exit_code == 0 and "exporting again" not in again.output, again.output
 
 
-def test_torchscript_and_torch_export_sources(weights, tmp_path):
+def test_torchscript_and_torch_export_sources(weights, user_voc, user_calib, tmp_path):
     net = tiny_models().build(3).eval()
     net.load_state_dict(torch.load(weights)["state_dict"])
 
@@ -130,6 +130,10 @@ def test_torchscript_and_torch_export_sources(weights, tmp_path):
             ref = torch.nn.functional.interpolate(wrapped(torch.ones(1, 3, 64, 96)), size=(64, 96),
                                                   mode="bilinear", align_corners=False).numpy()
         assert np.abs(y - ref).max() < 1e-4
+        quantize_cpu(out / "model.onnx", user_voc, user_calib)
+        rows = compare_ok(tmp_path / f"c-{kind}", out, user_voc, user_calib, "--checkpoint", path, *SIZE)
+        for key in [("torch", "fp32", "cpu"), ("onnxruntime", "fp32", "cpu"), ("onnxruntime", "int8 (cpu QDQ)", "cpu")]:
+            assert rows[key]["status"] == "ok", rows[key]
 
 
 @pytest.fixture(scope="module")
