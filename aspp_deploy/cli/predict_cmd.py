@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -11,6 +12,8 @@ from rich.table import Table
 
 from aspp_deploy.cli import _model_opts as M
 from aspp_deploy.cli._common import console, fail, handle_errors, out_console, write_json
+
+LOG_EVERY_S = 10.0  # progress lines when the output is not a terminal
 
 
 def _backends() -> str:
@@ -59,7 +62,8 @@ def register(app: typer.Typer) -> None:
         files, notes = find_images(images or [])
         for note in notes:
             console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-        model_spec = M.build_spec(spec, height, width, classes=classes)
+        spec_given = spec is not None or bool(height or width or classes)
+        model_spec = M.build_spec(spec, height, width, classes=classes) if spec_given else None
         with console.status("loading the model"):
             opened = open_model(backend, model, (checkpoint, arch, arch_args, weights), model_spec, batch,
                                 device, threads)
@@ -69,14 +73,16 @@ def register(app: typer.Typer) -> None:
             console.print(f"{opened.backend} {opened.precision} on {opened.runner.info.device}: {opened.artifact} "
                           f"({opened.preprocess.height}x{opened.preprocess.width}, batch {opened.batch}, "
                           f"{len(opened.classes)} classes)", highlight=False, soft_wrap=True)
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          TimeRemainingColumn(), console=console, transient=True,
-                          disable=len(files) < 2) as progress:
-                task = progress.add_task("predicting", total=len(files))
-                summary = predict_images(
-                    opened, files, out, overlay=overlay, alpha=alpha,
-                    progress=lambda i, n: progress.update(task, completed=i),
-                    warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True))
+            warn = lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True)  # noqa: E731
+            if console.is_terminal and len(files) > 1:
+                with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                              TimeRemainingColumn(), console=console, transient=True) as progress:
+                    task = progress.add_task("predicting", total=len(files))
+                    summary = predict_images(opened, files, out, overlay=overlay, alpha=alpha, warn=warn,
+                                             progress=lambda i, n: progress.update(task, completed=i))
+            else:  # redirected: a line every LOG_EVERY_S seconds instead of a bar
+                summary = predict_images(opened, files, out, overlay=overlay, alpha=alpha, warn=warn,
+                                         progress=_progress_lines())
         _print_summary(summary)
         write_json(json_out, summary)
         if summary["failed"]:
@@ -86,13 +92,26 @@ def register(app: typer.Typer) -> None:
                  "see the warnings above")
 
 
+def _progress_lines():
+    last = [time.monotonic()]
+
+    def report(i: int, n: int) -> None:
+        now = time.monotonic()
+        if i < n and now - last[0] >= LOG_EVERY_S:
+            last[0] = now
+            console.print(f"predicting: {i}/{n} image(s)", highlight=False)
+
+    return report
+
+
 def _print_summary(summary: dict) -> None:
     from aspp_deploy.predict import class_totals
 
     if summary["count"]:
         table = Table(title=f"{summary['count']} image(s): classes found")
-        for col, justify in (("class", "left"), ("images", "right"), ("share of all pixels", "right")):
-            table.add_column(col, justify=justify)
+        table.add_column("class")
+        table.add_column("images", justify="right")
+        table.add_column("share of all pixels", justify="right")
         for row in class_totals(summary):
             if row["pixels"]:
                 table.add_row(row["class"], str(row["images"]), f"{100 * row['fraction']:.1f}%")

@@ -4,6 +4,7 @@
     python -m aspp_deploy.runtime plan  --precision fp16         # the path for this TensorRT, no build
     python -m aspp_deploy.runtime build --precision fp16         # engines/model.fp16.engine (+ .json)
     python -m aspp_deploy.runtime segment --engine engines/model.fp16.engine --input images/ --out overlays/
+    python -m aspp_deploy.runtime segment --input images/     # no TensorRT here: ONNX Runtime on the CPU
 
 Every failure is one ``error:`` line on stderr and exit code 1.
 """
@@ -16,11 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from aspp_deploy.errors import AsppDeployError, InputError
+from aspp_deploy.errors import AsppDeployError, InputError, MissingDependencyError
 from aspp_deploy.trt.build import DEFAULT_WORKSPACE_MB
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CUDA_BACKENDS = ("auto", "cuda-python", "pycuda")
+SEGMENT_RUNTIMES = ("auto", "tensorrt", "onnxruntime")
 DEFAULT_ONNX = Path("models/model.onnx")
 DEFAULT_CALIB = Path("calibration/images")
 
@@ -96,20 +98,69 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_engine() -> Optional[Path]:
+    """The bundle's primary engine (``bundle.json``) when it has been built, else None."""
+    try:
+        info = json.loads(Path("bundle.json").read_text())
+        engine = Path(info["engines"][info["primary"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return engine if engine.is_file() else None
+
+
+def open_segmenter(args: argparse.Namespace):
+    """``(segmenter, why)``: TensorRT when it is installed and there is an engine (``--engine``, else the
+    bundle's built primary engine), else ONNX Runtime on the CPU with ``--onnx``; ``why`` says why the
+    fallback was taken (None for TensorRT)."""
+    from aspp_deploy.trt.runtime import TRT_INSTALL_HINT, tensorrt_installed
+
+    runtime = getattr(args, "runtime", "auto")
+    why = None
+    if runtime in ("auto", "tensorrt"):
+        engine = args.engine or (_default_engine() if runtime == "auto" else None)
+        if runtime == "tensorrt" or (tensorrt_installed() and engine is not None):
+            from aspp_deploy.runtime.segmenter import Segmenter
+
+            if engine is None:
+                raise InputError("--runtime tensorrt needs --engine ENGINE (build one with "
+                                 "`python -m aspp_deploy.runtime build`)")
+            _installed_version()  # without TensorRT nothing below can run: say so first
+            try:
+                return Segmenter(engine, cuda=args.cuda), None
+            except MissingDependencyError as exc:
+                if runtime == "tensorrt":
+                    raise
+                why = str(exc)
+        elif not tensorrt_installed():
+            why = TRT_INSTALL_HINT.split(":")[0]
+        else:
+            why = "no TensorRT engine given or built (`python -m aspp_deploy.runtime build`)"
+    from aspp_deploy.runtime.ort_segmenter import ORT_INSTALL_HINT, OrtSegmenter, onnxruntime_installed
+
+    if not onnxruntime_installed():
+        if runtime == "onnxruntime":
+            raise MissingDependencyError("ONNX Runtime is not installed: " + ORT_INSTALL_HINT)
+        reason = why if why and not why.startswith("TensorRT is not installed") else TRT_INSTALL_HINT
+        raise MissingDependencyError(f"{reason}; the CPU fallback, ONNX Runtime, is not installed either: "
+                                     f"{ORT_INSTALL_HINT}")
+    return OrtSegmenter(args.onnx, threads=args.threads), why
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from aspp_deploy.runtime.app import find_inputs, segment_images, segment_video
-    from aspp_deploy.runtime.segmenter import Segmenter
 
-    _installed_version()  # without TensorRT nothing below can run: say so first
     kind, files = find_inputs(Path(args.input))
-    with Segmenter(args.engine, cuda=args.cuda) as seg:
+    seg, why = open_segmenter(args)
+    with seg:
+        _say(f"segmenting with {seg.description}" + (f" ({why})" if why else ""))
         if kind == "video":
             summary = segment_video(seg.predict_batch, files[0], args.out, seg.palette, args.alpha, args.limit, _say)
         else:
             summary = segment_images(seg.predict_batch, files, args.out, seg.palette, args.alpha,
-                                     args.batch or seg.max_batch, _say)
+                                     args.batch or seg.max_batch, _say, classes=seg.classes or None)
+    where = "TensorRT" if why is None else "ONNX Runtime on the CPU"
     _say(f"{summary['count']} {'frame' if kind == 'video' else 'image'}(s) -> {args.out} "
-         f"({summary['ms_per_image']} ms each, preprocessing + inference + post-processing)")
+         f"({summary['ms_per_image']} ms each on {where}, preprocessing + inference + post-processing)")
     return 0
 
 
@@ -162,8 +213,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trt-version", default=None, help="e.g. 8.5, 10.3 (default: the installed TensorRT)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_plan)
-    p = sub.add_parser("segment", help="segment a folder of images, one image or a video; write overlays")
-    p.add_argument("--engine", type=Path, required=True, help="engine built by `build` (its .json beside it)")
+    p = sub.add_parser("segment", help="segment a folder of images, one image or a video; write overlays "
+                                        "(TensorRT, else ONNX Runtime on the CPU)")
+    p.add_argument("--engine", type=Path, default=None, help="engine built by `build` (its .json beside it; default: "
+                                                             "the bundle's primary engine once built)")
+    p.add_argument("--onnx", type=Path, default=DEFAULT_ONNX, help="ONNX run by ONNX Runtime when TensorRT is absent "
+                                                                 "(default: %(default)s)")
+    p.add_argument("--runtime", choices=SEGMENT_RUNTIMES, default="auto",
+                   help="auto: TensorRT when installed and an engine exists, else ONNX Runtime on the CPU")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
     p.add_argument("--input", type=Path, required=True, help="folder of images, an image, or a video file")
     p.add_argument("--out", type=Path, default=Path("overlays"), help="output folder (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlays")

@@ -17,7 +17,7 @@ from PIL import Image
 from aspp_deploy.data.voc import IMAGE_EXTENSIONS
 from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.io import atomic_path, atomic_save_image
-from aspp_deploy.runtime.images import load_rgb, overlay, palette_array
+from aspp_deploy.runtime.images import load_rgb, overlay, overlay_with_legend, palette_array
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".h264")
 OPENCV_HINT = "reading video needs OpenCV: sudo apt install python3-opencv (JetPack) or pip install opencv-python"
@@ -53,8 +53,11 @@ def mask_image(mask: np.ndarray, palette: Sequence[Sequence[int]] | None) -> Ima
 
 def segment_images(predict_batch: PredictBatch, files: Sequence[Path], out: Path,
                    palette: Sequence[Sequence[int]] | None, alpha: float = 0.5, batch: int = 1,
-                   log: Callable[[str], None] = lambda m: None) -> Dict[str, Any]:
-    """Write ``<stem>.overlay.png`` and ``<stem>.mask.png`` per image into ``out``; returns a summary."""
+                   log: Callable[[str], None] = lambda m: None,
+                   classes: Sequence[str] | None = None) -> Dict[str, Any]:
+    """Write ``<stem>.overlay.png`` and ``<stem>.mask.png`` per image into ``out``; returns a summary.
+
+    With ``classes``, each overlay has a legend of the classes present (colour, name, area) on its right."""
     out.mkdir(parents=True, exist_ok=True)
     written, seconds = [], 0.0
     for start in range(0, len(files), max(1, batch)):
@@ -65,12 +68,15 @@ def segment_images(predict_batch: PredictBatch, files: Sequence[Path], out: Path
         seconds += time.perf_counter() - t0
         for path, image, mask in zip(chunk, images, masks):
             overlay_path, mask_path = out / f"{path.stem}.overlay.png", out / f"{path.stem}.mask.png"
-            atomic_save_image(overlay(image, mask, palette, alpha), overlay_path)
+            blended = (overlay_with_legend(image, mask, palette, classes, alpha) if classes is not None
+                       else overlay(image, mask, palette, alpha))
+            atomic_save_image(blended, overlay_path)
             atomic_save_image(mask_image(mask, palette), mask_path)
             present = sorted(int(c) for c in np.unique(mask))
             written.append({"input": str(path), "overlay": str(overlay_path), "mask": str(mask_path),
                             "classes": present})
-            log(f"{path.name} -> {overlay_path.name} (classes {present})")
+            named = [classes[c] if classes is not None and c < len(classes) else str(c) for c in present]
+            log(f"{path.name} -> {overlay_path.name} (classes {', '.join(named)})")
     return {"kind": "images", "count": len(written), "outputs": written,
             "ms_per_image": round(1000 * seconds / max(1, len(written)), 3)}
 

@@ -9,7 +9,7 @@ Sizes follow Pillow: ``(width, height)``. Arrays are ``H x W`` (masks) or ``H x 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -138,3 +138,100 @@ def stack_inputs(arrays: Sequence[np.ndarray], batch: int) -> np.ndarray:
         raise InputError("no images to stack")
     padded = list(arrays) + [arrays[-1]] * max(0, batch - len(arrays))
     return np.ascontiguousarray(np.stack(padded).astype(np.float32, copy=False))
+
+
+# -- legend ---------------------------------------------------------------------------------------
+
+LEGEND_BACKGROUND = (255, 255, 255)
+LEGEND_TEXT = (20, 20, 20)
+
+
+def class_areas(mask: np.ndarray, num_classes: int = 0) -> np.ndarray:
+    """Pixels per class id (``max(num_classes, largest id + 1)`` counts) of an ``H x W`` class-id mask."""
+    ids = np.asarray(mask).ravel()
+    if ids.size and int(ids.min()) < 0:
+        raise InputError("a mask holds non-negative class ids")
+    return np.bincount(ids.astype(np.int64), minlength=max(int(num_classes), 1))
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # scalable (FreeType) from Pillow 10.1
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()  # older Pillow or no FreeType: the small bitmap font
+
+
+def legend_entries(mask: np.ndarray, classes: Sequence[str] | None = None,
+                   palette: Sequence[Sequence[int]] | None = None) -> List[Tuple[int, str, Tuple[int, int, int], float]]:
+    """``(class id, name, colour, area fraction)`` of each class present in ``mask``, by class id."""
+    counts = class_areas(mask)
+    total = max(1, int(counts.sum()))
+    names = list(classes or [])
+    table = palette_array(palette, max(256, len(counts)))
+    found = []
+    for cid in np.flatnonzero(counts):
+        cid = int(cid)
+        name = names[cid] if cid < len(names) else "class_{}".format(cid)
+        colour = tuple(int(v) for v in table[cid])
+        found.append((cid, name, (colour[0], colour[1], colour[2]), float(counts[cid]) / total))
+    return found
+
+
+def _percent(fraction: float) -> str:
+    """A share for people: one decimal, and a present class never reads 0.0%."""
+    if 0 < fraction < 0.0005:
+        return "<0.1%"
+    return "{:.1f}%".format(100.0 * fraction)
+
+
+def add_legend(image: Image.Image, entries: Sequence[Tuple[int, str, Tuple[int, int, int], float]],
+               background: int | None = 0) -> Image.Image:
+    """``image`` with a legend panel on its right: one row per entry, a colour swatch, the class name and
+    its share of the image. The text scales with the image (readable when a large photo is viewed
+    scaled down); the canvas grows downwards when the legend is taller than the image. The
+    ``background`` class (left untinted by ``overlay``) gets a hollow swatch and says so."""
+    from PIL import ImageDraw
+
+    w, h = image.size
+    size = max(12, min(72, int(round(max(w, h) / 32.0))))
+    font = _font(size)
+    pad, gap, row = size // 2 + 2, size // 2 + 1, size + size // 2
+    rows = [(cid, "{}{}  {}".format(name, " (untinted)" if cid == background else "", _percent(frac)), colour)
+            for cid, name, colour, frac in entries] or [(-1, "no classes", LEGEND_BACKGROUND)]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    per_col = max(8, (h - 2 * pad) // row)
+    columns = [rows[i:i + per_col] for i in range(0, len(rows), per_col)]
+    widths = [size + gap + int(max(measure.textlength(text, font=font) for _, text, _ in col)) + 1
+              for col in columns]
+    legend_w = pad + sum(cw + pad for cw in widths)
+    legend_h = 2 * pad + max(len(col) for col in columns) * row
+    canvas = Image.new("RGB", (w + legend_w, max(h, legend_h)), LEGEND_BACKGROUND)
+    canvas.paste(image.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = w + pad
+    for col, cw in zip(columns, widths):
+        y = pad
+        for cid, text, colour in col:
+            box = [x, y + (row - size) // 2, x + size - 1, y + (row - size) // 2 + size - 1]
+            if cid >= 0 and cid != background:
+                draw.rectangle(box, fill=colour, outline=LEGEND_TEXT)
+            elif cid >= 0:
+                draw.rectangle(box, outline=LEGEND_TEXT, width=max(1, size // 8))
+            draw.text((x + size + gap, y + (row - size) // 2), text, fill=LEGEND_TEXT, font=font)
+            y += row
+        x += cw + pad
+    return canvas
+
+
+def overlay_with_legend(image: ImageLike, mask: np.ndarray, palette: Sequence[Sequence[int]] | None = None,
+                        classes: Sequence[str] | None = None, alpha: float = DEFAULT_ALPHA,
+                        background: int | None = 0) -> Image.Image:
+    """``overlay`` with a legend of the classes present (colour, name, area) to its right."""
+    rgb = load_rgb(image)
+    blended = overlay(rgb, mask, palette, alpha, background)
+    ids = np.asarray(mask)
+    if ids.shape != (rgb.height, rgb.width):
+        ids = np.asarray(Image.fromarray(ids.astype(np.int32)).resize(rgb.size, NEAREST), dtype=np.int32)
+    return add_legend(blended, legend_entries(ids, classes, palette), background)

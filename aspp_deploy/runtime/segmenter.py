@@ -52,6 +52,14 @@ class Segmenter:
             raise InputError(f"{self.engine_path} takes inputs {tuple(lo)}..{tuple(hi)}, but its preprocessing "
                              f"makes {'x'.join(map(str, wanted))}: rebuild the engine from the ONNX it came with")
 
+    backend = "tensorrt"
+
+    @property
+    def description(self) -> str:
+        """Which engine runs the model, for the user: ``TensorRT 10.3.0: engines/model.fp16.engine (fp16)``."""
+        version = self.manifest.get("tensorrt_version") or "?"
+        return "TensorRT {}: {} ({})".format(version, self.engine_path, self.manifest.get("precision") or "?")
+
     @property
     def outputs_class_ids(self) -> bool:
         """True when the engine outputs class ids (exported with ``--argmax``), False for logits."""

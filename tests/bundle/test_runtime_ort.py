@@ -1,0 +1,173 @@
+"""The bundle's runtime without TensorRT: ``segment`` falls back to ONNX Runtime on the CPU (``OrtSegmenter``),
+says so, and writes the same masks as the toolkit's own ONNX Runtime run; in clean virtual environments
+(NumPy, Pillow, ONNX Runtime only: no torch, no onnx), on the toolkit's Python and on Python 3.8."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import PIL
+import pytest
+from PIL import Image
+
+from aspp_deploy.backends.base import class_ids
+from aspp_deploy.backends.onnxruntime_backend import OrtRunner
+from aspp_deploy.data.voc import load_image
+from aspp_deploy.errors import InputError
+from aspp_deploy.export.manifest import read_onnx_manifest
+from aspp_deploy.runtime.__main__ import main as runtime_main
+from aspp_deploy.runtime.ort_segmenter import OrtSegmenter
+from aspp_deploy.trt.runtime import tensorrt_installed
+from tests.bundle.conftest import _base_python, _make_venv, _python38
+
+no_tensorrt = pytest.mark.skipif(tensorrt_installed(), reason="checks the fallback taken where TensorRT is absent")
+
+
+def _toolkit_masks(onnx_path: Path, files: list[Path]) -> dict[str, np.ndarray]:
+    """What the toolkit predicts for each file: manifest preprocessing, OrtRunner, argmax, restore."""
+    manifest = read_onnx_manifest(onnx_path)
+    pre = manifest.preprocess()
+    masks = {}
+    with OrtRunner(onnx_path) as runner:
+        for path in files:
+            image = load_image(path)
+            ids = class_ids(runner.infer(pre(image)[None]), runner.info.outputs_class_ids)[0]
+            masks[path.name] = pre.restore(ids, image.size)
+    return masks
+
+
+def _selftest_images(bundle: Path) -> list[Path]:
+    return sorted(p for p in (bundle / "selftest").iterdir() if p.suffix in (".png", ".jpg"))
+
+
+def test_ort_segmenter_predicts_what_the_toolkit_predicts(made_bundle):
+    onnx_path = made_bundle.out / "models" / "model.onnx"
+    files = _selftest_images(made_bundle.out)
+    expected = _toolkit_masks(onnx_path, files)
+    entry = json.loads((made_bundle.out / "models" / "manifest.json").read_text())["artifacts"]["model.onnx"]
+    with OrtSegmenter(onnx_path) as seg:
+        assert seg.classes == entry["classes"] and seg.palette == entry["palette"]
+        assert (seg.min_batch, seg.max_batch) == (1, 1)  # the bundle's ONNX has a static batch of 1
+        assert "ONNX Runtime" in seg.description and "model.onnx" in seg.description
+        batch = seg.predict_batch(files)
+        for path, mask in zip(files, batch):
+            assert mask.dtype == np.uint8 and mask.shape == (load_image(path).height, load_image(path).width)
+            assert np.array_equal(mask, expected[path.name]), path.name
+            assert np.array_equal(seg.predict(path), mask)
+
+
+def test_ort_segmenter_reads_the_sidecar_manifest_and_refuses_an_onnx_without_one(made_bundle, tmp_path):
+    import onnx
+
+    model = onnx.load(str(made_bundle.out / "models" / "model.onnx"))
+    del model.metadata_props[:]
+    with_sidecar = tmp_path / "with"
+    with_sidecar.mkdir()
+    onnx.save(model, str(with_sidecar / "model.onnx"))
+    shutil.copyfile(made_bundle.out / "models" / "manifest.json", with_sidecar / "manifest.json")
+    image = _selftest_images(made_bundle.out)[0]
+    with OrtSegmenter(with_sidecar / "model.onnx") as seg, OrtSegmenter(made_bundle.out / "models" / "model.onnx") as ref:
+        assert seg.preprocess == ref.preprocess and seg.classes == ref.classes
+        assert np.array_equal(seg.predict(image), ref.predict(image))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    onnx.save(model, str(bare / "model.onnx"))
+    with pytest.raises(InputError, match="no aspp-deploy manifest"):
+        OrtSegmenter(bare / "model.onnx")
+    with pytest.raises(InputError, match="ONNX model not found"):
+        OrtSegmenter(bare / "missing.onnx")
+
+
+@no_tensorrt
+def test_segment_falls_back_to_onnxruntime_and_says_so(made_bundle, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(made_bundle.out)
+    out = tmp_path / "overlays"
+    # an engine named but TensorRT absent: the fallback runs the bundle's FP32 ONNX
+    assert runtime_main(["segment", "--engine", "engines/model.fp16.engine", "--input", "selftest",
+                         "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("segmenting with ONNX Runtime") and "models/model.onnx" in lines[0]
+    assert "TensorRT is not installed" in lines[0] and "on ONNX Runtime on the CPU" in lines[-1]
+    files = _selftest_images(made_bundle.out)
+    expected = _toolkit_masks(made_bundle.out / "models" / "model.onnx", files)
+    palette = json.loads((made_bundle.out / "models" / "manifest.json").read_text())["artifacts"]["model.onnx"]["palette"]
+    for path in files:
+        mask = Image.open(out / f"{path.stem}.mask.png")
+        assert mask.mode == "P" and mask.getpalette()[3:6] == palette[1]
+        assert np.array_equal(np.asarray(mask), expected[path.name]), path.name
+        overlay = Image.open(out / f"{path.stem}.overlay.png")
+        assert overlay.width > mask.width and overlay.height >= mask.height  # the legend beside the image
+
+
+@no_tensorrt
+def test_segment_runtime_choice(made_bundle, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(made_bundle.out)
+    assert runtime_main(["segment", "--runtime", "onnxruntime", "--onnx", "models/model.fp16.onnx",
+                         "--input", "selftest/geometry-smaller.png", "--out", str(tmp_path / "o")]) == 0
+    assert "models/model.fp16.onnx" in capsys.readouterr().out
+    assert runtime_main(["segment", "--runtime", "tensorrt", "--engine", "engines/model.fp16.engine",
+                         "--input", "selftest", "--out", str(tmp_path / "t")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: TensorRT is not installed")
+    assert runtime_main(["segment", "--onnx", "models/nothing.onnx", "--input", "selftest",
+                         "--out", str(tmp_path / "n")]) == 1
+    assert "error: ONNX model not found: models/nothing.onnx" in capsys.readouterr().err
+
+
+# Runs inside the clean venv, from the bundle folder: argv = output folder.
+SCRIPT = textwrap.dedent('''
+    import json, os, sys
+    sys.path.insert(0, os.getcwd())
+    from aspp_deploy.runtime.__main__ import main
+    rc = main(["segment", "--input", "selftest", "--out", sys.argv[1]])
+    heavy = [m for m in ("torch", "onnx", "tensorrt", "typer", "rich") if m in sys.modules]
+    print(json.dumps({"rc": rc, "heavy_loaded": heavy, "python": sys.version.split()[0]}))
+''')
+
+
+@pytest.fixture(scope="module")
+def ort_venv(tmp_path_factory) -> Path:
+    return _make_venv(tmp_path_factory.mktemp("venv-ort") / "venv", _base_python(),
+                      [f"numpy=={np.__version__}", f"pillow=={PIL.__version__}", f"onnxruntime=={ort.__version__}"])
+
+
+@pytest.fixture(scope="module")
+def ort_venv38(tmp_path_factory) -> Path:
+    base = _python38()
+    if base is None:
+        pytest.skip("no Python 3.8 on this machine (JetPack 5's Python): the 3.8 check needs one")
+    return _make_venv(tmp_path_factory.mktemp("venv-ort38") / "venv", base, ["numpy", "pillow", "onnxruntime"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("venv", ["ort_venv", "ort_venv38"])
+def test_segment_on_onnxruntime_in_a_clean_venv(request, venv, made_bundle, tmp_path):
+    """NumPy, Pillow and ONNX Runtime only: segment runs, imports neither torch nor onnx, and its masks are
+    the toolkit's (bit-identical with the toolkit's releases; Python 3.8's older Pillow may resample an
+    input pixel one level differently, so there nearly all pixels agree)."""
+    python = request.getfixturevalue(venv)
+    script = tmp_path / "segment.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "overlays"
+    proc = subprocess.run([str(python), str(script), str(out)], cwd=made_bundle.out, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    report = json.loads(lines[-1])
+    assert report["rc"] == 0 and report["heavy_loaded"] == []
+    assert lines[0].startswith("segmenting with ONNX Runtime") and "TensorRT is not installed" in lines[0]
+    files = _selftest_images(made_bundle.out)
+    expected = _toolkit_masks(made_bundle.out / "models" / "model.onnx", files)
+    for path in files:
+        mask = np.asarray(Image.open(out / f"{path.stem}.mask.png"))
+        if venv == "ort_venv":
+            assert np.array_equal(mask, expected[path.name]), path.name
+        else:
+            assert np.mean(mask == expected[path.name]) > 0.98, (path.name, report["python"])
+
