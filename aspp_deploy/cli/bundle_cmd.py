@@ -119,7 +119,7 @@ def register(app: typer.Typer) -> None:
         target: Annotated[str, typer.Option(help="Deployment target (jetson).")] = "jetson",
         precision: Annotated[List[str], typer.Option(help="fp16 and/or int8: repeat the option or give a comma list.")] = ["fp16"],  # noqa: B006
         checkpoint: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint (default: the shipped one).")] = None,
-        onnx: Annotated[Optional[Path], typer.Option("--onnx", help="An FP32 ONNX from `export` to bundle instead of exporting the checkpoint.")] = None,
+        onnx: Annotated[Optional[Path], typer.Option("--onnx", "--model", help="An FP32 ONNX from `export` or `import` to bundle instead of exporting the checkpoint.")] = None,
         artifacts: Annotated[Path, typer.Option(help="Where the exported ONNX is reused from or written to.")] = Path("artifacts"),
         calib: Annotated[Optional[Path], typer.Option(help="Calibration images (default: the shipped calibration/).")] = None,
         calib_images: Annotated[int, typer.Option(help="INT8: calibration images shipped for on-device calibration (0: all).")] = DEFAULT_CALIB_IMAGES,

@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def quantize(
-        onnx: Annotated[Path, typer.Option("--onnx", help="FP32 ONNX made by `aspp-deploy export`.")],
+        onnx: Annotated[Path, typer.Option("--onnx", "--model", help="FP32 ONNX made by `aspp-deploy export` or `import`.")],
         precision: Annotated[Precision, typer.Option(help="fp16 (mixed precision) or int8 (Q/DQ).")],
         target: Annotated[Target, typer.Option(help="INT8 for TensorRT (trt) or the ONNX Runtime CPU provider (cpu).")] = Target.trt,
         calib: Annotated[Optional[Path], typer.Option(help="Folder of calibration images (default: the shipped calibration/).")] = None,
