@@ -84,30 +84,49 @@ def compare_on_val(fp32_onnx: Path, candidate: Path, data: Path, pre: Preprocess
 
 
 class Reference:
-    """The FP32 model's outputs on the first ``limit`` validation images, kept in memory so that
-    many candidates (the budget loop) are compared without re-running FP32. Keep ``limit`` small."""
+    """The FP32 model's outputs on the first ``limit`` validation images, so that many candidates
+    (the budget loop) are compared without re-running FP32. Inputs, outputs and masks are kept in
+    ``.npy`` files (in ``folder``, else a temporary folder removed with this object) and read back
+    one image at a time: memory stays one image whatever ``limit`` is."""
 
     def __init__(self, fp32_onnx: Path, data: Path, pre: Preprocess, classes: list[str],
-                 limit: int, split: str = "val", threads: int = 0) -> None:
+                 limit: int, split: str = "val", threads: int = 0, folder: Path | None = None) -> None:
+        import tempfile
+        import weakref
+
         from aspp_deploy.backends.onnxruntime_backend import OrtRunner
 
         self.classes, self.threads, self.pre = classes, threads, pre
+        if folder is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="aspp-reference-")
+            weakref.finalize(self, self._tmp.cleanup)
+            folder = Path(self._tmp.name)
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
         ds = VOCSegmentation(data, split)
         self.limit = min(limit, len(ds))
-        self.batches = list(iter_batches(ds, pre, len(classes), 1, self.limit))
+        self.cm = ConfusionMatrix(len(classes))
         with OrtRunner(fp32_onnx, threads=threads) as runner:
             self.class_output = runner.info.outputs_class_ids
-            self.outputs = [runner.infer(x) for x, _, _ in self.batches]
-        self.cm = ConfusionMatrix(len(classes))
-        for out, (_, masks, _) in zip(self.outputs, self.batches):
-            for pred, mask in zip(class_ids(out, self.class_output), masks):
-                self.cm.update(mask, to_mask_size(pred, mask.shape, pre))
+            for i, (x, masks, _) in enumerate(iter_batches(ds, pre, len(classes), 1, self.limit)):
+                out = runner.infer(x)
+                np.save(self.folder / f"x{i:05d}.npy", x)
+                np.save(self.folder / f"ref{i:05d}.npy", out)
+                np.savez(self.folder / f"masks{i:05d}.npz", *masks)
+                for pred, mask in zip(class_ids(out, self.class_output), masks):
+                    self.cm.update(mask, to_mask_size(pred, mask.shape, pre))
+
+    def _items(self):
+        for i in range(self.limit):
+            with np.load(self.folder / f"masks{i:05d}.npz") as z:
+                masks = [z[f"arr_{k}"] for k in range(len(z.files))]
+            yield np.load(self.folder / f"x{i:05d}.npy"), masks, np.load(self.folder / f"ref{i:05d}.npy")
 
     def compare(self, candidate: Path) -> Comparison:
         from aspp_deploy.backends.onnxruntime_backend import OrtRunner
 
         tally = _Tally(len(self.classes), self.class_output, self.pre)
         with OrtRunner(candidate, threads=self.threads) as runner:
-            for (x, masks, _), ref in zip(self.batches, self.outputs):
+            for x, masks, ref in self._items():
                 tally.add(runner.infer(x), ref, masks)
         return tally.result(self.limit, self.cm)

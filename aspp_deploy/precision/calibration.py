@@ -2,8 +2,14 @@
 
 ``CalibrationData`` is an iterable of ``{input_name: float32 batch}`` (in the model's layout) built from a folder of
 images run through exactly the ``Preprocess`` of the model's manifest. ONNX Runtime takes it
-through ``OrtCalibrationReader`` (its ``CalibrationDataReader`` interface), ModelOpt as one stacked
-array, and the TensorRT calibrator (``aspp_deploy/trt/calibrator.py``) as the plain iterable.
+through ``OrtCalibrationReader`` (its ``CalibrationDataReader`` interface, in chunks: see
+``int8_ort.stream_calibrate``), ModelOpt as one ``.npy`` file written batch by batch and
+memory-mapped by its worker, and the TensorRT calibrator (``aspp_deploy/trt/calibrator.py``) as
+the plain iterable.
+
+Memory: images are decoded batch by batch as they are iterated, never all at once, so what
+calibration holds does not grow with the number of images (``load`` checks every file up front
+and keeps nothing).
 
 Images of any reasonable size are accepted: the manifest's preprocessing resizes each one to
 the model's input size, exactly as evaluation and deployment do. An image with a side below a
@@ -85,8 +91,10 @@ def check_disjoint_from_val(files: list[Path], data_root: Path, split: str = "va
 class CalibrationData:
     """An iterable of ``{input_name: float32 batch}`` in the model's layout; iterating again starts over.
 
-    Every image is decoded once, up front (``load``), so a bad file fails before any work
-    starts and repeated passes (entropy calibration, several consumers) cost no decoding.
+    Every image is decoded and checked up front (``load``), so a bad file fails before any work
+    starts; the decoded images are not kept: each pass decodes one batch at a time, so memory
+    stays one batch whatever the number of images (a pass over 100 images costs about a second
+    of decoding, next to minutes of calibration).
     """
 
     files: list[Path]
@@ -98,11 +106,14 @@ class CalibrationData:
         if not 1 <= self.batch_size <= len(self.files):
             raise CalibrationFolderError(f"the model takes batches of {self.batch_size} but only "
                                          f"{len(self.files)} calibration image(s) were given")
-        self._arrays: np.ndarray | None = None
+        self._checked_all = False
 
     def load(self) -> "CalibrationData":
-        if self._arrays is None:
-            self._arrays = np.stack([self.preprocess(self._checked(p)) for p in self.files]).astype(np.float32)
+        """Decode and check every image once (a bad or too small file fails here); keeps nothing."""
+        if not self._checked_all:
+            for p in self.files:
+                self.preprocess(self._checked(p))
+            self._checked_all = True
         return self
 
     def _checked(self, path: Path):
@@ -116,40 +127,66 @@ class CalibrationData:
                 "calibrate on images like the ones the model will see")
         return image
 
+    def image(self, i: int) -> np.ndarray:
+        """Image ``i`` preprocessed (float32, the model's layout, no batch axis)."""
+        return np.asarray(self.preprocess(self._checked(self.files[i])), dtype=np.float32)
+
+    def batch(self, i: int) -> np.ndarray:
+        """Batch ``i`` as one contiguous float32 array."""
+        b = self.batch_size
+        return np.ascontiguousarray(np.stack([self.image(k) for k in range(i * b, (i + 1) * b)]))
+
     @property
     def array(self) -> np.ndarray:
-        """All images as one float32 array (N x 3 x H x W, or N x H x W x 3 for NHWC models)."""
-        return self.load()._arrays  # type: ignore[return-value]
+        """All images as one float32 array (N x 3 x H x W, or N x H x W x 3 for NHWC models).
+        Decoded on each access and held by the caller: for small sets only (tests); the
+        pipeline iterates instead."""
+        return np.stack([self.image(i) for i in range(len(self.files))]).astype(np.float32)
+
+    @property
+    def image_nbytes(self) -> int:
+        """Bytes of one preprocessed image."""
+        return 4 * 3 * self.preprocess.height * self.preprocess.width
 
     def __len__(self) -> int:
         """Number of batches (a last partial batch is dropped: static-batch models need full ones)."""
         return len(self.files) // self.batch_size
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        arr = self.array
         for i in range(len(self)):
-            yield {self.input_name: np.ascontiguousarray(arr[i * self.batch_size:(i + 1) * self.batch_size])}
+            yield {self.input_name: self.batch(i)}
+
+    def batches(self, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+        """Batches ``start`` to ``stop - 1``, decoded one at a time."""
+        for i in range(max(start, 0), min(stop, len(self))):
+            yield {self.input_name: self.batch(i)}
 
     def head(self, n: int) -> "CalibrationData":
-        """The same data limited to its first ``n`` images (decoded data is shared)."""
+        """The same data limited to its first ``n`` images."""
         sub = CalibrationData(self.files[:n], self.preprocess, self.input_name, self.batch_size)
-        sub._arrays = self.array[:n]
+        sub._checked_all = self._checked_all
         return sub
 
 
 def ort_reader(data: CalibrationData):
-    """An ONNX Runtime ``CalibrationDataReader`` over ``data`` (rewindable)."""
+    """An ONNX Runtime ``CalibrationDataReader`` over ``data`` (rewindable; ``set_range`` limits it
+    to a range of batches, as ORT's strided calibration asks). Batches are decoded as read."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class OrtCalibrationReader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it: Iterator[dict[str, np.ndarray]] = iter(data)
+            self._range = (0, len(data))
+            self._it: Iterator[dict[str, np.ndarray]] = data.batches(*self._range)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
         def rewind(self) -> None:
-            self._it = iter(data)
+            self._it = data.batches(*self._range)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._range = (start_index, end_index)
+            self.rewind()
 
         def __len__(self) -> int:
             return len(data)

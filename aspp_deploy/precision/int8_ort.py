@@ -17,15 +17,34 @@ Calibration goes through ``quantize_static``'s own ``calibration_cache_path`` (O
 pointed at a file named by the cache key, so the ranges are computed once per (model, images,
 settings) and reused by every candidate of the accuracy-budget loop. Older ORT releases have no
 such parameter: then every candidate recalibrates, and the manifest says the cache was off.
+
+Memory: ``quantize_static`` left to calibrate by itself keeps every intermediate tensor of every
+calibration image before it reduces them (the entropy and percentile calibrators: about 200 MB
+per 512x512 image here, so 96 images peaked at 20 GB). ``stream_calibrate`` computes the same
+ranges in chunks of a few images with ORT's own calibrator objects and writes them into that
+cache file, which ``quantize_static`` then reads:
+
+- MinMax: each chunk's per-tensor min/max merged into the running range (exactly the
+  all-at-once result);
+- Entropy/Percentile: two streamed passes. The first finds each tensor's global min/max (what
+  the all-at-once histogram's range is made of); the second adds every chunk's histogram into
+  bins fixed on that range. The histograms, hence the thresholds, are the all-at-once ones
+  (the tests check it), where ORT's own chunked merging (``CalibStridedMinMax``) would re-bin as
+  the range grows and give other thresholds. It costs one more inference pass over the images.
+
+Older ORT releases (no cache parameter) fall back to ORT's strided calibration (``set_range``
+chunks), which bounds memory the same way.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from aspp_deploy.precision.cache import CacheLookup
@@ -34,6 +53,10 @@ from aspp_deploy.precision.calibration import CalibrationData, ort_reader
 DEFAULT_PERCENTILE = 99.999
 METHODS = ("entropy", "minmax", "percentile")
 TRT_OP_TYPES = ("Conv", "Add", "MaxPool", "GlobalAveragePool")
+# Images per calibration chunk: intermediate tensors of one chunk are in memory at once (about
+# 200 MB per 512x512 image for the shipped model), so the chunk is sized from a byte budget.
+CHUNK_BUDGET_BYTES = 512 * 2**20
+MAX_CHUNK_IMAGES = 8
 
 
 @dataclass(frozen=True)
@@ -102,9 +125,18 @@ class OrtInt8Builder:
         if r.inputs_only:
             extra["OpTypesToExcludeOutputQuantization"] = sorted({n.op_type for n in self.graph().graph.node})
         kwargs = {}
+        reader = ort_reader(self.calib)
         if self.cache_file is not None:
             kwargs["calibration_cache_path"] = str(self.cache_file)
-        quantize_static(str(self.model_path), str(out), ort_reader(self.calib), quant_format=QuantFormat.QDQ,
+            if not self.cache_file.is_file():
+                from onnxruntime.quantization.calibrate import save_tensors_data
+
+                ranges = stream_calibrate(self.model_path, self.calib, self.method, r.op_types, extra)
+                self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+                save_tensors_data(ranges, self.cache_file)
+        else:  # old ORT: its own calibration, limited to a chunk of batches at a time
+            extra["CalibStridedMinMax"] = _divisor_at_most(len(self.calib), chunk_batches(self.calib))
+        quantize_static(str(self.model_path), str(out), reader, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(r.op_types) if r.op_types else None, per_channel=True,
                         activation_type=qtype[r.activation_type], weight_type=QuantType.QInt8,
                         nodes_to_exclude=list(exclude), calibrate_method=method, extra_options=extra, **kwargs)
@@ -115,6 +147,109 @@ class OrtInt8Builder:
         if exclude:
             keep_inputs_float(model, self.graph(), set(exclude))
         onnx.save(model, str(out))
+
+
+def chunk_batches(calib: CalibrationData, budget: int = CHUNK_BUDGET_BYTES) -> int:
+    """Batches per calibration chunk: about ``budget`` bytes of intermediate tensors, at least one
+    batch. An image's intermediates are counted as 64 times its input, which is what the shipped
+    model's calibrated tensors add up to (about 200 MB per 512x512 image, measured)."""
+    per_batch = 64 * calib.image_nbytes * calib.batch_size
+    return max(1, min(MAX_CHUNK_IMAGES // calib.batch_size or 1, budget // max(per_batch, 1)))
+
+
+def _divisor_at_most(n: int, k: int) -> int:
+    """The largest divisor of ``n`` not above ``k`` (ORT's strided calibration needs one)."""
+    return next(d for d in range(max(min(k, n), 1), 0, -1) if n % d == 0)
+
+
+def _calibration_op_types(op_types: tuple[str, ...] | None) -> list[str]:
+    """What ``quantize_static`` hands its calibrator: the recipe's operators, or every operator
+    ORT can quantize when the recipe says all."""
+    if op_types:
+        return list(op_types)
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return list(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
+def _calibrator_options(extra: dict) -> dict:
+    """``quantize_static``'s mapping of its extra options to the calibrator's."""
+    names = {"CalibTensorRangeSymmetric": "symmetric", "CalibMovingAverage": "moving_average",
+             "CalibMovingAverageConstant": "averaging_constant", "CalibPercentile": "percentile"}
+    return {key: extra[name] for name, key in names.items() if name in extra}
+
+
+def stream_calibrate(model_path: Path, calib: CalibrationData, method: str,
+                     op_types: tuple[str, ...] | None, extra: dict, chunk: int | None = None):
+    """ORT's calibration ranges (a ``TensorsData``) for ``model_path`` on ``calib``, the same as
+    ``quantize_static`` computes, with at most ``chunk`` batches of intermediate tensors in memory
+    at a time (see the module docstring)."""
+    from onnxruntime.quantization.calibrate import (CalibrationMethod, HistogramCalibrater, HistogramCollector,
+                                                    create_calibrator)
+
+    calibration_method = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
+                          "percentile": CalibrationMethod.Percentile}[method]
+    chunk = chunk or chunk_batches(calib)
+    reader = ort_reader(calib)
+    starts = range(0, len(calib), chunk)
+    with tempfile.TemporaryDirectory(prefix="aspp-calibrate-") as tmp:
+        calibrator = create_calibrator(Path(model_path), _calibration_op_types(op_types),
+                                       augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=calibration_method,
+                                       extra_options=_calibrator_options(extra))
+        if not isinstance(calibrator, HistogramCalibrater):
+            for start in starts:  # each call reduces its chunk and merges it into the running range
+                reader.set_range(start, start + chunk)
+                calibrator.collect_data(reader)
+            return calibrator.compute_data()
+
+        session = calibrator.infer_session
+        names = [o.name for o in session.get_outputs()]
+        inputs = {i.name for i in session.get_inputs()}
+        wanted = [k for k, n in enumerate(names) if n in calibrator.tensors_to_calibrate]
+
+        def chunks():
+            for start in starts:
+                outs: dict[str, list[np.ndarray]] = {}
+                for batch in calib.batches(start, start + chunk):
+                    values = session.run(None, batch)
+                    for k in wanted:  # ORT #21922: an output that is an input aliases the feed
+                        v = values[k]
+                        outs.setdefault(names[k], []).append(copy.copy(v) if names[k] in inputs else v)
+                yield outs
+
+        # Pass 1: each tensor's global min and max (and of |x|, for the absolute histograms).
+        stats: dict[str, list] = {}
+        for outs in chunks():
+            for name, arrays in outs.items():
+                flat = np.concatenate([a.ravel() for a in arrays])
+                if flat.size == 0:
+                    lo = hi = alo = ahi = np.array(0, dtype=flat.dtype)
+                else:
+                    lo, hi = np.nanmin(flat), np.nanmax(flat)
+                    a = np.abs(flat)
+                    alo, ahi = np.nanmin(a), np.nanmax(a)
+                old = stats.get(name)
+                stats[name] = [lo, hi, alo, ahi] if old is None else \
+                    [min(old[0], lo), max(old[1], hi), min(old[2], alo), max(old[3], ahi)]
+        # Pass 2: histograms in bins fixed on the global range, summed chunk by chunk.
+        collector = HistogramCollector(method=calibrator.method, symmetric=calibrator.symmetric,
+                                       num_bins=calibrator.num_bins, num_quantized_bins=calibrator.num_quantized_bins,
+                                       percentile=calibrator.percentile, scenario=calibrator.scenario)
+        absolute = calibrator.method == "percentile" and calibrator.symmetric
+        for name, (lo, hi, alo, ahi) in stats.items():
+            dtype = np.asarray(lo).dtype
+            if absolute:  # collect_absolute_value: bins over [min |x|, max |x|]
+                edges = np.histogram(np.array([alo, ahi], dtype=dtype), bins=calibrator.num_bins)[1].astype(dtype)
+                collector.histogram_dict[name] = (np.zeros(calibrator.num_bins, np.int64), edges, lo, hi)
+            else:  # collect_value: bins over [-t, t], t = max(|min|, |max|)
+                t = np.array(max(abs(lo), abs(hi)), dtype=dtype)
+                edges = np.histogram(np.empty(0, dtype), calibrator.num_bins, range=(-t, t))[1]
+                collector.histogram_dict[name] = (np.zeros(calibrator.num_bins, np.int64), edges, lo, hi, t)
+        for outs in chunks():
+            collector.collect(outs)
+        calibrator.collector = collector
+        return calibrator.compute_data()
 
 
 def keep_residual_qdq_only(model: onnx.ModelProto) -> int:

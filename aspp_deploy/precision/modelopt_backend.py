@@ -64,8 +64,20 @@ def run_worker(jobs: list[dict], work: Path) -> None:
 
 
 def save_calibration(data: CalibrationData, path: Path, limit: int | None = None) -> Path:
-    arr = data.array if limit is None else data.array[:limit]
-    np.savez(path, **{data.input_name: arr})
+    """The calibration inputs as one ``.npy`` file (full batches only, at most ``limit`` images),
+    written one batch at a time: neither this process nor the worker, which reads it back batch
+    by batch (``_modelopt_worker.NpyBatchReader``), ever holds more than a batch."""
+    batches = len(data) if limit is None else max(1, min(len(data), limit // data.batch_size))
+    first = data.batch(0)
+    shape = (batches * data.batch_size, *first.shape[1:])
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    try:
+        for i in range(batches):
+            b = first if i == 0 else data.batch(i)
+            out[i * data.batch_size:(i + 1) * data.batch_size] = b
+            out.flush()
+    finally:
+        del out
     return path
 
 
@@ -126,9 +138,10 @@ class ModelOptInt8Builder:
         raw = self.work / f"{out.stem}.modelopt.onnx"
         # Once the ranges are known, ModelOpt still wants a reader: one image is enough, its
         # ranges are replaced by the cached scales.
-        calib = save_calibration(self.calib, self.work / "calib-full.npz") if not self.calibrated \
-            else save_calibration(self.calib, self.work / "calib-one.npz", limit=self.calib.batch_size)
+        calib = save_calibration(self.calib, self.work / "calib-full.npy") if not self.calibrated \
+            else save_calibration(self.calib, self.work / "calib-one.npy", limit=self.calib.batch_size)
         job = {"op": "int8", "onnx": str(self.fp32), "out": str(raw), "calib": str(calib),
+               "calib_input": self.calib.input_name, "calib_batch": self.calib.batch_size,
                "method": MODELOPT_METHODS[self.method], "exclude": exclude,
                "high_precision": self.high_precision,
                "cache": str(self.table) if self.calibrated else None}

@@ -209,7 +209,8 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
         groups = layer_groups(builder.graph())
         reference = None
         if opts.budget_images:
-            reference = Reference(src, data_root, pre, classes, opts.budget_images, threads=opts.threads)
+            reference = Reference(src, data_root, pre, classes, opts.budget_images, threads=opts.threads,
+                                  folder=work / "reference")
         candidate, budget = run_budget(builder, reference, groups, opts.max_miou_drop, work, log)
         if lookup.payload is not None:
             cache.commit(lookup)
