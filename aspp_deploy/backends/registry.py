@@ -7,8 +7,9 @@ from pathlib import Path
 from aspp_deploy.backends.base import Runner
 from aspp_deploy.errors import InputError, MissingDependencyError
 
-BACKENDS = ("torch", "onnxruntime", "trt")
-SUFFIXES = {"torch": (".pt", ".pth", ".pt2", ".ts", ".jit"), "onnxruntime": (".onnx",), "trt": (".engine", ".plan", ".trt")}
+BACKENDS = ("torch", "onnxruntime", "trt", "openvino")
+SUFFIXES = {"torch": (".pt", ".pth", ".pt2", ".ts", ".jit"), "onnxruntime": (".onnx",), "trt": (".engine", ".plan", ".trt"),
+            "openvino": (".onnx",)}
 
 
 def check_artifact_kind(backend: str, model: Path) -> None:
@@ -35,8 +36,17 @@ def trt_unavailable_reason() -> str | None:
     return None
 
 
+def openvino_unavailable_reason() -> str | None:
+    """Why OpenVINO cannot run here (not installed: the pip command), or None."""
+    from aspp_deploy.backends.openvino_backend import openvino_unavailable_reason as reason
+
+    return reason()
+
+
 def require_backend(backend: str) -> None:
     if backend == "trt" and (reason := trt_unavailable_reason()):
+        raise MissingDependencyError(reason)
+    if backend == "openvino" and (reason := openvino_unavailable_reason()):
         raise MissingDependencyError(reason)
 
 
@@ -65,4 +75,11 @@ def open_runner(backend: str, model: Path | None, precision: str = "fp32", devic
         if model is None:
             raise InputError("the trt backend needs --model MODEL.engine (see `aspp-deploy build`)")
         return TrtBackendRunner(model)
+    if backend == "openvino":
+        require_backend("openvino")
+        from aspp_deploy.backends.openvino_backend import OpenVinoRunner
+
+        if model is None:
+            raise InputError("the openvino backend needs --model MODEL.onnx (see `aspp-deploy export`)")
+        return OpenVinoRunner(model, device=device, threads=threads, precision=precision)
     raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

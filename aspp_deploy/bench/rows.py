@@ -48,6 +48,18 @@ def variant_is_stale(variant: Path, fp32: Path) -> bool:
     return source is None or not fp32.is_file() or source.get("onnx_sha256") != sha256_file(fp32)
 
 
+class StaleWhenAsked:
+    """A ``RowSpec.refresh`` that is decided when the row runs, not when the rows are listed: the
+    OpenVINO INT8 row reads the file the ONNX Runtime INT8 row has just remade, and must not
+    quantize it a second time."""
+
+    def __init__(self, variant: Path, fp32: Path) -> None:
+        self.variant, self.fp32 = variant, fp32
+
+    def __bool__(self) -> bool:
+        return variant_is_stale(self.variant, self.fp32)
+
+
 def _cuda_reason() -> str | None:
     import torch
 
@@ -80,6 +92,17 @@ def default_row_specs(torch_model: Path | None, artifacts: Path, export_fn, quan
         path = artifacts / name
         specs.append(RowSpec("onnxruntime", precision, "cpu", path, refresh=variant_is_stale(path, fp32),
                              produce=lambda kw=kwargs, p=path: quantize_fn(fp32, p, **kw)))
+    # OpenVINO on the CPU reads the same ONNX files: FP32 and the cpu-target INT8 (Q/DQ).
+    from aspp_deploy.backends.registry import openvino_unavailable_reason
+
+    ov_reason = openvino_unavailable_reason()
+    specs.append(RowSpec("openvino", "fp32", "cpu", fp32, produce=export_fn, unavailable=ov_reason,
+                         note="inference precision f32"))
+    cpu_int8 = artifacts / "model.int8-cpu.onnx"
+    cpu_int8_kwargs = next(kw for _, name, kw in ONNX_VARIANTS if name == cpu_int8.name)
+    specs.append(RowSpec("openvino", "int8 (cpu QDQ)", "cpu", cpu_int8, unavailable=ov_reason,
+                         refresh=StaleWhenAsked(cpu_int8, fp32),  # type: ignore[arg-type]
+                         produce=lambda: quantize_fn(fp32, cpu_int8, **cpu_int8_kwargs)))
     specs.append(RowSpec("onnxruntime", "fp32", "cuda", fp32, produce=export_fn,
                          unavailable=_ort_provider_reason("CUDAExecutionProvider")))
     specs.append(RowSpec("onnxruntime", "fp32", "tensorrt", fp32, produce=export_fn,

@@ -20,6 +20,7 @@ class Backend(str, Enum):
     torch = "torch"
     onnxruntime = "onnxruntime"
     trt = "trt"
+    openvino = "openvino"
 
 
 def input_geometry(backend: str, model: Path | None, batch: int, height: int, width: int):
@@ -75,7 +76,7 @@ def register(app: typer.Typer) -> None:
     def bench(
         backend: Annotated[Backend, typer.Option(help="Runtime to time.")] = Backend.torch,
         model: Annotated[Optional[Path], typer.Option("--model", "--onnx", "--checkpoint",
-                                                      help="Artifact: checkpoint (torch), ONNX (onnxruntime), engine (trt). Default for torch: the shipped checkpoint.")] = None,
+                                                      help="Artifact: checkpoint (torch), ONNX (onnxruntime, openvino), engine (trt). Default for torch: the shipped checkpoint.")] = None,
         precision: Annotated[str, typer.Option(help="fp32 or fp16 (torch on CUDA); a label for artifacts.")] = "fp32",
         batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
         height: Annotated[int, typer.Option(help="Input height (0: the model's).")] = 0,
@@ -83,7 +84,7 @@ def register(app: typer.Typer) -> None:
         warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 10,
         iters: Annotated[int, typer.Option(help="Timed iterations.")] = 50,
         threads: Annotated[int, typer.Option(help="CPU threads (0: library default).")] = 0,
-        device: Annotated[str, typer.Option(help="cpu or cuda (torch, onnxruntime).")] = "cpu",
+        device: Annotated[str, typer.Option(help="cpu or cuda (torch, onnxruntime); openvino: cpu.")] = "cpu",
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the figures as JSON.")] = None,
     ) -> None:
         """Time one artifact: latency statistics, throughput, pre/post-processing, GPU phases."""

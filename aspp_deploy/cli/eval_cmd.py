@@ -17,6 +17,7 @@ from aspp_deploy.cli._common import console, handle_errors, out_console, write_j
 class EvalBackend(str, Enum):
     torch = "torch"
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
 
 
 def _progress_callbacks(progress: Progress, label: str):
@@ -45,7 +46,7 @@ def register(app: typer.Typer) -> None:
         height: M.Height = 0,
         width: M.Width = 0,
         classes: M.Classes = None,
-        model: Annotated[Optional[Path], typer.Option("--model", "--onnx", help="ONNX model (onnxruntime backend).")] = None,
+        model: Annotated[Optional[Path], typer.Option("--model", "--onnx", help="ONNX model (onnxruntime, openvino backends).")] = None,
         data: Annotated[Optional[Path], typer.Option(help="VOC-style folder (default: the synthetic validation split, generated if absent).")] = None,
         split: Annotated[str, typer.Option(help="Split list under ImageSets/Segmentation.")] = "val",
         limit: Annotated[int, typer.Option(help="Evaluate only the first N images (0: all).")] = 0,
@@ -91,12 +92,14 @@ def _open_runner(backend: EvalBackend, source_options: tuple, spec, model: Optio
         resolved, _, _ = resolve_for_source(source, spec)
         runner = TorchRunner(device=device, source=source, preprocess=resolved.preprocess)
         return runner, resolved.preprocess, resolved.classes
-    from aspp_deploy.backends.onnxruntime_backend import OrtRunner
+    from aspp_deploy.backends.registry import check_artifact_kind, open_runner, require_backend
     from aspp_deploy.errors import InputError
     from aspp_deploy.export.manifest import read_onnx_manifest
 
     if model is None:
-        raise InputError("--backend onnxruntime needs --model MODEL.onnx (make one with `aspp-deploy export`)")
+        raise InputError(f"--backend {backend.value} needs --model MODEL.onnx (make one with `aspp-deploy export`)")
+    check_artifact_kind(backend.value, model)
+    require_backend(backend.value)
     manifest = read_onnx_manifest(model)
-    runner = OrtRunner(model, device=device, threads=threads)
+    runner = open_runner(backend.value, model, device=device, threads=threads)
     return runner, manifest.preprocess(), manifest.classes
