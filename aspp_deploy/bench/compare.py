@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from aspp_deploy.eval.evaluate import to_mask_size
 from aspp_deploy.eval.metrics import ConfusionMatrix
 
 LOGIT_DIFF_IMAGES = 8  # images on which logits are kept to measure max |logit diff|
+KEPT_PREDICTIONS = 8   # masks a non-reference row keeps (the report's overlays use the first few)
 
 
 @dataclass
@@ -67,14 +68,33 @@ class Row:
                 "per_class_iou": self.per_class_iou, "latency": self.bench.to_dict() if self.bench else None}
 
 
+class _Streamed(Sequence):
+    """Items made on access from the samples (an image's input tensor, a mask): memory stays one item,
+    whatever the split's size. Masks are checked once, up front, so a bad mask fails before any row."""
+
+    def __init__(self, samples: list, make: Callable) -> None:
+        self.samples, self.make = samples, make
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self.make(s) for s in self.samples[i]]
+        return self.make(self.samples[i])
+
+
 class ValidationSet:
-    """The validation images, preprocessed once and shared by every row."""
+    """The validation images, shared by every row and streamed: each row decodes and preprocesses them
+    as it goes (about 3 MB a 512x512 input: a whole split is not held)."""
 
     def __init__(self, data: Path, pre: Preprocess, num_classes: int, limit: int | None) -> None:
         ds = VOCSegmentation(data, "val")
         self.samples = ds.samples[:limit] if limit else ds.samples
-        self.inputs = [pre(load_image(s.image))[None] for s in self.samples]
-        self.masks = [load_mask(s.mask, num_classes) for s in self.samples]
+        self.inputs = _Streamed(self.samples, lambda s: pre(load_image(s.image))[None])
+        self.masks = _Streamed(self.samples, lambda s: load_mask(s.mask, num_classes))
+        for s in self.samples:  # fail now on a missing or mislabelled mask, not after the first rows
+            load_mask(s.mask, num_classes)
         self.pre = pre
         self.num_classes = num_classes
 
@@ -92,7 +112,8 @@ def measure_row(row: Row, runner, val: ValidationSet, classes: list[str], refere
         out = runner.infer(x)
         pred = to_mask_size(class_ids(out, runner.info.outputs_class_ids)[0], mask.shape, val.pre).astype(np.uint8)
         cm.update(mask, pred)
-        row.predictions.append(pred)
+        if reference is None or i < KEPT_PREDICTIONS:  # the reference keeps all: every row is compared with it
+            row.predictions.append(pred)
         if reference is not None:
             ref = reference.predictions[i]
             agree += int((ref == pred).sum())
