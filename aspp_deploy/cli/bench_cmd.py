@@ -55,6 +55,23 @@ def input_geometry(backend: str, model: Path | None, batch: int, height: int, wi
     return sized, batch
 
 
+def artifact_precision(backend: str, model: Path | None) -> str:
+    """What the artifact is, from its manifest (fp32, fp16, int8 (cpu QDQ), ...): never a default label."""
+    if backend == "torch" or model is None:
+        return "fp32"
+    if backend == "trt":
+        from aspp_deploy.trt.runtime import read_engine_manifest
+
+        return str(read_engine_manifest(model).get("precision") or "unknown")
+    from aspp_deploy.export.manifest import read_onnx_manifest
+
+    entry = read_onnx_manifest(model).entry
+    p = str(entry.get("precision") or "fp32")
+    if p == "int8" and entry.get("target") in ("cpu", "trt"):
+        return f"int8 ({'cpu' if entry['target'] == 'cpu' else 'TensorRT'} QDQ)"
+    return p
+
+
 def real_batch(pre, batch: int) -> tuple[np.ndarray, list[Path]]:
     images = image_files(SHIPPED_CALIBRATION)
     if not images:
@@ -77,7 +94,7 @@ def register(app: typer.Typer) -> None:
         backend: Annotated[Backend, typer.Option(help="Runtime to time.")] = Backend.torch,
         model: Annotated[Optional[Path], typer.Option("--model", "--onnx", "--checkpoint",
                                                       help="Artifact: checkpoint (torch), ONNX (onnxruntime, openvino), engine (trt). Default for torch: the shipped checkpoint.")] = None,
-        precision: Annotated[str, typer.Option(help="fp32 or fp16 (torch on CUDA); a label for artifacts.")] = "fp32",
+        precision: Annotated[Optional[str], typer.Option(help="torch: fp32 or fp16 (CUDA). Other backends: read from the artifact's manifest.")] = None,
         batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
         height: Annotated[int, typer.Option(help="Input height (0: the model's).")] = 0,
         width: Annotated[int, typer.Option(help="Input width (0: the model's).")] = 0,
@@ -97,6 +114,7 @@ def register(app: typer.Typer) -> None:
             check_artifact_kind(backend.value, model)
         require_backend(backend.value)
         pre, n = input_geometry(backend.value, model, batch, height, width)
+        precision = precision or artifact_precision(backend.value, model)
         x, images = real_batch(pre, n)
         with console.status(f"timing {backend.value} ({warmup} warm-up + {iters} iterations)"):
             with open_runner(backend.value, model, precision, device, threads) as runner:

@@ -166,3 +166,17 @@ def test_engine_is_stale_when_its_onnx_changed(tmp_path):
     assert not engine_is_stale(engine, tmp_path)
     onnx.write_bytes(b"graph v2")
     assert engine_is_stale(engine, tmp_path)
+
+
+def test_bench_labels_the_precision_from_the_manifest(tiny_checkpoint, tiny_data, tmp_path):
+    """An FP16 file is reported as fp16 (title and JSON), not under a default fp32 label."""
+    from aspp_deploy.precision.quantize import QuantizeOptions, quantized_onnx_from_fp32
+
+    fp32 = onnx_from_checkpoint(tiny_checkpoint, tmp_path / "a", ExportOptions(64, 64)).onnx_path
+    fp16 = quantized_onnx_from_fp32(fp32, QuantizeOptions("fp16", data=tiny_data, budget_images=0, eval_images=1,
+                                                          backend="ort")).onnx_path
+    out = tmp_path / "b.json"
+    r = runner.invoke(app, ["bench", "--backend", "onnxruntime", "--model", str(fp16), "--iters", "2",
+                            "--warmup", "0", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["precision"] == "fp16" and "onnxruntime fp16" in r.output
