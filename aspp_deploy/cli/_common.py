@@ -47,6 +47,12 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def signed(value: float, digits: int = 4) -> str:
+    """``+0.0012`` / ``-0.0012``, and ``+0.0000`` for anything that rounds to zero (never ``-0.0000``)."""
+    text = f"{value:+.{digits}f}"
+    return f"{0.0:+.{digits}f}" if float(text) == 0 else text
+
+
 def write_json(path: Path | None, payload: dict) -> None:
     if path is not None:
         atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")

@@ -10,7 +10,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from aspp_deploy.cli import _model_opts as M
-from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
+from aspp_deploy.cli._common import console, handle_errors, out_console, signed, write_json
 
 
 def _table(rows: list[dict], reference: str = "torch fp32") -> tuple[Table, list[str]]:
@@ -33,7 +33,7 @@ def _table(rows: list[dict], reference: str = "torch fp32") -> tuple[Table, list
 
         t.add_row(r["backend"], r["precision"], r["device"],
                   f(r["size_bytes"] / 1e6 if r["size_bytes"] else None, ".1f"), f(r["miou"]),
-                  f(r["delta_miou"], "+.4f"), f(r["pixel_agreement"]), f(r["boundary_f"]),
+                  ("" if r["delta_miou"] is None else signed(r["delta_miou"])), f(r["pixel_agreement"]), f(r["boundary_f"]),
                   f(r["max_abs_logit_diff"], ".3g"), f(r["p50_ms"], ".1f"), f(r["p99_ms"], ".1f"),
                   f(r["throughput"], ".1f"), f(r["speedup"], ".2f") + "x")
     return t, [f"[{i + 1}] {reason}" for i, reason in enumerate(notes)]

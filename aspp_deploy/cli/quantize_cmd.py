@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
+from aspp_deploy.cli._common import console, handle_errors, out_console, signed, write_json
 
 
 class Precision(str, Enum):
@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
             table.add_column("drop after", justify="right")
             table.add_column("FLOPs share", justify="right")
             for k in budget["kept_in_higher_precision"]:
-                table.add_row(k["group"], f"{k['recovered_alone_points']:+.2f}", f"{k['drop_after_points']:.2f}",
+                table.add_row(k["group"], signed(k['recovered_alone_points'], 2), f"{k['drop_after_points']:.2f}",
                               f"{100 * k['flops_share']:.1f}%")
             out_console.print(table)
         acc = entry["accuracy"]
@@ -90,9 +90,9 @@ def register(app: typer.Typer) -> None:
         table.add_column("measure")
         table.add_column("value", justify="right")
         table.add_row("val images", str(acc["num_images"]))
-        table.add_row("mIoU FP32", f"{100 * acc['miou_fp32']:.2f}")
-        table.add_row(f"mIoU {precision.value}", f"{100 * acc['miou']:.2f}")
-        table.add_row("delta mIoU (points)", f"{acc['delta_miou_points']:+.2f}")
+        table.add_row("mIoU FP32", f"{acc['miou_fp32']:.4f}")
+        table.add_row(f"mIoU {precision.value}", f"{acc['miou']:.4f}")
+        table.add_row("delta mIoU", f"{signed(acc['delta_miou_points'] / 100)} ({signed(acc['delta_miou_points'], 2)} points)")
         table.add_row("pixel agreement with FP32", f"{acc['pixel_agreement']:.4f}")
         if acc["max_abs_logit_diff"] is not None:
             table.add_row("max abs logit difference", f"{acc['max_abs_logit_diff']:.4g}")
