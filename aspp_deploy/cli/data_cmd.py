@@ -11,7 +11,7 @@ from rich.progress import Progress
 from aspp_deploy.cli._common import console, handle_errors
 from aspp_deploy.data.synthetic import write_calibration_folder, write_synthetic_voc
 
-app = typer.Typer(help="Generate the synthetic VOC-style dataset.", no_args_is_help=True)
+app = typer.Typer(help="Generate data: `synth` (the synthetic VOC-style dataset) and `calib` (calibration images from a disjoint seed stream).", no_args_is_help=True)
 
 
 @app.command("synth")
