@@ -70,6 +70,11 @@ def load_mask(path: Path | str, num_classes: int) -> np.ndarray:
     return mask
 
 
+def is_plain_name(name: str) -> bool:
+    """A file stem that stays in its folder: no separators, no '..', no leading dot, no NUL."""
+    return bool(name) and not any(c in name for c in "/\\\0") and not name.startswith(".") and ":" not in name
+
+
 @dataclass(frozen=True)
 class Sample:
     name: str
@@ -90,6 +95,10 @@ class VOCSegmentation:
         names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
         if not names:
             raise DatasetError(f"split list {list_file} is empty")
+        bad = next((n for n in names if not is_plain_name(n)), None)
+        if bad is not None:
+            raise DatasetError(f"split list {list_file} names {bad!r}: a sample name is a plain file stem (no "
+                               "folders, no leading dot), so nothing is read or written outside the dataset")
         self.samples = [Sample(n, self._find_image(n), self.root / "SegmentationClass" / f"{n}.png")
                         for n in names]
         missing = [s.mask for s in self.samples if not s.mask.is_file()]

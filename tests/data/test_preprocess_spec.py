@@ -109,3 +109,17 @@ def test_class_ids_model_needs_the_class_count():
         resolve(ModelSpec(), GraphFacts(output_kind="class_ids"))
     r = resolve(ModelSpec(num_classes=4), GraphFacts(output_kind="class_ids"))
     assert r.classes == [f"class_{i}" for i in range(4)] and r.output_kind == "class_ids"
+
+
+@pytest.mark.parametrize("name", ["../../../../tmp/escaped", "/etc/passwd", "sub\\\\x", ".hidden"])
+def test_split_list_names_cannot_leave_the_dataset(tmp_path, name):
+    """A val.txt naming a path outside the dataset is refused before anything is read or written
+    (compare once wrote an overlay to /tmp/x.png from such a name)."""
+    from aspp_deploy.data.voc import VOCSegmentation
+    from aspp_deploy.errors import DatasetError
+
+    lists = tmp_path / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    (lists / "val.txt").write_text(f"{name}\n")
+    with pytest.raises(DatasetError, match="plain file stem"):
+        VOCSegmentation(tmp_path, "val")
