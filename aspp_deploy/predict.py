@@ -181,18 +181,12 @@ def open_model(backend: str | None = None, model: Path | None = None, source_opt
 
 
 def _open_torch(source_options: tuple, spec: Any, batch: int, device: str, threads: int) -> PredictModel:
-    import torch
-
-    from aspp_deploy.backends.torch_backend import TorchRunner
-    from aspp_deploy.model.sources import load_source, resolve_for_source
+    from aspp_deploy.backends.torch_backend import open_torch_source
     from aspp_deploy.spec import spec_from_flags
 
-    if threads:
-        torch.set_num_threads(threads)
-    source = load_source(*source_options)
-    resolved, _, _ = resolve_for_source(source, spec if spec is not None else spec_from_flags(None))
-    runner = TorchRunner(device=device, source=source, preprocess=resolved.preprocess)
-    chosen = _choose_batch(batch, None, None, source.label)
+    runner, resolved = open_torch_source(source_options, spec if spec is not None else spec_from_flags(None),
+                                         device, threads)
+    chosen = _choose_batch(batch, None, None, runner.source.label)
     return PredictModel(runner, resolved.preprocess, list(resolved.classes), [list(c) for c in resolved.palette],
                         "torch", runner.info.artifact, runner.info.precision, chosen, None,
                         notes=[f"assumed {a}" for a in resolved.assumed])

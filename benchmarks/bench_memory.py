@@ -41,22 +41,6 @@ sys.exit(rc)
 """
 
 
-def cpu_description() -> tuple[str, list[str]]:
-    model, flags = "unknown CPU", []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return model, flags
-    if m := re.search(r"^model name\s*:\s*(.+)$", text, re.M):
-        model = m.group(1).strip()
-    if m := re.search(r"^flags\s*:\s*(.+)$", text, re.M):
-        wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
-                  "amx_int8", "avx512_fp16")
-        have = set(m.group(1).split())
-        flags = [f for f in wanted if f in have]
-    return model, flags
-
-
 def run_measured(cmd: list[str], log: Path) -> tuple[int, float, float | None]:
     """(exit code, wall seconds, peak RSS in MiB) of ``cmd`` in a fresh process."""
     timer = shutil.which("time") if Path("/usr/bin/time").exists() else None
@@ -145,6 +129,8 @@ def main() -> int:
         if name == "export" and rc != 0:
             print(f"export failed, see {log}", file=sys.stderr)
             break
+
+    from aspp_deploy.bench.report import cpu_description
 
     model, flags = cpu_description()
     print()

@@ -20,29 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-
-def cpu_description() -> tuple[str, list[str]]:
-    model, flags = "unknown CPU", []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return model, flags
-    if m := re.search(r"^model name\s*:\s*(.+)$", text, re.M):
-        model = m.group(1).strip()
-    if m := re.search(r"^flags\s*:\s*(.+)$", text, re.M):
-        wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
-                  "amx_int8", "avx512_fp16")
-        have = set(m.group(1).split())
-        flags = [f for f in wanted if f in have]
-    return model, flags
 
 
 def median_ms(runner, x: np.ndarray, iters: int) -> float:
@@ -124,6 +107,8 @@ def main() -> int:
     def ratio(a: list[float], b: list[float]) -> str:
         rs = [x / y for x, y in zip(a, b)]
         return f"{statistics.median(rs):.2f} ({min(rs):.2f}-{max(rs):.2f})"
+
+    from aspp_deploy.bench.report import cpu_description
 
     model, flags = cpu_description()
     print()

@@ -50,16 +50,7 @@ def sources(work: Path, h: int, w: int) -> list[tuple[str, list[str] | None, str
     net = mods.build(3).eval()
     weights = work / "tiny.pt"
     torch.save({"state_dict": net.state_dict()}, weights)
-
-    class TensorOut(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            return self.m(x)["out"]
-
-    wrapped = TensorOut(net).eval()
+    wrapped = mods.TensorOut(net).eval()
     x = torch.zeros(1, 3, h, w)
     torch.jit.trace(wrapped, x).save(str(work / "tiny.ts"))
     torch.export.save(torch.export.export(wrapped, (x,)), str(work / "tiny.pt2"))

@@ -6,7 +6,7 @@ uses, so its logits are what the ONNX was verified against."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,13 +15,17 @@ from aspp_deploy.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     from aspp_deploy.data.preprocess import Preprocess
-    from aspp_deploy.model.sources import ModelSource
+    from aspp_deploy.model.sources import ModelSource, OutputPlan
+    from aspp_deploy.spec import ModelSpec, ResolvedSpec
 
 
 class TorchRunner(Runner):
     def __init__(self, checkpoint: Path | str | None = None, device: str = "cpu",
                  precision: str = "fp32", channels_last: bool | None = None,
-                 source: "ModelSource | None" = None, preprocess: "Preprocess | None" = None) -> None:
+                 source: "ModelSource | None" = None, preprocess: "Preprocess | None" = None,
+                 adapted: "tuple[Any, OutputPlan] | None" = None) -> None:
+        """``adapted``: the (module, plan) ``resolve_for_source`` already made for this source and
+        preprocessing, so the model is not probed a second time."""
         import torch
 
         from aspp_deploy.data.preprocess import Preprocess
@@ -36,7 +40,7 @@ class TorchRunner(Runner):
         self.source = source or load_source(Path(checkpoint) if checkpoint is not None else None)
         self.preprocess = preprocess or self.source.preprocess or Preprocess()
         self.classes = self.source.classes
-        module, plan = adapt(self.source, self.preprocess)
+        module, plan = adapted or adapt(self.source, self.preprocess)
         self._torch = torch
         self.device = torch.device(device)
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
@@ -83,3 +87,19 @@ class TorchRunner(Runner):
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             self._torch.cuda.synchronize(self.device)
+
+
+def open_torch_source(source_options: tuple, spec: "ModelSpec", device: str = "cpu",
+                      threads: int = 0) -> "tuple[TorchRunner, ResolvedSpec]":
+    """The PyTorch runner for ``(checkpoint, arch, arch_args, weights)`` fed as ``spec`` resolves, and
+    that resolved spec (what eval and predict need to preprocess, name classes and colour masks)."""
+    import torch
+
+    from aspp_deploy.model.sources import load_source, resolve_for_source
+
+    if threads:
+        torch.set_num_threads(threads)
+    source = load_source(*source_options)
+    resolved, module, plan = resolve_for_source(source, spec)
+    runner = TorchRunner(device=device, source=source, preprocess=resolved.preprocess, adapted=(module, plan))
+    return runner, resolved

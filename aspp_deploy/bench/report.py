@@ -8,6 +8,7 @@ import io
 import json
 import os
 import platform
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +22,27 @@ CSV_COLUMNS = ["backend", "precision", "device", "status", "reason", "size_bytes
 OVERLAY_IMAGES = 3
 
 
-def machine_description() -> dict:
-    cpu = platform.processor() or platform.machine()
+CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+                         "amx_int8", "avx512_fp16")
+
+
+def cpu_description() -> tuple[str, list[str]]:
+    """(CPU model name, the SIMD flags that decide CPU inference speed), from /proc/cpuinfo where it exists."""
+    model, flags = platform.processor() or platform.machine() or "unknown CPU", []
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        return model, flags
+    if m := re.search(r"^model name\s*:\s*(.+)$", text, re.M):
+        model = m.group(1).strip()
+    if m := re.search(r"^flags\s*:\s*(.+)$", text, re.M):
+        have = set(m.group(1).split())
+        flags = [f for f in CPU_FLAGS_OF_INTEREST if f in have]
+    return model, flags
+
+
+def machine_description() -> dict:
+    cpu, _ = cpu_description()
     gpu = None
     try:
         import torch

@@ -76,7 +76,7 @@ def bench_runner(runner: Runner, batch: np.ndarray, warmup: int = 10, iters: int
     return result
 
 
-def _postprocess(output: np.ndarray, outputs_class_ids: bool, size: tuple[int, int], pre=None) -> np.ndarray:
+def _postprocess(output: np.ndarray, outputs_class_ids: bool, size: tuple[int, int], pre: Preprocess) -> np.ndarray:
     from aspp_deploy.eval.evaluate import to_mask_size
 
     return np.stack([to_mask_size(p, size, pre) for p in class_ids(output, outputs_class_ids)])

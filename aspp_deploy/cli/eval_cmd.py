@@ -81,16 +81,9 @@ def register(app: typer.Typer) -> None:
 def _open_runner(backend: EvalBackend, source_options: tuple, spec, model: Optional[Path],
                  device: str, threads: int):
     if backend is EvalBackend.torch:
-        import torch
+        from aspp_deploy.backends.torch_backend import open_torch_source
 
-        from aspp_deploy.backends.torch_backend import TorchRunner
-        from aspp_deploy.model.sources import load_source, resolve_for_source
-
-        if threads:
-            torch.set_num_threads(threads)
-        source = load_source(*source_options)
-        resolved, _, _ = resolve_for_source(source, spec)
-        runner = TorchRunner(device=device, source=source, preprocess=resolved.preprocess)
+        runner, resolved = open_torch_source(source_options, spec, device, threads)
         return runner, resolved.preprocess, resolved.classes
     from aspp_deploy.backends.registry import check_artifact_kind, open_runner, require_backend
     from aspp_deploy.errors import InputError

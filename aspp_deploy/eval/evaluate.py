@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-from PIL import Image
 
 from aspp_deploy.backends.base import Runner, class_ids
 from aspp_deploy.data.preprocess import Preprocess
@@ -58,15 +57,10 @@ def iter_batches(ds: VOCSegmentation, pre: Preprocess, num_classes: int, batch: 
         yield x, [load_mask(s.mask, num_classes) for s in chunk], [s.name for s in chunk]
 
 
-def to_mask_size(pred: np.ndarray, shape: tuple[int, int], pre: Preprocess | None = None) -> np.ndarray:
+def to_mask_size(pred: np.ndarray, shape: tuple[int, int], pre: Preprocess) -> np.ndarray:
     """A class-id map predicted on the model input -> the mask's (H, W): ``pre.restore`` undoes the
-    preprocessing's geometry (letterbox, centre crop); without it, a nearest-neighbour resize."""
-    if pre is not None:
-        return pre.restore(pred, (shape[1], shape[0]))
-    if pred.shape == shape:
-        return pred
-    im = Image.fromarray(pred.astype(np.uint8)).resize((shape[1], shape[0]), Image.NEAREST)
-    return np.asarray(im, dtype=np.int64)
+    preprocessing's geometry (stretch, letterbox, centre crop) with nearest-neighbour resizing."""
+    return pre.restore(pred, (shape[1], shape[0]))
 
 
 def evaluate(runner: Runner, data: Path, pre: Preprocess, classes: list[str], split: str = "val",

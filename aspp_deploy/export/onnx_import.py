@@ -203,8 +203,6 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
     validate_options(opts, pre.height, pre.width, None)
     if opts.argmax and ids:
         raise InputError("--argmax: the model already outputs class ids")
-    if "spatial" in dynamic and (pre.height, pre.width) != (pre0.height, pre0.width):
-        raise InputError("internal: reference size changed between probe and resolve")
     upsample = out_hw != (pre.height, pre.width)
     if upsample:
         _upsample(model, layout, ids, opset)

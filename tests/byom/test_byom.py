@@ -102,18 +102,10 @@ def test_factory_from_local_file_end_to_end(weights, user_voc, user_calib, tmp_p
 
 
 def test_torchscript_and_torch_export_sources(weights, user_voc, user_calib, tmp_path):
-    net = tiny_models().build(3).eval()
+    mods = tiny_models()
+    net = mods.build(3).eval()
     net.load_state_dict(torch.load(weights)["state_dict"])
-
-    class TensorOut(torch.nn.Module):  # TorchScript and torch.export want tensors out
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            return self.m(x)["out"]
-
-    wrapped = TensorOut(net).eval()
+    wrapped = mods.TensorOut(net).eval()
     x = torch.zeros(1, 3, 64, 96)
     ts = tmp_path / "model.ts"
     torch.jit.trace(wrapped, x).save(str(ts))

@@ -56,3 +56,14 @@ class NHWCLowRes(nn.Module):
 
     def forward(self, x):
         return self.net(x.permute(0, 3, 1, 2))["out"]
+
+
+class TensorOut(nn.Module):
+    """The model's ``out`` tensor alone: what TorchScript tracing and torch.export want returned."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)["out"]
