@@ -229,7 +229,12 @@ def _assemble(root: Path, req: BundleRequest, fp32: dict, variants: dict, log: L
     for model_name, backend, entry in ((trt_model, "tensorrt", trt_entry), (onnx_model, "onnxruntime", fp32)):
         (root / repo / model_name / "1").mkdir(parents=True, exist_ok=True)
         atomic_write_text(root / repo / model_name / "config.pbtxt", triton.config_pbtxt(model_name, entry, backend))
-    info["triton"] = {"repository": repo, "trt_model": trt_model, "onnx_model": onnx_model,
+    # The segmentation service: images in, masks at their size out, preprocessing in the Python backend,
+    # the network on the TensorRT plan through business-logic scripting (images -> <name> -> <name>_trt).
+    from aspp_deploy.serve.repository import TritonOptions, write_service
+
+    write_service(root / repo, req.name, None, fp32, TritonOptions(name=req.name, executor="triton", target="trt"))
+    info["triton"] = {"repository": repo, "trt_model": trt_model, "onnx_model": onnx_model, "service_model": req.name,
                       "plan_from": info["engines"][precisions[0]], "plan_to": f"{repo}/{trt_model}/1/{triton.PLAN_FILE}",
                       "onnx_from": info["onnx"]["fp32"], "onnx_to": f"{repo}/{onnx_model}/1/{triton.ONNX_FILE}"}
     for rel in runtime_files():
@@ -265,21 +270,35 @@ def bundle_from_onnx(req: BundleRequest, log: Log = lambda m: None) -> dict:
     if not is_replaceable(out):
         raise InputError(f"{out} exists and is not an aspp-deploy bundle: choose another --out (it is never overwritten)")
     fp32, variants = _check_sources(req)
+    return replace_folder(out, lambda root: _assemble(root, req, fp32, variants, log))
+
+
+def replace_folder(out: Path, assemble: Callable[[Path], Any]) -> Any:
+    """Run ``assemble(tmp)`` on a temporary sibling of ``out``, then rename it into place: ``out`` is
+    the old folder or the complete new one, never a half-written one (the caller checks that ``out``
+    may be replaced). Returns what ``assemble`` returned."""
     ensure_writable(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     old: Optional[Path] = None
     try:
-        info = _assemble(tmp, req, fp32, variants, log)
+        info = assemble(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the result gets the usual mode
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "bundle")
+            os.replace(out, old / "previous")
         os.replace(tmp, out)
     except BaseException:
-        if old is not None and (old / "bundle").exists() and not out.exists():
-            os.replace(old / "bundle", out)  # put the previous bundle back
+        if old is not None and (old / "previous").exists() and not out.exists():
+            os.replace(old / "previous", out)  # put the previous folder back
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return info
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -237,9 +237,13 @@ def readme_md(info: Mapping[str, Any]) -> str:
         "",
         f"`{triton['repository']}` holds `{triton['trt_model']}` (the {primary} TensorRT plan, placed by build.sh)",
         f"and `{triton['onnx_model']}` (the FP32 ONNX on the ONNX Runtime backend), static batch",
-        "(`max_batch_size: 0`, the batch is in `dims`). Serve it with `tritonserver --model-repository="
-        f"{triton['repository']}`. The plan must be built by the TensorRT version that Triton release uses",
-        "(the Triton release for your JetPack).",
+        "(`max_batch_size: 0`, the batch is in `dims`), and `" + str(triton.get("service_model", "aspp")) + "`, the",
+        "segmentation service: a Python-backend model that takes encoded images (`IMAGE`, BYTES) or RGB arrays",
+        "(`RAW`, uint8 H x W x 3), applies the model's preprocessing, runs the plan through Triton and returns",
+        "class-id masks at each image's size (`MASK`), with dynamic batching. It needs NumPy, Pillow and (for",
+        "`EXECUTOR onnxruntime`) ONNX Runtime in the server's Python. Serve it with `tritonserver --model-repository="
+        f"{triton['repository']}` (or `aspp-deploy serve`). The plan must be built by the TensorRT version that",
+        "Triton release uses (the Triton release for your JetPack).",
         "",
         "## Verified, and not",
         "",

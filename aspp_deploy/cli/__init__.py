@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from aspp_deploy.cli import bench_cmd, build_cmd, compare_cmd, data_cmd, eval_cmd, export_cmd, train_cmd
-from aspp_deploy.cli import bundle_cmd, predict_cmd, quantize_cmd
+from aspp_deploy.cli import bundle_cmd, predict_cmd, quantize_cmd, serve_cmd
 
 app = typer.Typer(
     name="aspp-deploy",
@@ -24,6 +24,7 @@ compare_cmd.register(app)
 quantize_cmd.register(app)
 bundle_cmd.register(app)
 predict_cmd.register(app)
+serve_cmd.register(app)
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ EXPECTED = [
     "models/model.fp16.deepstream.onnx", "models/model.int8-trt.deepstream.onnx",
     "deepstream/config_infer_primary_aspp_fp16.txt", "deepstream/config_infer_primary_aspp_int8.txt",
     "triton/model_repository/aspp_trt/config.pbtxt", "triton/model_repository/aspp_onnx/config.pbtxt",
+    "triton/model_repository/aspp/config.pbtxt", "triton/model_repository/aspp/1/model.py",
+    "triton/model_repository/aspp/1/service.json", "triton/model_repository/aspp/1/aspp_deploy/runtime/images.py",
     "calibration/README.md", "selftest/reference.json",
     "aspp_deploy/__init__.py", "aspp_deploy/data/preprocess.py", "aspp_deploy/trt/build.py",
     "aspp_deploy/trt/runtime.py", "aspp_deploy/runtime/segmenter.py", "aspp_deploy/runtime/__main__.py",

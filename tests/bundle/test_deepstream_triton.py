@@ -123,6 +123,27 @@ def test_triton_config_parses_with_tritons_schema(made_bundle, model, platform, 
     assert placed == f"triton/model_repository/{model}/1/{config.default_model_filename}"
 
 
+def test_bundle_service_model_runs_the_plan_through_triton(made_bundle):
+    """The segmentation service in the bundle's repository calls the plan model (Triton's own schema)."""
+    from google.protobuf import text_format
+
+    pb = _model_config()
+    folder = made_bundle.out / "triton" / "model_repository" / "aspp"
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), pb.ModelConfig())
+    assert config.backend == "python" and config.max_batch_size == 8
+    assert [(t.name, pb.DataType.Name(t.data_type), t.optional) for t in config.input] == [
+        ("IMAGE", "TYPE_STRING", True), ("RAW", "TYPE_UINT8", True)]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("MASK", [-1, -1])]
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params["EXECUTOR"] == "triton" and params["TARGET_MODEL"] == "aspp_trt"
+    assert config.HasField("dynamic_batching")
+    service = json.loads((folder / "1" / "service.json").read_text())
+    entry = _entry(made_bundle.out, "model.onnx")
+    assert service["input"] == entry["inputs"][0]["name"] and service["output"] == entry["outputs"][0]["name"]
+    assert service["manifest"]["preprocess"] == entry["preprocess"]
+    assert not (folder / "1" / "model.onnx").exists()  # the network is the plan model's, not the service's
+
+
 def test_tritons_schema_rejects_a_wrong_field():
     from google.protobuf import text_format
 

@@ -1,0 +1,258 @@
+"""``aspp-deploy triton``, ``triton-env``, ``serve`` and ``loadtest``: the model on a real Triton Inference Server."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from aspp_deploy.cli._common import console, fail, handle_errors, out_console, write_json
+from aspp_deploy.errors import InputError
+
+ENV_MARKER = ".aspp-triton-env"
+
+
+def _ints(text: str, what: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{what} {text!r}: give comma-separated integers, e.g. 1,2,4,8") from None
+    return values
+
+
+def _installed(name: str) -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def env_requirements() -> List[str]:
+    """What the service's Python environment needs: NumPy 1.x (the Python backend stub of nvidia-pytriton
+    and of Triton containers before 25.x is built for it), and this environment's ONNX Runtime and Pillow
+    versions, so the server computes what `aspp-deploy predict` computes here."""
+    ort, pillow = _installed("onnxruntime"), _installed("pillow")
+    return ["numpy<2", f"onnxruntime=={ort}" if ort else "onnxruntime", f"pillow=={pillow}" if pillow else "pillow"]
+
+
+def make_env(folder: Path, log=lambda m: None) -> List[str]:
+    """A virtual environment at ``folder`` for the service model (made in place: a venv cannot move)."""
+    if folder.exists() and any(folder.iterdir()) and not (folder / ENV_MARKER).is_file():
+        raise InputError(f"{folder} exists and is not an environment made by `aspp-deploy triton-env`: choose "
+                         "another folder (it is never overwritten)")
+    requirements = env_requirements()
+    made_here = not folder.exists()
+    try:
+        log(f"creating a virtual environment at {folder} ({sys.version.split()[0]})")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True, capture_output=True,
+                       text=True, timeout=300)
+        log(f"installing {' '.join(requirements)}")
+        subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        *requirements], check=True, capture_output=True, text=True, timeout=900)
+    except subprocess.CalledProcessError as exc:
+        if made_here:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+        last = ((exc.stderr or "").strip().splitlines() or ["?"])[-1]
+        raise InputError(f"could not make the environment at {folder}: {last}") from None
+    except subprocess.TimeoutExpired:
+        raise InputError(f"making the environment at {folder} took too long (pip could not reach an index?)") from None
+    (folder / ENV_MARKER).write_text(" ".join(requirements) + "\n")
+    return requirements
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("triton")
+    @handle_errors
+    def triton_command(
+        out: Annotated[Path, typer.Argument(help="The model repository folder to write (replaced only if "
+                                            "aspp-deploy wrote it).", show_default=False)],
+        onnx: Annotated[Path, typer.Option("--onnx", "--model", help="The aspp-deploy ONNX to serve (any "
+                                           "precision: model.onnx, model.int8-cpu.onnx, ...).")] = Path("artifacts/model.onnx"),
+        name: Annotated[str, typer.Option(help="The service model's name (clients ask for it).")] = "aspp",
+        executor: Annotated[str, typer.Option(help="Where the network runs: onnxruntime (in the Python model, "
+                                              "any server) or triton (Triton's own onnxruntime/tensorrt_plan "
+                                              "backend, called from the service).")] = "onnxruntime",
+        target: Annotated[str, typer.Option(help="With --executor triton: onnx or trt (the network model).")] = "onnx",
+        plan: Annotated[Optional[Path], typer.Option(help="A TensorRT engine built on the serving GPU by the "
+                                                     "server's TensorRT (--target trt; else place it later).")] = None,
+        max_batch: Annotated[int, typer.Option(help="Largest batch the service takes (per request and batched).")] = 8,
+        dynamic_batching: Annotated[bool, typer.Option(" /--no-dynamic-batching", help="Turn Triton's dynamic "
+                                                       "batcher off (it is on by default).")] = True,
+        preferred_batch: Annotated[str, typer.Option(help="Preferred batch sizes of the dynamic batcher, e.g. "
+                                                     "2,4 (default: none, Triton fills up to --max-batch).")] = "",
+        queue_delay_us: Annotated[int, typer.Option(help="How long the batcher waits for more requests (us).")] = 2000,
+        instances: Annotated[int, typer.Option(help="Service instances (each one runs a batch at a time).")] = 1,
+        kind: Annotated[str, typer.Option(help="Where instances run: cpu or gpu.")] = "cpu",
+        threads: Annotated[int, typer.Option(help="ONNX Runtime threads per instance, in-process executor "
+                                             "(0: ONNX Runtime's choice).")] = 0,
+        warmup: Annotated[bool, typer.Option(" /--no-warmup", help="Skip the warm-up request Triton sends "
+                                             "before the model is ready.")] = True,
+        version: Annotated[int, typer.Option(help="The model version folder to write.")] = 1,
+        version_policy: Annotated[str, typer.Option(help="latest:N, all or specific:1,2.")] = "latest:1",
+        max_image_pixels: Annotated[int, typer.Option(help="Largest image (width x height) a request may "
+                                                      "carry.")] = 40_000_000,
+        python_env: Annotated[Optional[str], typer.Option(help="The service's Python environment (a folder from "
+                                                          "`aspp-deploy triton-env`, or a conda-pack archive): "
+                                                          "Triton's EXECUTION_ENV_PATH. Default: the server's "
+                                                          "own Python.", show_default=False)] = None,
+        unbatched_twin: Annotated[bool, typer.Option("--unbatched-twin", help="Also write NAME_nobatch, the same "
+                                                     "service without dynamic batching, to measure the batcher.")] = False,
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write what was written as JSON.")] = None,
+    ) -> None:
+        """Write a Triton model repository that serves segmentation: encoded images (IMAGE, BYTES) or raw
+        RGB arrays (RAW, uint8 H x W x 3) in, class-id masks at each image's size (MASK) out."""
+        from aspp_deploy.serve.repository import TritonOptions, write_repository
+
+        env = python_env
+        if env and "$$" not in env and "://" not in env:
+            env = str(Path(env).expanduser().resolve())
+        opts = TritonOptions(name=name, executor=executor, target=target, max_batch=max_batch,
+                             dynamic_batching=dynamic_batching,
+                             preferred_batch=_ints(preferred_batch, "--preferred-batch"),
+                             queue_delay_us=queue_delay_us, instances=instances, kind=kind, threads=threads,
+                             warmup=warmup, version=version, version_policy=version_policy,
+                             max_image_pixels=max_image_pixels, python_env=env, unbatched_twin=unbatched_twin)
+        info = write_repository(onnx, out, opts, plan)
+        out_console.print(f"wrote the Triton model repository {out}: models {', '.join(info['models'])}",
+                          highlight=False)
+        if info.get("plan_missing"):
+            console.print(f"note: {info['plan_missing']}", highlight=False)
+        if not env:
+            console.print("note: the service runs in the server's own Python (it needs numpy<2, onnxruntime and "
+                          "pillow there); give --python-env for an environment of its own", highlight=False)
+        out_console.print(f"serve it: aspp-deploy serve {out}", highlight=False)
+        write_json(json_out, info)
+
+    @app.command("triton-env")
+    @handle_errors
+    def triton_env_command(
+        folder: Annotated[Path, typer.Argument(help="Where to make the environment.", show_default=False)],
+    ) -> None:
+        """Make the Python environment the Triton service model runs in (NumPy 1.x, this ONNX Runtime and
+        Pillow); give it to `aspp-deploy triton --python-env`."""
+        requirements = make_env(folder, lambda m: console.print(m, highlight=False))
+        out_console.print(f"made {folder} with {' '.join(requirements)}", highlight=False)
+
+    @app.command("serve")
+    @handle_errors
+    def serve_command(
+        repo: Annotated[Path, typer.Argument(help="A Triton model repository (from `aspp-deploy triton` or a "
+                                             "bundle's triton/model_repository).", show_default=False)],
+        server: Annotated[Optional[Path], typer.Option(help="The tritonserver binary (default: on PATH, "
+                                                       "/opt/tritonserver, else the serve extra's).",
+                                                       show_default=False)] = None,
+        host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+        http_port: Annotated[int, typer.Option(help="HTTP/REST port.")] = 8000,
+        grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+        metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+        timeout: Annotated[float, typer.Option(help="Seconds to wait for every model to be ready.")] = 300.0,
+        verbose: Annotated[bool, typer.Option("--verbose", help="Print the server's log as it comes.")] = False,
+    ) -> None:
+        """Run a real tritonserver on REPO until Ctrl-C: waits until every model is ready, prints the
+        endpoints; a model that fails to load is one error line with Triton's reason."""
+        from aspp_deploy.serve.server import TritonServer, find_server
+
+        for port in (http_port, grpc_port, metrics_port):
+            if not 0 < port < 65536:
+                raise InputError(f"port {port}: give 1 to 65535")
+        binary = find_server(server)
+        proc = TritonServer(repo, binary, host, http_port, grpc_port, metrics_port,
+                            echo=(lambda line: console.print(line, highlight=False, markup=False)) if verbose else None)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (`cmd &`)
+        signal.signal(signal.SIGTERM, _interrupt)  # docker stop, systemd, kill: a clean stop too
+        console.print(f"starting {binary.path} ({binary.origin}) on {repo}", highlight=False)
+        try:
+            proc.start()
+            models = proc.wait_ready(timeout)
+            out_console.print(f"ready: {', '.join(models)}\n  HTTP    http://{proc.http_url}\n  gRPC    "
+                              f"{proc.grpc_url}\n  metrics {proc.metrics_url}\nCtrl-C stops it.", highlight=False)
+            assert proc.process is not None
+            proc.process.wait()
+            raise InputError(f"the server stopped: {proc.failure()}")
+        except KeyboardInterrupt:
+            code = proc.stop()
+            console.print(f"stopped (tritonserver exit code {code})", highlight=False)
+        finally:
+            proc.stop()
+
+    @app.command("loadtest")
+    @handle_errors
+    def loadtest_command(
+        urls: Annotated[List[str], typer.Argument(help="Endpoints: http://HOST:PORT and/or grpc://HOST:PORT.",
+                                                  show_default=False)],
+        images: Annotated[List[Path], typer.Option("--images", help="Image files or folders to send (repeat "
+                                                   "the option for several).", show_default=False)],
+        model: Annotated[List[str], typer.Option("--model", help="Service model(s) to load (repeat: e.g. aspp "
+                                                 "and aspp_nobatch to see the dynamic batcher).")] = ["aspp"],
+        concurrency: Annotated[str, typer.Option(help="Concurrent clients per level.")] = "1,2,4,8",
+        requests: Annotated[int, typer.Option(help="Requests per level (an upper bound).")] = 200,
+        duration: Annotated[float, typer.Option(help="Seconds per level at most.")] = 60.0,
+        timeout: Annotated[float, typer.Option(help="Seconds one request may take.")] = 30.0,
+        warmup: Annotated[int, typer.Option(help="Uncounted requests before each model's sweep.")] = 4,
+        send: Annotated[str, typer.Option("--input", help="image (encoded file bytes, IMAGE) or raw (decoded "
+                                          "uint8 RGB, RAW).")] = "image",
+        verify: Annotated[Optional[Path], typer.Option(help="An aspp-deploy ONNX: each returned mask must equal "
+                                                       "what this toolkit's runner predicts with it.",
+                                                       show_default=False)] = None,
+        report: Annotated[Optional[Path], typer.Option(help="Report folder (JSON, CSV, Markdown, plot).")] = Path("reports/loadtest"),
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure as JSON.")] = None,
+    ) -> None:
+        """Load a served model with concurrent tritonclient clients over a sweep of concurrency levels:
+        throughput, p50/p90/p99 latency, errors (exit code 1 when any request failed)."""
+        from aspp_deploy.bench.report import machine_description
+        from aspp_deploy.predict import find_images
+        from aspp_deploy.serve.loadtest import Endpoint, load_samples, sweep, write_report
+
+        endpoints = [Endpoint.parse(u) for u in urls]
+        files, skipped = find_images(images)
+        if not files:
+            raise InputError(f"no images found in {', '.join(map(str, images))}")
+        expected = None
+        if verify is not None:
+            from aspp_deploy.runtime.ort_segmenter import OrtSegmenter
+
+            with OrtSegmenter(verify) as seg:
+                expected = [seg.predict(f) for f in files]
+        samples = load_samples(files, send, expected)
+        levels = _ints(concurrency, "--concurrency")
+        results = sweep(endpoints, model, samples, levels, requests, duration, timeout, warmup,
+                        log=lambda m: console.print(m, highlight=False))
+        from rich.table import Table
+
+        table = Table(title="Triton load test")
+        for col in ("model", "protocol", "clients", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors",
+                    "wrong masks"):
+            table.add_column(col, justify="left" if col in ("model", "protocol") else "right")
+        f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        for r in results:
+            table.add_row(r.model, r.protocol, str(r.concurrency), str(r.requests), f"{r.throughput:.1f}",
+                          f(r.p50_ms), f(r.p90_ms), f(r.p99_ms), str(r.errors), str(r.mismatches))
+        out_console.print(table)
+        settings = {"endpoints": [str(e) for e in endpoints], "models": model, "concurrency": levels,
+                    "requests": requests, "duration_s": duration, "timeout_s": timeout, "input": send,
+                    "images": len(files), "verified_against": str(verify) if verify else None,
+                    "skipped_images": [str(s) for s in skipped]}
+        machine = machine_description()
+        if report is not None:
+            written = write_report(report, results, settings, machine)
+            console.print(f"report: {len(written)} files in {report}", highlight=False)
+        from aspp_deploy.serve.loadtest import rows
+
+        write_json(json_out, {"machine": machine, "settings": settings, "rows": rows(results)})
+        failed = sum(r.errors + r.mismatches for r in results)
+        if failed:
+            first = next(r.first_error for r in results if r.first_error or r.mismatches) or "masks differ"
+            fail(f"{failed} of {sum(r.requests for r in results)} requests failed or returned a wrong mask "
+                 f"(first: {first})")

@@ -1,0 +1,240 @@
+"""A Triton model repository that serves segmentation: images in, class-id masks at the image's size out.
+
+``write_repository(onnx, out, TritonOptions(...))`` writes::
+
+    out/<name>/config.pbtxt          the segmentation service (Python backend, ``triton_model.py``)
+    out/<name>/<version>/model.py    with service.json, the torch-free runtime (aspp_deploy/) and,
+                                     for the in-process executor, model.onnx
+    out/<name>_onnx/ or <name>_trt/  the network as an ``onnxruntime`` / ``tensorrt_plan`` model, when
+                                     the service runs it through Triton (``executor="triton"``)
+    out/<name>_nobatch/              the same service without dynamic batching (``unbatched_twin``),
+                                     to measure what the batcher brings
+    out/repository.json              what was written, with every file's sha256
+
+The folder is assembled beside ``out`` and renamed into place: never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from aspp_deploy.bundle import triton
+from aspp_deploy.errors import InputError
+from aspp_deploy.io import atomic_write_text, sha256_file
+
+FORMAT = "aspp-deploy/triton-repository"
+EXECUTORS = ("onnxruntime", "triton")
+TARGETS = ("onnx", "trt")
+KINDS = ("cpu", "gpu")
+MODEL_FILE = "model.onnx"
+SERVICE_SOURCE = Path(__file__).with_name("triton_model.py")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+@dataclass
+class TritonOptions:
+    """How the repository serves the model (each is a ``config.pbtxt`` setting, none is code)."""
+
+    name: str = "aspp"
+    executor: str = "onnxruntime"  # onnxruntime: in the Python model; triton: through <name>_<target>
+    target: str = "onnx"           # the network model the "triton" executor calls: onnx or trt
+    max_batch: int = 8             # images per request and per batched execution
+    dynamic_batching: bool = True
+    preferred_batch: List[int] = field(default_factory=list)
+    queue_delay_us: int = 2000
+    instances: int = 1
+    kind: str = "cpu"              # where the service (and an ONNX target) runs
+    threads: int = 0               # ONNX Runtime intra-op threads of the in-process executor (0: its default)
+    warmup: bool = True
+    version: int = 1
+    version_policy: str = "latest:1"  # latest:N | all | specific:1,2
+    max_image_pixels: int = 40_000_000
+    python_env: Optional[str] = None  # EXECUTION_ENV_PATH: a Python environment folder or conda-pack archive
+    unbatched_twin: bool = False
+
+    def check(self) -> None:
+        if not NAME_RE.match(self.name):
+            raise InputError(f"model name {self.name!r}: use letters, digits, _ or - (at most 63), starting with a "
+                             "letter or digit")
+        for value, allowed, what in ((self.executor, EXECUTORS, "executor"), (self.target, TARGETS, "target"),
+                                     (self.kind, KINDS, "instance kind")):
+            if value not in allowed:
+                raise InputError(f"{what} {value!r}: choose one of {', '.join(allowed)}")
+        if not 1 <= self.max_batch <= 1024:
+            raise InputError(f"max batch {self.max_batch}: give 1 to 1024")
+        bad = [b for b in self.preferred_batch if not 1 <= b <= self.max_batch]
+        if bad:
+            raise InputError(f"preferred batch sizes {bad} are outside 1..{self.max_batch} (the max batch)")
+        if not 0 <= self.queue_delay_us <= 10_000_000:
+            raise InputError(f"queue delay {self.queue_delay_us} us: give 0 to 10000000")
+        if not 1 <= self.instances <= 64:
+            raise InputError(f"instances {self.instances}: give 1 to 64")
+        if not 0 <= self.threads <= 1024:
+            raise InputError(f"threads {self.threads}: give 0 (ONNX Runtime's choice) to 1024")
+        if not 1 <= self.version <= 2**31 - 1:
+            raise InputError(f"version {self.version}: Triton versions are positive integers")
+        if self.max_image_pixels < 1:
+            raise InputError(f"max image pixels {self.max_image_pixels}: give a positive number")
+        version_policy_pbtxt(self.version_policy)
+
+
+def version_policy_pbtxt(policy: str) -> str:
+    """``latest:N``, ``all`` or ``specific:1,2`` -> Triton's ``version_policy`` block."""
+    kind, _, arg = policy.partition(":")
+    try:
+        if kind == "all" and not arg:
+            return "version_policy: { all { } }"
+        if kind == "latest":
+            count = int(arg or "1")
+            if count >= 1:
+                return f"version_policy: {{ latest {{ num_versions: {count} }} }}"
+        if kind == "specific":
+            versions = [int(v) for v in arg.split(",")]
+            if versions and min(versions) >= 1:
+                return f"version_policy: {{ specific {{ versions: [ {', '.join(map(str, versions))} ] }} }}"
+    except ValueError:
+        pass
+    raise InputError(f"version policy {policy!r}: give latest:N, all or specific:1,2")
+
+
+def _mask_type(entry: Dict[str, Any]) -> str:
+    classes = len(entry.get("classes") or [])
+    return "TYPE_UINT8" if 0 < classes <= 256 else "TYPE_INT32"
+
+
+def service_config(name: str, entry: Dict[str, Any], opts: TritonOptions, batching: bool) -> str:
+    """``config.pbtxt`` of the segmentation service model."""
+    params = {"EXECUTOR": opts.executor, "MAX_IMAGE_PIXELS": str(opts.max_image_pixels),
+              "THREADS": str(opts.threads)}
+    if opts.executor == "triton":
+        params["TARGET_MODEL"] = f"{opts.name}_{opts.target}"
+    if opts.python_env:
+        params["EXECUTION_ENV_PATH"] = opts.python_env
+    pre = entry["preprocess"]
+    lines = ["# Generated by `aspp-deploy triton` from the model manifest: the segmentation service.",
+             f'name: "{name}"', 'backend: "python"', f"max_batch_size: {opts.max_batch}",
+             "input [",
+             '  { name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] optional: true },',
+             '  { name: "RAW" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] optional: true }',
+             "]",
+             f'output [ {{ name: "MASK" data_type: {_mask_type(entry)} dims: [ -1, -1 ] }} ]',
+             *triton.instance_group(opts.kind, opts.instances),
+             version_policy_pbtxt(opts.version_policy)]
+    if batching:
+        preferred = ", ".join(str(b) for b in opts.preferred_batch)
+        lines += ["dynamic_batching {", *([f"  preferred_batch_size: [ {preferred} ]"] if preferred else []),
+                  f"  max_queue_delay_microseconds: {opts.queue_delay_us}", "}"]
+    # A random image at the model's input size through the whole service; with the triton executor the
+    # network model warms up instead (Triton loads models in no set order: the service's warm-up could
+    # run before the network model is ready).
+    if opts.warmup and opts.executor == "onnxruntime":
+        lines += ["model_warmup [", "  {", '    name: "random_image"', "    batch_size: 1",
+                  '    inputs { key: "RAW" value: { data_type: TYPE_UINT8 '
+                  f'dims: [ {int(pre["height"])}, {int(pre["width"])}, 3 ] random_data: true }} }}', "  }", "]"]
+    for key, value in params.items():
+        lines.append(f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
+    return "\n".join(lines) + "\n"
+
+
+def _model_batch(entry: Dict[str, Any]) -> Optional[int]:
+    first = (entry["inputs"][0].get("shape") or [1])[0]
+    return int(first) if isinstance(first, int) and first > 0 else None
+
+
+def write_service(root: Path, name: str, onnx: Optional[Path], entry: Dict[str, Any], opts: TritonOptions,
+                  batching: bool = True) -> None:
+    """The service model ``root/name`` (``onnx`` is copied in for the in-process executor)."""
+    from aspp_deploy.bundle.bundle import PACKAGE, runtime_files
+
+    version = root / name / str(opts.version)
+    version.mkdir(parents=True)
+    atomic_write_text(root / name / "config.pbtxt", service_config(name, entry, opts, batching))
+    shutil.copyfile(SERVICE_SOURCE, version / "model.py")
+    for rel in runtime_files():
+        dst = version / "aspp_deploy" / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PACKAGE / rel, dst)
+    service = {"manifest": entry, "input": entry["inputs"][0]["name"], "output": entry["outputs"][0]["name"],
+               "model_batch": _model_batch(entry)}
+    if opts.executor == "onnxruntime":
+        if onnx is None:
+            raise InputError("the in-process executor needs the ONNX file")
+        shutil.copyfile(onnx, version / MODEL_FILE)
+        service["onnx"] = MODEL_FILE
+    atomic_write_text(version / "service.json", json.dumps(service, indent=2, sort_keys=True) + "\n")
+
+
+def _assemble(root: Path, onnx: Path, entry: Dict[str, Any], opts: TritonOptions, plan: Optional[Path]) -> dict:
+    models = [opts.name]
+    write_service(root, opts.name, onnx, entry, opts, opts.dynamic_batching)
+    if opts.unbatched_twin:
+        models.append(f"{opts.name}_nobatch")
+        write_service(root, models[-1], onnx, entry, opts, False)
+    info: Dict[str, Any] = {"format": FORMAT, "schema": 1, "options": asdict(opts), "models": models,
+                            "source_onnx": onnx.name, "source_sha256": entry["onnx_sha256"]}
+    if opts.executor == "triton":
+        target = f"{opts.name}_{opts.target}"
+        models.append(target)
+        (root / target / str(opts.version)).mkdir(parents=True)
+        dynamic = _model_batch(entry) is None
+        if opts.target == "onnx":
+            shutil.copyfile(onnx, root / target / str(opts.version) / triton.ONNX_FILE)
+            text = triton.config_pbtxt(target, entry, "onnxruntime", dynamic, opts.kind, 1, opts.warmup)
+        else:
+            text = triton.config_pbtxt(target, entry, "tensorrt", dynamic, warmup=opts.warmup)
+            plan_to = f"{target}/{opts.version}/{triton.PLAN_FILE}"
+            if plan is not None:
+                shutil.copyfile(plan, root / plan_to)
+            else:
+                info["plan_missing"] = (f"build the engine on the serving GPU with the server's TensorRT and place it "
+                                        f"at {plan_to}")
+        atomic_write_text(root / target / "config.pbtxt", text)
+    info["files"] = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    atomic_write_text(root / "repository.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info
+
+
+def is_repository(out: Path) -> bool:
+    """True when ``out`` may be replaced: missing, empty, or a repository this tool wrote."""
+    if not out.exists():
+        return True
+    if not out.is_dir():
+        return False
+    if not any(out.iterdir()):
+        return True
+    try:
+        return json.loads((out / "repository.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def write_repository(onnx: Path, out: Path, opts: TritonOptions, plan: Optional[Path] = None) -> dict:
+    """Write the repository ``out`` for ``onnx`` (an aspp-deploy ONNX); returns ``repository.json``'s content."""
+    from aspp_deploy.bundle.bundle import replace_folder
+    from aspp_deploy.export.manifest import read_onnx_manifest
+
+    opts.check()
+    if not onnx.is_file():
+        raise InputError(f"ONNX model not found: {onnx}")
+    if plan is not None and (opts.executor != "triton" or opts.target != "trt"):
+        raise InputError("--plan goes with --executor triton --target trt")
+    if plan is not None and not plan.is_file():
+        raise InputError(f"TensorRT plan not found: {plan}")
+    if not is_repository(out):
+        raise InputError(f"{out} exists and is not a repository written by aspp-deploy: choose another folder "
+                         "(it is never overwritten)")
+    entry = dict(read_onnx_manifest(onnx).entry)
+    for key in ("preprocess", "inputs", "outputs"):
+        if not entry.get(key):
+            raise InputError(f"{onnx}'s manifest has no {key}: export it again with `aspp-deploy export`")
+    if len(entry["inputs"]) != 1:
+        raise InputError(f"{onnx} has {len(entry['inputs'])} inputs: the segmentation service feeds one image input")
+    if opts.executor == "triton":
+        triton.config_pbtxt("check", entry, "onnxruntime", _model_batch(entry) is None)  # static shapes or refused
+    entry["onnx_sha256"] = sha256_file(onnx)
+    return replace_folder(out, lambda root: _assemble(root, onnx, entry, opts, plan))

@@ -1,0 +1,176 @@
+"""The segmentation service as a Triton Python-backend model (shipped as ``<model>/<version>/model.py``).
+
+Requests carry either ``IMAGE`` (encoded JPEG/PNG/BMP/TIFF bytes, ``[batch, 1]`` BYTES) or ``RAW``
+(``[batch, H, W, 3]`` RGB uint8); the response is ``MASK`` (``[batch, H, W]`` class ids at the
+image's own size, uint8, or int32 for more than 256 classes). Preprocessing, the inverse geometry and
+the class-id reduction are the toolkit's own (``aspp_deploy.data.preprocess`` and
+``aspp_deploy.runtime``, copied beside this file), so the server returns what ``aspp-deploy predict``
+returns for the same image and model.
+
+Where the network runs is a config parameter, not code: ``EXECUTOR`` ``onnxruntime`` runs the
+``model.onnx`` beside this file in-process on ONNX Runtime (a server without Triton's ONNX Runtime or
+TensorRT backends); ``triton`` sends the preprocessed batch to ``TARGET_MODEL`` (an ``onnxruntime`` or
+``tensorrt_plan`` model of the same repository) through business-logic scripting. Requests gathered by
+the dynamic batcher run as one batch; a bad request gets its own error response and the others are
+served. NumPy, Pillow and (for the in-process executor) ONNX Runtime come from the Python environment
+the config's ``EXECUTION_ENV_PATH`` names, or the server's own Python. Python 3.8 syntax.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from io import BytesIO
+from typing import Any, Dict, List, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path[:1]:  # the runtime copied beside this file wins over any installed aspp_deploy
+    sys.path.insert(0, HERE)
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402  # pyright: ignore[reportMissingImports]
+from PIL import Image  # noqa: E402
+
+from aspp_deploy.errors import AsppDeployError  # noqa: E402
+from aspp_deploy.runtime.images import postprocess, stack_inputs  # noqa: E402
+
+IMAGE, RAW, MASK = "IMAGE", "RAW", "MASK"
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class RequestError(Exception):
+    """Something wrong with one request: answered with an error, the others are still served."""
+
+
+def _param(config: Dict[str, Any], key: str, default: str = "") -> str:
+    value = (config.get("parameters") or {}).get(key) or {}
+    return str(value.get("string_value", default)) if isinstance(value, dict) else default
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Encoded bytes -> an RGB image, refusing what is not an image or is larger than ``max_pixels``."""
+    try:
+        image = Image.open(BytesIO(data))
+        width, height = image.size  # read from the header, before any pixel is decoded
+        if width * height > max_pixels:
+            raise RequestError("image is {}x{} = {} pixels, more than the {} this model accepts".format(
+                width, height, width * height, max_pixels))
+        image.load()
+        return image.convert("RGB")
+    except RequestError:
+        raise
+    except Exception as exc:  # Pillow raises several types for bytes that are not an image
+        raise RequestError("IMAGE is not a readable image ({}: {})".format(type(exc).__name__, exc)) from None
+
+
+def request_images(request: Any, max_pixels: int) -> List[Image.Image]:
+    """One request's images, from ``IMAGE`` or ``RAW`` (exactly one of them)."""
+    encoded = pb_utils.get_input_tensor_by_name(request, IMAGE)
+    raw = pb_utils.get_input_tensor_by_name(request, RAW)
+    if (encoded is None) == (raw is None):
+        raise RequestError("send exactly one of IMAGE (encoded bytes) and RAW (H x W x 3 uint8)")
+    if encoded is not None:
+        items = encoded.as_numpy().reshape(-1)
+        return [decode(bytes(item), max_pixels) for item in items]
+    array = raw.as_numpy()
+    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise RequestError("RAW must be [batch, H, W, 3] uint8, got {} {}".format(array.dtype, list(array.shape)))
+    if array.shape[1] * array.shape[2] > max_pixels or array.shape[1] < 1 or array.shape[2] < 1:
+        raise RequestError("RAW images are {}x{}: at least 1x1 and at most {} pixels".format(
+            array.shape[2], array.shape[1], max_pixels))
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
+
+
+class TritonPythonModel:
+    """Triton's entry points: ``initialize``, ``execute``, ``finalize``."""
+
+    def initialize(self, args: Dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        here = os.path.join(args["model_repository"], args["model_version"])
+        self.executor = _param(config, "EXECUTOR", "onnxruntime")
+        self.max_pixels = int(_param(config, "MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS)))
+        self.max_batch = max(1, int(config.get("max_batch_size") or 1))
+        mask = [o for o in config.get("output", []) if o.get("name") == MASK]
+        self.mask_dtype = pb_utils.triton_string_to_numpy(mask[0]["data_type"]) if mask else np.uint8
+        with open(os.path.join(here, "service.json")) as f:
+            service = json.load(f)
+        entry = service["manifest"]
+        from aspp_deploy.data.preprocess import Preprocess
+
+        self.preprocess = Preprocess.from_dict(entry["preprocess"])
+        self.num_classes = len(entry.get("classes") or []) or None
+        self.input_name, self.output_name = service["input"], service["output"]
+        self.model_batch = service.get("model_batch")  # the network's fixed batch, None when dynamic
+        self.session = None  # type: Any
+        if self.executor == "onnxruntime":
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            threads = int(_param(config, "THREADS", "0"))
+            if threads > 0:
+                opts.intra_op_num_threads = threads
+                opts.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(os.path.join(here, service["onnx"]), opts,
+                                                providers=["CPUExecutionProvider"])
+        elif self.executor == "triton":
+            self.target = _param(config, "TARGET_MODEL")
+            if not self.target:
+                raise ValueError("EXECUTOR triton needs the TARGET_MODEL parameter")
+        else:
+            raise ValueError("EXECUTOR must be onnxruntime or triton, got {!r}".format(self.executor))
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        if self.session is not None:
+            return np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0])
+        request = pb_utils.InferenceRequest(model_name=self.target, requested_output_names=[self.output_name],
+                                            inputs=[pb_utils.Tensor(self.input_name, batch)])
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError("{}: {}".format(self.target, response.error().message()))
+        return np.asarray(pb_utils.get_output_tensor_by_name(response, self.output_name).as_numpy())
+
+    def _run(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
+        """Preprocessed images -> the network's per-image outputs, in chunks the network takes."""
+        step = self.model_batch or self.max_batch
+        outputs = []  # type: List[np.ndarray]
+        for start in range(0, len(inputs), step):
+            chunk = inputs[start:start + step]
+            result = self._infer(stack_inputs(chunk, self.model_batch or len(chunk)))
+            outputs.extend(result[i] for i in range(len(chunk)))
+        return outputs
+
+    def execute(self, requests: List[Any]) -> List[Any]:
+        """One response per request, in order; the batch of all good requests runs together."""
+        errors = {}  # type: Dict[int, str]
+        images = {}  # type: Dict[int, List[Image.Image]]
+        for i, request in enumerate(requests):
+            try:
+                found = request_images(request, self.max_pixels)
+                if len({im.size for im in found}) > 1:
+                    raise RequestError("the images of one request must have one size; send them separately")
+                images[i] = found
+            except (RequestError, AsppDeployError) as exc:
+                errors[i] = str(exc)
+        order = [(i, k) for i in sorted(images) for k in range(len(images[i]))]
+        masks = {}  # type: Dict[Tuple[int, int], np.ndarray]
+        if order:
+            try:
+                outputs = self._run([self.preprocess(images[i][k]) for i, k in order])
+                for (i, k), out in zip(order, outputs):
+                    masks[(i, k)] = postprocess(out, images[i][k].size, self.num_classes, self.preprocess)
+            except Exception as exc:  # the network failed for the whole batch: every request says why
+                for i in images:
+                    errors[i] = "inference failed: {}".format(exc)
+        responses = []  # type: List[Any]
+        for i in range(len(requests)):
+            if i in errors:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(errors[i])))
+                continue
+            stacked = np.stack([masks[(i, k)] for k in range(len(images[i]))]).astype(self.mask_dtype, copy=False)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(MASK, stacked)]))
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None
