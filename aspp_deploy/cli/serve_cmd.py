@@ -162,12 +162,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a real tritonserver on REPO until Ctrl-C: waits until every model is ready, prints the
         endpoints; a model that fails to load is one error line with Triton's reason."""
-        from aspp_deploy.serve.server import TritonServer, find_server
+        from aspp_deploy.serve.server import TritonServer, check_repository, find_server
 
         for port in (http_port, grpc_port, metrics_port):
             if not 0 < port < 65536:
                 raise InputError(f"port {port}: give 1 to 65535")
         binary = find_server(server)
+        check_repository(repo, binary)
         proc = TritonServer(repo, binary, host, http_port, grpc_port, metrics_port,
                             echo=(lambda line: console.print(line, highlight=False, markup=False)) if verbose else None)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (`cmd &`)
