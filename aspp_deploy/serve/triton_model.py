@@ -61,7 +61,8 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     except RequestError:
         raise
     except Exception as exc:  # Pillow raises several types for bytes that are not an image
-        raise RequestError("IMAGE is not a readable image ({}: {})".format(type(exc).__name__, exc)) from None
+        reason = str(exc).split(" <_io.BytesIO")[0]  # Pillow names the in-memory file object; nothing to see
+        raise RequestError("IMAGE is not a readable image ({}: {})".format(type(exc).__name__, reason)) from None
 
 
 def request_images(request: Any, max_pixels: int) -> List[Image.Image]:
@@ -80,6 +81,12 @@ def request_images(request: Any, max_pixels: int) -> List[Image.Image]:
         raise RequestError("RAW images are {}x{}: at least 1x1 and at most {} pixels".format(
             array.shape[2], array.shape[1], max_pixels))
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
+
+
+def _error(message: str, server_side: bool) -> Any:
+    """A per-request error: INVALID_ARG for the client's input, INTERNAL for a failure of the model."""
+    code = getattr(pb_utils.TritonError, "INTERNAL" if server_side else "INVALID_ARG", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
 
 class TritonPythonModel:
@@ -166,7 +173,7 @@ class TritonPythonModel:
         responses = []  # type: List[Any]
         for i in range(len(requests)):
             if i in errors:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(errors[i])))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(errors[i], i in images)))
                 continue
             stacked = np.stack([masks[(i, k)] for k in range(len(images[i]))]).astype(self.mask_dtype, copy=False)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(MASK, stacked)]))

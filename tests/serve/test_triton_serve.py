@@ -130,6 +130,7 @@ def test_malformed_requests_get_their_own_error_and_the_server_keeps_serving(ser
         with pytest.raises(InferenceServerException) as caught:
             client.infer("aspp", inputs)
         messages[name] = caught.value.message()
+        assert caught.value.status() == "StatusCode.INVALID_ARGUMENT", (name, caught.value)
     assert "FP32" in messages["wrong dtype"] and "UINT8" in messages["wrong dtype"]
     assert "not a readable image" in messages["not an image"]
     assert "160000" in messages["too large"]
