@@ -4,7 +4,7 @@
     python -m aspp_deploy.runtime plan  --precision fp16         # the path for this TensorRT, no build
     python -m aspp_deploy.runtime build --precision fp16         # engines/model.fp16.engine (+ .json)
     python -m aspp_deploy.runtime segment --engine engines/model.fp16.engine --input images/ --out overlays/
-    python -m aspp_deploy.runtime segment --input images/     # no TensorRT here: ONNX Runtime on the CPU
+    python -m aspp_deploy.runtime segment --input images/     # no TensorRT here: OpenVINO or ONNX Runtime on the CPU
 
 Every failure is one ``error:`` line on stderr and exit code 1.
 """
@@ -22,7 +22,7 @@ from aspp_deploy.trt.build import DEFAULT_WORKSPACE_MB
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CUDA_BACKENDS = ("auto", "cuda-python", "pycuda")
-SEGMENT_RUNTIMES = ("auto", "tensorrt", "onnxruntime")
+SEGMENT_RUNTIMES = ("auto", "tensorrt", "openvino", "onnxruntime")
 DEFAULT_ONNX = Path("models/model.onnx")
 DEFAULT_CALIB = Path("calibration/images")
 
@@ -110,8 +110,8 @@ def _default_engine() -> Optional[Path]:
 
 def open_segmenter(args: argparse.Namespace):
     """``(segmenter, why)``: TensorRT when it is installed and there is an engine (``--engine``, else the
-    bundle's built primary engine), else ONNX Runtime on the CPU with ``--onnx``; ``why`` says why the
-    fallback was taken (None for TensorRT)."""
+    bundle's built primary engine), else the CPU with ``--onnx``: OpenVINO when it is installed, else
+    ONNX Runtime; ``why`` says why the fallback was taken (None for TensorRT)."""
     from aspp_deploy.trt.runtime import TRT_INSTALL_HINT, tensorrt_installed
 
     runtime = getattr(args, "runtime", "auto")
@@ -136,7 +136,11 @@ def open_segmenter(args: argparse.Namespace):
         else:
             why = "no TensorRT engine given or built (`python -m aspp_deploy.runtime build`)"
     from aspp_deploy.runtime.ort_segmenter import ORT_INSTALL_HINT, OrtSegmenter, onnxruntime_installed
+    from aspp_deploy.runtime.ov_segmenter import OpenVinoSegmenter, openvino_installed
 
+    if runtime == "openvino" or (runtime == "auto" and openvino_installed()):
+        cache = Path("engines") / "openvino-cache" if Path("bundle.json").is_file() else None  # in a bundle
+        return OpenVinoSegmenter(args.onnx, threads=args.threads, cache_dir=cache), why  # fastest CPU engine measured
     if not onnxruntime_installed():
         if runtime == "onnxruntime":
             raise MissingDependencyError("ONNX Runtime is not installed: " + ORT_INSTALL_HINT)
@@ -158,7 +162,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         else:
             summary = segment_images(seg.predict_batch, files, args.out, seg.palette, args.alpha,
                                      args.batch or seg.max_batch, _say, classes=seg.classes or None)
-    where = "TensorRT" if why is None else "ONNX Runtime on the CPU"
+    where = {"openvino": "OpenVINO on the CPU", "onnxruntime": "ONNX Runtime on the CPU"}.get(
+        getattr(seg, "backend", ""), "TensorRT")
     _say(f"{summary['count']} {'frame' if kind == 'video' else 'image'}(s) -> {args.out} "
          f"({summary['ms_per_image']} ms each on {where}, preprocessing + inference + post-processing)")
     return 0
@@ -214,14 +219,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_plan)
     p = sub.add_parser("segment", help="segment a folder of images, one image or a video; write overlays "
-                                        "(TensorRT, else ONNX Runtime on the CPU)")
+                                        "(TensorRT, else OpenVINO or ONNX Runtime on the CPU)")
     p.add_argument("--engine", type=Path, default=None, help="engine built by `build` (its .json beside it; default: "
                                                              "the bundle's primary engine once built)")
-    p.add_argument("--onnx", type=Path, default=DEFAULT_ONNX, help="ONNX run by ONNX Runtime when TensorRT is absent "
+    p.add_argument("--onnx", type=Path, default=DEFAULT_ONNX, help="ONNX run on the CPU when TensorRT is absent "
                                                                  "(default: %(default)s)")
     p.add_argument("--runtime", choices=SEGMENT_RUNTIMES, default="auto",
-                   help="auto: TensorRT when installed and an engine exists, else ONNX Runtime on the CPU")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
+                   help="auto: TensorRT when installed and an engine exists, else the CPU: OpenVINO when installed, "
+                        "else ONNX Runtime")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads of OpenVINO / ONNX Runtime (0: its default)")
     p.add_argument("--input", type=Path, required=True, help="folder of images, an image, or a video file")
     p.add_argument("--out", type=Path, default=Path("overlays"), help="output folder (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlays")
