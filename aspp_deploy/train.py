@@ -8,7 +8,6 @@ uninterrupted run would on the same device.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.data.voc import IGNORE_INDEX, VOCSegmentation, load_image, load_mask
 from aspp_deploy.errors import CheckpointError, DatasetError
-from aspp_deploy.io import atomic_write_bytes, atomic_write_text
+from aspp_deploy.io import atomic_write_bytes, atomic_write_text, json_text
 from aspp_deploy.model.checkpoint import Checkpoint
 from aspp_deploy.model.deeplab import ModelConfig, build_model
 
@@ -38,12 +37,19 @@ class TrainSettings:
     save_every: int = 100
 
 
+def _first(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DatasetError("--device cuda asked for, but PyTorch sees no CUDA device")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise DatasetError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
 
 
 def _load_split(ds: VOCSegmentation, num_classes: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -104,16 +110,28 @@ def train(data: Path, out: Path, config: ModelConfig, settings: TrainSettings,
     if resume:
         if not state_path.is_file():
             raise CheckpointError(f"--resume: no training state at {state_path}")
-        state = torch.load(state_path, map_location=dev, weights_only=True)
+        try:  # weights_only: a state file never runs pickled code
+            state = torch.load(state_path, map_location=dev, weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"--resume: {state_path} is not a readable training state "
+                                  f"({type(exc).__name__})") from None
+        if not isinstance(state, dict) or not all(
+                k in state for k in ("config", "settings", "model", "optimizer", "step", "history")) \
+                or not isinstance(state["settings"], dict):
+            raise CheckpointError(f"--resume: {state_path} is not a training state written by "
+                                  "`aspp-deploy train`; start a new --out")
         same = {k: v for k, v in asdict(settings).items() if k != "steps"}
         if state["config"] != config.to_dict() or {k: v for k, v in state["settings"].items()
                                                    if k != "steps"} != same:
             raise CheckpointError(f"--resume: {state_path} was made with other model or training "
                                   "settings (only --steps may change); resume with the same "
                                   "options or start a new --out")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, history = int(state["step"]), list(state["history"])
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start, history = int(state["step"]), list(state["history"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"--resume: {state_path} does not fit this model ({_first(exc)})") from None
         log(f"resuming at step {start}/{settings.steps}")
     model.train()
     t0, seen = time.perf_counter(), 0
@@ -148,5 +166,5 @@ def train(data: Path, out: Path, config: ModelConfig, settings: TrainSettings,
                       {k: v.detach().cpu() for k, v in model.state_dict().items()}, meta)
     final = out / "model.pt"
     ckpt.save(final)
-    atomic_write_text(out / "loss_history.json", json.dumps(history))
+    atomic_write_text(out / "loss_history.json", json_text(history, indent=None))
     return final

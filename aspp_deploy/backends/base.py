@@ -51,6 +51,12 @@ class Runner(ABC):
 
 def class_ids(output: np.ndarray, outputs_class_ids: bool) -> np.ndarray:
     """Turn a runner's output into (N, H, W) class ids."""
+    from aspp_deploy.errors import InputError
+
+    shape = tuple(getattr(output, "shape", ()))
+    if len(shape) != 4 and not (outputs_class_ids and len(shape) == 3):
+        raise InputError(f"the model's output has shape {list(shape)}: a segmentation model outputs N x C x H x W "
+                         "scores (or N x H x W class ids), not a classifier's or detector's output")
     if outputs_class_ids:
         return output.reshape(output.shape[0], *output.shape[-2:]).astype(np.int64)
     return output.argmax(axis=1)

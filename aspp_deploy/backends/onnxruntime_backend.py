@@ -53,7 +53,16 @@ class OrtRunner(Runner):
                                extra={"providers": self.session.get_providers()})
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        try:
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+        except Exception as exc:  # InvalidArgument & co: the input does not fit the graph
+            if type(exc).__module__.split(".")[0] != "onnxruntime":
+                raise
+            expected = [d if isinstance(d, int) else "?" for d in self.session.get_inputs()[0].shape]
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InputError(f"{self.info.artifact} takes input {expected}, was given {list(batch.shape)} "
+                             f"{batch.dtype} from its manifest's preprocessing: the file and its manifest disagree "
+                             f"(export it again) [{first[:200]}]") from None
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

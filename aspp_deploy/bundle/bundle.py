@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from aspp_deploy.bundle import deepstream, texts, triton
 from aspp_deploy.errors import InputError
-from aspp_deploy.io import atomic_write_text, ensure_writable, sha256_file
+from aspp_deploy.io import atomic_write_text, ensure_writable, json_text, sha256_file
 
 FORMAT = "aspp-deploy/jetson-bundle"
 PACKAGE = Path(__file__).resolve().parents[1]  # aspp_deploy/
@@ -221,8 +221,8 @@ def _assemble(root: Path, req: BundleRequest, fp32: dict, variants: dict, log: L
         atomic_write_text(root / "calibration/README.md", texts.calibration_readme(info))
         log(f"calibration: {len(req.calib_images)} image(s)")
     info["deepstream"] = _deepstream(root, req, fp32, variants, models, log)
-    atomic_write_text(root / "models/manifest.json", json.dumps({"format": MANIFEST_FORMAT, "artifacts": models},
-                                                                indent=2, sort_keys=True) + "\n")
+    atomic_write_text(root / "models/manifest.json", json_text({"format": MANIFEST_FORMAT, "artifacts": models},
+                                                               sort_keys=True))
     repo = "triton/model_repository"
     trt_model, onnx_model = f"{req.name}_trt", f"{req.name}_onnx"
     trt_entry = variants[precisions[0]]  # the plan is built from the primary precision: same I/O as FP32 here
@@ -247,11 +247,13 @@ def _assemble(root: Path, req: BundleRequest, fp32: dict, variants: dict, log: L
     atomic_write_text(root / "README.md", texts.readme_md(info))
     info["files"] = {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                      for p in sorted(root.rglob("*")) if p.is_file()}
-    atomic_write_text(root / "bundle.json", json.dumps(info, indent=2) + "\n")
+    atomic_write_text(root / "bundle.json", json_text(info))
     return info
 
 
-def is_replaceable(out: Path) -> bool:
+def is_replaceable(out: Path, marker: str = "bundle.json", fmt: str = FORMAT) -> bool:
+    """True when ``out`` may be replaced: missing, empty, or a folder this tool wrote (its ``marker``
+    JSON names ``fmt``)."""
     if not out.exists():
         return True
     if not out.is_dir():
@@ -259,7 +261,7 @@ def is_replaceable(out: Path) -> bool:
     if not any(out.iterdir()):
         return True
     try:
-        return json.loads((out / "bundle.json").read_text()).get("format") == FORMAT
+        return json.loads((out / marker).read_text()).get("format") == fmt
     except (OSError, ValueError, AttributeError):
         return False
 

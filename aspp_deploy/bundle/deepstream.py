@@ -58,9 +58,19 @@ NETWORK_TYPE_SEGMENTATION = 2
 COLOR_FORMAT = {"RGB": 0, "BGR": 1}  # model-color-format (2 = GRAY)
 SCALING_FILTER = {"nearest": 0, "bilinear": 1, "bicubic": 2}  # NvBufSurfTransform_Inter: Nearest, Bilinear, Algo1 (GPU cubic)
 NET_SCALE_FACTOR = 1.0 / 255.0
-REQUIRED_KEYS = ("gpu-id", "net-scale-factor", "offsets", "model-color-format", "onnx-file", "model-engine-file",
+REQUIRED_KEYS = ("gpu-id", "net-scale-factor", "offsets", "model-color-format", "model-engine-file",
                  "network-type", "output-blob-names", "num-detected-classes", "infer-dims", "network-mode",
                  "batch-size")
+# INT8 decision. The DeepStream INT8 model is explicitly quantized (Q/DQ ONNX). Gst-nvinfer's own
+# engine build (nvdsinfer_model_builder.cpp, DeepStream 6.x-7.x sources) sets BuilderFlag::kINT8 only
+# when it has a calibrator, i.e. an accessible int8-calib-file; otherwise it logs "INT8 calibration
+# file not specified. Trying FP16 mode." and builds with the FP16 flag alone. It always builds weakly
+# typed (no kSTRONGLY_TYPED), which TensorRT 10.x recommends and 11.x requires for Q/DQ models, and on
+# 8.x a Q/DQ network needs the INT8 flag. No config key makes that build right on every generation, so
+# the INT8 config refuses it: it has no onnx-file (nvinfer cannot build from nothing and stops with an
+# error) and only loads the engine the bundle's build.sh made with the recipe for the device's
+# TensorRT. FP16/FP32 configs keep onnx-file. An int8-calib-file (legacy calibrated FP32 ONNX) is
+# the one INT8 case nvinfer builds right, so with one the onnx-file stays.
 PROBABILITIES = "probabilities"
 
 
@@ -117,9 +127,22 @@ def nvinfer_config(entry: Mapping[str, Any], precision: str, onnx_file: str, eng
         f"net-scale-factor={_num(scale)}",
         f"offsets={offsets}",
         f"model-color-format={COLOR_FORMAT[pre.get('channel_order', 'RGB')]}",
-        f"onnx-file={onnx_file}",
-        f"model-engine-file={engine_file}",
     ]
+    if precision == "int8" and not int8_calib_file:
+        # The INT8 decision above REQUIRED_KEYS: no onnx-file, so nvinfer can only load the engine build.sh made.
+        lines[lines.index("[property]"):lines.index("[property]")] = [
+            f"# INT8: {onnx_file.rsplit('/', 1)[-1]} is explicitly quantized (Q/DQ). nvinfer must NOT build it: with",
+            "# network-mode=1 and no int8-calib-file it drops to FP16 (\"INT8 calibration file not specified.",
+            "# Trying FP16 mode.\"), and its builder (DeepStream 6.x/7.x sources) builds weakly typed, while TensorRT 10.x",
+            "# recommends and 11.x requires strong typing for Q/DQ models. So this config has no onnx-file: build",
+            "# the engine first with the bundle's",
+            f"# build.sh (python -m aspp_deploy.runtime build --onnx {_bundle_path(onnx_file)}",
+            f"#   --precision int8 --out {_bundle_path(engine_file)}, run from the bundle folder), which picks",
+            "# the right recipe for this TensorRT; without that engine nvinfer stops with an error instead.",
+        ]
+    else:
+        lines.append(f"onnx-file={onnx_file}")
+    lines.append(f"model-engine-file={engine_file}")
     if int8_calib_file:
         lines.append(f"int8-calib-file={int8_calib_file}")
     lines += [
@@ -138,6 +161,11 @@ def nvinfer_config(entry: Mapping[str, Any], precision: str, onnx_file: str, eng
         "",
     ]
     return "\n".join(lines)
+
+
+def _bundle_path(config_relative: str) -> str:
+    """A path written relative to the config's folder (``../models/x``) as seen from the bundle root."""
+    return config_relative[3:] if config_relative.startswith("../") else config_relative
 
 
 def _num(value: float) -> str:
@@ -162,6 +190,12 @@ def check_nvinfer_config(text: str) -> list:
     props = read_nvinfer_config(text)
     problems = [f"unknown nvinfer key {k!r}" for k in props if k not in NVINFER_PROPERTY_KEYS]
     problems += [f"missing key {k!r}" for k in REQUIRED_KEYS if k not in props]
+    int8 = props.get("network-mode") == str(NETWORK_MODE["int8"])
+    if int8 and "onnx-file" in props and "int8-calib-file" not in props:
+        problems.append("network-mode=1 with an onnx-file but no int8-calib-file: nvinfer would build that "
+                        "engine itself in FP16 (\"INT8 calibration file not specified. Trying FP16 mode.\")")
+    elif not int8 and "onnx-file" not in props:
+        problems.append("missing key 'onnx-file'")
     return problems
 
 

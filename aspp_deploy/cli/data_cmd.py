@@ -3,43 +3,56 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
-from rich.progress import Progress
 
-from aspp_deploy.cli._common import console, handle_errors
+from aspp_deploy.cli._common import Command, Group, console, handle_errors, progress, write_json
 from aspp_deploy.data.synthetic import write_calibration_folder, write_synthetic_voc
+from aspp_deploy.errors import InputError
+from aspp_deploy.io import ensure_writable
 
-app = typer.Typer(help="Generate data: `synth` (the synthetic VOC-style dataset) and `calib` (calibration images from a disjoint seed stream).", no_args_is_help=True)
+app = typer.Typer(cls=Group, help="Generate data: `synth` (the synthetic VOC-style dataset) and `calib` (calibration images from a disjoint seed stream).", no_args_is_help=True)
 
 
-@app.command("synth")
+@app.command("synth", cls=Command)
 @handle_errors
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to write (VOC layout).")] = Path("data/synth"),
     train: Annotated[int, typer.Option(help="Number of training images.")] = 2000,
     val: Annotated[int, typer.Option(help="Number of validation images.")] = 200,
     seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write what was written as JSON.")] = None,
 ) -> None:
     """Write the deterministic synthetic dataset (train and val splits) in the VOC layout."""
     splits = {k: v for k, v in {"train": train, "val": val}.items() if v > 0}
-    with Progress(console=console, transient=True) as progress:
-        tasks = {s: progress.add_task(f"generating {s}", total=n) for s, n in splits.items()}
-        write_synthetic_voc(out, splits, seed,
-                            progress=lambda s, i, n: progress.update(tasks[s], completed=i))
+    if not splits:
+        raise InputError("--train and --val are both 0: nothing to write")
+    ensure_writable(out)
+    with progress() as bar:
+        tasks = {s: bar.add_task(f"generating {s}", total=n) for s, n in splits.items()}
+        write_synthetic_voc(out, splits, seed, progress=lambda s, i, n: bar.update(tasks[s], completed=i))
     console.print(f"wrote {sum(splits.values())} images to {out}", highlight=False)
+    write_json(json_out, {"command": "data synth", "out": str(out), "seed": seed, "images": splits,
+                          "layout": {"images": str(out / "JPEGImages"), "masks": str(out / "SegmentationClass"),
+                                     "splits": {s: str(out / "ImageSets" / "Segmentation" / f"{s}.txt")
+                                                for s in splits}}})
 
 
-@app.command("calib")
+@app.command("calib", cls=Command)
 @handle_errors
 def calib(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the images to.")] = Path("calibration"),
     count: Annotated[int, typer.Option(help="Number of images.")] = 96,
     seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write what was written as JSON.")] = None,
 ) -> None:
     """Write calibration images from a stream disjoint from the train and val splits."""
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("generating calibration images", total=count)
-        write_calibration_folder(out, count, seed, progress=lambda s, i, n: progress.update(task, completed=i))
+    if count < 1:
+        raise InputError(f"--count {count} is impossible: write at least 1 image")
+    ensure_writable(out)
+    with progress() as bar:
+        task = bar.add_task("generating calibration images", total=count)
+        write_calibration_folder(out, count, seed, progress=lambda s, i, n: bar.update(task, completed=i))
     console.print(f"wrote {count} images to {out}", highlight=False)
+    write_json(json_out, {"command": "data calib", "out": str(out), "seed": seed, "images": count})

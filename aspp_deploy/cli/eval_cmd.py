@@ -11,7 +11,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from aspp_deploy.cli import _model_opts as M
-from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
+from aspp_deploy.cli._common import Command, LineProgress, console, handle_errors, out_console, progress, write_json
 
 
 class EvalBackend(str, Enum):
@@ -20,21 +20,21 @@ class EvalBackend(str, Enum):
     openvino = "openvino"
 
 
-def _progress_callbacks(progress: Progress, label: str):
-    gen = progress.add_task("generating the synthetic validation split", total=None, visible=False)
-    task = progress.add_task(label, total=None)
+def _progress_callbacks(bar: Progress | LineProgress, label: str):
+    gen = bar.add_task("generating the synthetic validation split", total=None, visible=False)
+    task = bar.add_task(label, total=None)
 
     def on_generate(_split: str, i: int, n: int) -> None:
-        progress.update(gen, completed=i, total=n, visible=True)
+        bar.update(gen, completed=i, total=n, visible=True)
 
     def on_eval(i: int, n: int) -> None:
-        progress.update(task, completed=i, total=n)
+        bar.update(task, completed=i, total=n)
 
     return on_generate, on_eval
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("eval")
+    @app.command("eval", cls=Command)
     @handle_errors
     def eval_command(
         backend: Annotated[EvalBackend, typer.Option(help="Which runtime runs the model.")] = EvalBackend.torch,
@@ -55,15 +55,16 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
     ) -> None:
         """Report mIoU, pixel accuracy and per-class IoU on a VOC-style folder."""
-        from aspp_deploy.eval.evaluate import ensure_default_data, evaluate
+        from aspp_deploy.eval.evaluate import check_dataset_classes, ensure_default_data, evaluate
 
-        with Progress(console=console, transient=True) as progress:
-            on_generate, on_eval = _progress_callbacks(progress, f"evaluating ({backend.value})")
+        with progress() as bar:
+            on_generate, on_eval = _progress_callbacks(bar, f"evaluating ({backend.value})")
             model_spec = M.build_spec(spec, height, width, classes=classes)
             runner, pre, class_names = _open_runner(backend, (checkpoint, arch, arch_args, weights), model_spec,
                                                     model, device, threads)
             root = data if data is not None else ensure_default_data(on_generate)
             with runner:
+                check_dataset_classes(root, class_names)  # refuse a class-count mismatch before any image
                 result = evaluate(runner, root, pre, class_names, split, limit=limit or None, progress=on_eval)
         table = Table(title=f"{backend.value} on {root} ({split}, {result.num_images} images)")
         table.add_column("class")

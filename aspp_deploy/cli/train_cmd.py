@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from aspp_deploy.cli._common import command_line, console, handle_errors
+from aspp_deploy.cli._common import Command, command_line, console, handle_errors, write_json
 from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.data.voc import voc_palette
 from aspp_deploy.errors import DatasetError
+from aspp_deploy.io import read_json_object
 
 
 class Backbone(str, Enum):
@@ -29,8 +31,15 @@ class Head(str, Enum):
 def _dataset_classes(data: Path, num_classes: int | None) -> tuple[list[str], list[list[int]]]:
     meta = data / "dataset.json"
     if meta.is_file():
-        d = json.loads(meta.read_text())
-        classes, palette = list(d["classes"]), [list(c) for c in d["palette"]]
+        d = read_json_object(meta, "")
+        classes, palette = d.get("classes"), d.get("palette")
+        if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+            raise DatasetError(f"{meta}: 'classes' must list at least two class names (background first)")
+        if not isinstance(palette, list) or len(palette) < len(classes) or not all(
+                isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+                for c in palette):
+            raise DatasetError(f"{meta}: 'palette' must give an RGB triple of 0..255 for every class")
+        classes, palette = list(classes), [list(c) for c in palette]
     elif num_classes:
         classes = ["background"] + [f"class_{i}" for i in range(1, num_classes)]
         palette = [list(c) for c in voc_palette(num_classes)]
@@ -41,8 +50,27 @@ def _dataset_classes(data: Path, num_classes: int | None) -> tuple[list[str], li
     return classes, palette
 
 
+def _check_train_options(steps: int, batch: int, crop: int, size: int, lr: float, output_stride: int,
+                         aspp_depth: int) -> None:
+    """Refuse, before any data is read, the settings training cannot run with."""
+    if steps < 1:
+        raise DatasetError(f"--steps {steps} is impossible: train at least 1 step")
+    if batch < 2:
+        raise DatasetError(f"--batch {batch} is impossible: BatchNorm needs at least 2 images per batch in training")
+    if crop < 32:
+        raise DatasetError(f"--crop {crop} is too small: the backbone needs at least 32x32 pixels")
+    if not 32 <= size <= 16384:
+        raise DatasetError(f"--size {size} is impossible: use 32..16384 pixels")
+    if not lr > 0:
+        raise DatasetError(f"--lr {lr} is impossible: the learning rate must be above 0")
+    if output_stride not in (8, 16):
+        raise DatasetError(f"--output-stride {output_stride} is not supported: use 8 or 16")
+    if aspp_depth < 1:
+        raise DatasetError(f"--aspp-depth {aspp_depth} is impossible: use 1 channel or more")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(cls=Command)
     @handle_errors
     def train(
         data: Annotated[Path, typer.Option("--data", help="VOC-style folder with a train split.")] = Path("data/synth"),
@@ -62,6 +90,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
         threads: Annotated[int, typer.Option(help="CPU threads (0: PyTorch's default).")] = 0,
         resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the run's files, settings and final loss as JSON.")] = None,
     ) -> None:
         """Train a DeepLabV3/ASPP model on a VOC-style folder (CPU or CUDA, resumable)."""
         import torch
@@ -70,6 +99,8 @@ def register(app: typer.Typer) -> None:
         from aspp_deploy.train import TrainSettings
         from aspp_deploy.train import train as run_train
 
+        _check_train_options(steps=steps, batch=batch, crop=crop, size=size, lr=lr,
+                             output_stride=output_stride, aspp_depth=aspp_depth)
         if threads:
             torch.set_num_threads(threads)
         classes, palette = _dataset_classes(data, num_classes or None)
@@ -80,7 +111,28 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise DatasetError(f"bad model options: {exc}") from None
         settings = TrainSettings(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed)
+        started = time.perf_counter()
         final = run_train(data, out, config, settings, classes, palette, Preprocess(size, size),
                           device=device, resume=resume, command=command_line(),
                           log=lambda m: console.print(m, highlight=False))
         console.print(f"wrote {final}", highlight=False)
+        if json_out is not None:
+            write_json(json_out, _train_summary(out, final, data, config, settings, classes, device,
+                                                time.perf_counter() - started))
+
+
+def _train_summary(out: Path, final: Path, data: Path, config, settings, classes: list[str], device: str,
+                   seconds: float) -> dict:
+    """What ``train --json`` writes: the files, the model and training settings, the loss at the end."""
+    from dataclasses import asdict
+
+    from aspp_deploy.train import resolve_device
+
+    history_file = out / "loss_history.json"
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    tail = history[-50:]
+    return {"command": command_line(), "checkpoint": str(final), "state": str(out / "last.pt"),
+            "loss_history": str(history_file), "data": str(data), "classes": classes,
+            "model": config.to_dict(), "settings": asdict(settings), "device": str(resolve_device(device)),
+            "steps": len(history), "final_loss": sum(tail) / len(tail) if tail else None,
+            "seconds": round(seconds, 3)}

@@ -12,7 +12,15 @@ from PIL import Image, UnidentifiedImageError
 from aspp_deploy.errors import DatasetError, InputError
 
 IGNORE_INDEX = 255
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# The one list of image files every command reads (calibration folders, JPEGImages/, predict, the
+# bundle's runtime), compared without regard to case: .JPG and .Tiff count.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_FORMATS = " ".join(IMAGE_EXTENSIONS) + " (any case)"
+
+
+def is_image_file(path: Path) -> bool:
+    """A file whose extension is one of ``IMAGE_EXTENSIONS`` (any case) and not hidden."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
@@ -44,13 +52,42 @@ def load_image(path: Path | str) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return _to_rgb(im, path)
+    except Image.DecompressionBombError:
+        raise InputError(f"cannot read image {path}: it is too large to decode safely "
+                         f"(over {Image.MAX_IMAGE_PIXELS} pixels)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from None
 
 
-def load_mask(path: Path | str, num_classes: int) -> np.ndarray:
-    """A mask PNG of class ids (palette or greyscale), checked against ``num_classes``."""
+def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
+    """RGB 8-bit. Greyscale of more than 8 bits is scaled to 0..255 (``convert`` would clip every
+    value above 255 to white); float images have no agreed range and are refused."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise InputError(f"cannot read image {path}: {im.mode} values outside 0..65535")
+        grey = ((arr * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if im.mode == "F":
+        raise InputError(f"cannot read image {path}: floating-point images are not supported; "
+                         "save it as 8-bit RGB")
+    return im.convert("RGB")
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """(width, height) of an image from its header (no pixels decoded); InputError when unreadable."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+
+
+def load_mask(path: Path | str, num_classes: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask PNG of class ids (palette or greyscale), checked against ``num_classes`` and, when
+    ``size`` (width, height) is given, against its image's size: a mask of another size would be
+    scored against a prediction mapped back to the wrong geometry."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"mask not found: {path}")
@@ -60,8 +97,13 @@ def load_mask(path: Path | str, num_classes: int) -> np.ndarray:
                 raise DatasetError(f"mask {path} has mode {im.mode}; expected a palette (P) or "
                                    "greyscale (L) PNG of class ids")
             mask = np.array(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except Image.DecompressionBombError:
+        raise DatasetError(f"cannot read mask {path}: it is too large to decode safely") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"cannot read mask {path}: {exc}") from None
+    if size is not None and (mask.shape[1], mask.shape[0]) != tuple(size):
+        raise DatasetError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                           f"{size[0]}x{size[1]}: masks must have their image's size")
     bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
     if bad.any():
         labels = sorted(int(v) for v in np.unique(mask[bad]))[:5]
@@ -108,11 +150,21 @@ class VOCSegmentation:
         self.split = split
 
     def _find_image(self, name: str) -> Path:
-        for ext in IMAGE_EXTENSIONS:
-            p = self.root / "JPEGImages" / f"{name}{ext}"
+        folder = self.root / "JPEGImages"
+        for ext in IMAGE_EXTENSIONS:  # the common case without listing the folder
+            p = folder / f"{name}{ext}"
             if p.is_file():
                 return p
-        raise DatasetError(f"image for {name!r} not found in {self.root / 'JPEGImages'}")
+        if getattr(self, "_by_stem", None) is None:  # NAME.JPG, NAME.Png, ...: one listing, any case
+            self._by_stem: dict[str, Path] = {}
+            if folder.is_dir():
+                for p in sorted(folder.iterdir()):
+                    if is_image_file(p) and p.is_file():
+                        self._by_stem.setdefault(p.stem, p)
+        if name in self._by_stem:
+            return self._by_stem[name]
+        raise DatasetError(f"image for {name!r} not found in {folder} (looked for {name} with "
+                           f"{IMAGE_FORMATS})")
 
     def __len__(self) -> int:
         return len(self.samples)

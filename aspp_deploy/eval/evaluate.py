@@ -34,6 +34,28 @@ def ensure_default_data(progress: Callable[[str, int, int], None] | None = None)
     return root
 
 
+def check_dataset_classes(data: Path, classes: list[str]) -> None:
+    """DatasetError (one line) when ``data/dataset.json`` lists classes and the model predicts
+    another number of them: its IoUs would be computed against the wrong labels. A folder without
+    dataset.json is not checked here (masks with ids past the model's classes are refused later);
+    a dataset.json that is not an object, or whose ``classes`` is not a list of names, is refused."""
+    from aspp_deploy.errors import DatasetError
+    from aspp_deploy.io import read_json_object
+
+    meta = Path(data) / "dataset.json"
+    if not meta.is_file():
+        return
+    listed = read_json_object(meta, "").get("classes")
+    if listed is None:
+        return
+    if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
+        raise DatasetError(f"{meta}: 'classes' must be a list of class names (background first)")
+    if len(listed) != len(classes):
+        shown = ", ".join(listed[:6]) + (", ..." if len(listed) > 6 else "")
+        raise DatasetError(f"the model predicts {len(classes)} classes but {meta} lists {len(listed)} ({shown}): "
+                           "evaluate it on data labelled with the model's classes")
+
+
 @dataclass
 class EvalResult:
     num_images: int
@@ -53,8 +75,9 @@ def iter_batches(ds: VOCSegmentation, pre: Preprocess, num_classes: int, batch: 
     samples = ds.samples[:limit] if limit else ds.samples
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
-        x = np.stack([pre(load_image(s.image)) for s in chunk])
-        yield x, [load_mask(s.mask, num_classes) for s in chunk], [s.name for s in chunk]
+        images = [load_image(s.image) for s in chunk]
+        x = np.stack([pre(im) for im in images])
+        yield x, [load_mask(s.mask, num_classes, im.size) for s, im in zip(chunk, images)], [s.name for s in chunk]
 
 
 def to_mask_size(pred: np.ndarray, shape: tuple[int, int], pre: Preprocess) -> np.ndarray:

@@ -15,10 +15,16 @@ def load_onnx(path: Path | str, external_data: bool = True) -> onnx.ModelProto:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"ONNX model not found: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes): not an ONNX file")
     try:
-        return onnx.load(str(path), load_external_data=external_data)
+        model = onnx.load(str(path), load_external_data=external_data)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise InputError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
+    # protobuf parses many non-ONNX byte strings into an empty message: a model has a graph with nodes
+    if not model.HasField("graph") or not model.graph.node or not model.opset_import:
+        raise InputError(f"{path} is not an ONNX model (no graph, nodes or opset)")
+    return model
 
 
 def infer(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -3,7 +3,12 @@ same entry embedded in each ONNX file's ``metadata_props`` (key ``aspp_deploy.ma
 so an ONNX file carries its preprocessing and classes wherever it is copied.
 
 The embedded copy cannot hold the hash of the file it is embedded in, so it omits
-``onnx_sha256``; the sidecar entry has it.
+``onnx_sha256``; the sidecar entry has it. It also omits what is measured or timed while the
+artifact is made (``VOLATILE``: parity figures, accuracy, seconds, the calibration cache's hit or
+miss): those differ from run to run, and an ONNX file's bytes, hence its sha256, must depend only
+on its inputs (the same checkpoint and options give the same file, so nothing made from it counts
+as stale). They live in the sidecar only; ``manifest_of`` adds them back when the sidecar entry
+describes the same file.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import onnx
 from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.errors import InputError
 from aspp_deploy.export.graph import load_onnx
-from aspp_deploy.io import atomic_write_text
+from aspp_deploy.io import atomic_write_text, folder_lock, json_text
 
 METADATA_KEY = "aspp_deploy.manifest"
 MANIFEST_NAME = "manifest.json"
@@ -55,8 +60,49 @@ class ArtifactManifest:
             raise InputError(f"the manifest's preprocessing record is malformed: {exc}") from None
 
 
+# Dotted paths of the entry's measured or timed facts: kept in the sidecar, never in the ONNX.
+VOLATILE = ("onnx_sha256", "parity", "accuracy", "seconds", "notes", "export.seconds",
+            "quantization.budget", "quantization.calibration.cache")
+
+
+def stable_entry(entry: dict) -> dict:
+    """``entry`` without its ``VOLATILE`` facts: what is embedded in the ONNX (a copy; ``entry`` is
+    left as it is)."""
+    out = json.loads(json.dumps(entry))
+    for path in VOLATILE:
+        *parents, last = path.split(".")
+        node = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
+def _volatile_part(entry: dict) -> dict:
+    """Only the ``VOLATILE`` facts of ``entry`` (without ``onnx_sha256``), nested as in ``entry``."""
+    out: dict = {}
+    for path in VOLATILE[1:]:
+        *parents, last = path.split(".")
+        node, target = entry, out
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+            target = target.setdefault(key, {})
+        if isinstance(node, dict) and last in node:
+            target[last] = node[last]
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for k, v in extra.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
 def embed(model: onnx.ModelProto, entry: dict) -> None:
-    embedded = {k: v for k, v in entry.items() if k != "onnx_sha256"}
+    """Embed ``entry``'s stable facts in ``model`` (deterministically: sorted keys, one metadata key)."""
+    embedded = stable_entry(entry)
     keep = [p for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
@@ -65,9 +111,16 @@ def embed(model: onnx.ModelProto, entry: dict) -> None:
 
 
 def read_embedded(model: onnx.ModelProto) -> dict | None:
+    """The entry embedded in ``model`` (None when there is none); InputError when it is not a JSON object."""
     for p in model.metadata_props:
         if p.key == METADATA_KEY:
-            return json.loads(p.value)
+            try:
+                data = json.loads(p.value)
+            except (ValueError, UnicodeDecodeError) as exc:  # bytes that are not UTF-8 decode lazily
+                raise InputError(f"the manifest embedded in the ONNX file is not valid JSON ({exc})") from None
+            if not isinstance(data, dict):
+                raise InputError("the manifest embedded in the ONNX file is not a JSON object")
+            return data
     return None
 
 
@@ -79,12 +132,68 @@ def read_onnx_manifest(path: Path | str) -> ArtifactManifest:
 
 def manifest_of(model: onnx.ModelProto, path: Path) -> ArtifactManifest:
     """The manifest of ``model``, loaded from ``path``: embedded, else in ``manifest.json`` beside it."""
-    entry = read_embedded(model) or read_sidecar(path.parent).get(path.name)
+    embedded = read_embedded(model)
+    sidecar = read_sidecar(path.parent).get(path.name)
+    entry = embedded or sidecar
+    if embedded and sidecar and stable_entry(sidecar) == stable_entry(embedded):
+        # the sidecar describes this very file: add back what was measured when it was made
+        entry = _merge(stable_entry(embedded), _volatile_part(sidecar))
     if not entry:
         raise InputError(f"{path} has no aspp-deploy manifest (embedded or in {MANIFEST_NAME}); "
                          "adopt it with `aspp-deploy import MODEL.onnx` (an ONNX made elsewhere) or "
                          "make it with `aspp-deploy export`")
+    if sidecar:
+        verify_sha256(path, sidecar)
+    check_entry(entry, path)
     return ArtifactManifest(entry)
+
+
+def verify_sha256(path: Path, entry: dict) -> None:
+    """Refuse ``path`` when its bytes are not those its manifest entry recorded (swapped, damaged,
+    or written by a run that was stopped before it could update the manifest)."""
+    from aspp_deploy.io import sha256_file
+
+    recorded = entry.get("onnx_sha256")
+    if recorded is None:
+        return
+    if not isinstance(recorded, str) or sha256_file(path) != recorded:
+        raise InputError(f"{path} does not match its entry in {path.parent / MANIFEST_NAME} (sha256 differs): "
+                         "the file was replaced or damaged after it was made; make it again "
+                         "(`aspp-deploy export`, `import` or `quantize`)")
+
+
+def check_entry(entry: object, path: Path) -> None:
+    """One InputError when the entry lacks what every consumer reads, or has it in the wrong shape."""
+    def bad(what: str) -> InputError:
+        return InputError(f"the manifest of {path} is malformed: {what}")
+
+    if not isinstance(entry, dict):
+        raise bad("the entry is not a JSON object")
+    classes = entry.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise bad("'classes' must be a non-empty list of names")
+    palette = entry.get("palette")
+    if not isinstance(palette, list) or len(palette) < len(classes) or not all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+            for c in palette):
+        raise bad("'palette' must give an RGB triple of 0..255 for every class")
+    if not isinstance(entry.get("preprocess"), dict):
+        raise bad("'preprocess' must be an object")
+    try:  # every reader builds it: it must build
+        Preprocess.from_dict(entry["preprocess"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise bad(f"the preprocessing record is malformed ({exc})") from None
+    for key in ("inputs", "outputs"):
+        tensors = entry.get(key)
+        if tensors is None:
+            continue
+        if not isinstance(tensors, list) or not tensors or not all(
+                isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("shape", []), list)
+                for t in tensors):
+            raise bad(f"'{key}' must be a non-empty list of {{name, shape}} objects")
+    for key in ("source", "spec", "export", "quantization"):
+        if entry.get(key) is not None and not isinstance(entry[key], dict):
+            raise bad(f"'{key}' must be an object")
 
 
 def read_sidecar(folder: Path) -> dict[str, dict]:
@@ -93,16 +202,37 @@ def read_sidecar(folder: Path) -> dict[str, dict]:
         return {}
     try:
         data = json.loads(f.read_text())
-    except json.JSONDecodeError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{f} is not valid JSON: {exc}") from None
-    return dict(data.get("artifacts", {}))
+    artifacts = data.get("artifacts", {}) if isinstance(data, dict) else None
+    if not isinstance(artifacts, dict):
+        raise InputError(f"{f} is not an aspp-deploy manifest: expected an object with an 'artifacts' object")
+    for name, entry in artifacts.items():
+        if not isinstance(entry, dict):
+            raise InputError(f"{f} is malformed: the entry for {name!r} is not an object")
+    return dict(artifacts)
+
+
+def write_with_entry(path: Path, data: bytes, entry: dict) -> Path:
+    """Write an artifact's bytes atomically and its sidecar entry (with their sha256) as one step:
+    Ctrl-C or SIGTERM is held until both are written, and a kill between them leaves a file that no
+    longer matches the old entry, which every reader refuses. Returns the manifest's path."""
+    import hashlib
+
+    from aspp_deploy.io import atomic_write_bytes, signals_deferred
+
+    entry["onnx_sha256"] = hashlib.sha256(data).hexdigest()
+    with signals_deferred():
+        atomic_write_bytes(path, data)
+        return update_sidecar(path.parent, path.name, entry)
 
 
 def update_sidecar(folder: Path, file_name: str, entry: dict) -> Path:
-    """Add or replace one artifact's entry in ``folder/manifest.json`` (atomically)."""
-    artifacts = read_sidecar(folder)
-    artifacts[file_name] = entry
+    """Add or replace one artifact's entry in ``folder/manifest.json`` (atomically, and under a lock
+    on the folder, so concurrent writers of one manifest lose no entry)."""
     path = Path(folder) / MANIFEST_NAME
-    atomic_write_text(path, json.dumps({"format": FORMAT, "artifacts": artifacts}, indent=2,
-                                       sort_keys=True) + "\n")
+    with folder_lock(folder):
+        artifacts = read_sidecar(folder)
+        artifacts[file_name] = entry
+        atomic_write_text(path, json_text({"format": FORMAT, "artifacts": artifacts}, sort_keys=True))
     return path

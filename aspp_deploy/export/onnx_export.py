@@ -22,10 +22,10 @@ import onnx
 
 from aspp_deploy.errors import InputError, ParityError
 from aspp_deploy.export import passes as P
-from aspp_deploy.export.manifest import embed, tool_versions, update_sidecar
+from aspp_deploy.export.manifest import embed, tool_versions, write_with_entry
 from aspp_deploy.export.parity import ParityReport, compare_outputs
 from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt
-from aspp_deploy.io import atomic_write_bytes, ensure_writable, sha256_file
+from aspp_deploy.io import ensure_writable
 from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.model.sources import ModelSource, load_source, resolve_for_source
 from aspp_deploy.spec import GraphFacts, ModelSpec, ResolvedSpec, resolve_input
@@ -371,9 +371,7 @@ def write_artifact(graph: onnx.ModelProto, entry: dict, out_dir: Path, name: str
     """Embed the manifest, write the ONNX atomically, then its sidecar entry (with the file's sha256)."""
     onnx_path = out_dir / f"{check_name(name)}.onnx"
     embed(graph, entry)
-    atomic_write_bytes(onnx_path, graph.SerializeToString())
-    entry["onnx_sha256"] = sha256_file(onnx_path)
-    return onnx_path, update_sidecar(out_dir, onnx_path.name, entry)
+    return onnx_path, write_with_entry(onnx_path, graph.SerializeToString(), entry)
 
 
 def ort_session_from_model(graph: onnx.ModelProto, factory):

@@ -68,6 +68,7 @@ def check_for_trt(model: onnx.ModelProto, trt_version: str) -> CheckReport:
                                 f"the range TensorRT {trt_version}'s parser accepts"))
     consts = constant_values(model)
     inits = initializers(model)
+    elem_types = _elem_types(model, consts)
     is_8x = trt_version.startswith("8.")
     for node in model.graph.node:
         name = node.name or (node.output[0] if node.output else "?")
@@ -87,6 +88,7 @@ def check_for_trt(model: onnx.ModelProto, trt_version: str) -> CheckReport:
                 findings.append(Finding("error", name, op, f"input {index} (axes) must be an initializer or Constant"))
         if op in ("QuantizeLinear", "DequantizeLinear"):
             findings += _check_qdq(node, name, consts, inits)
+            findings += _check_qdq_type(node, name, consts, elem_types, is_8x)
         if is_8x and op in ("ArgMax", "ArgMin"):
             findings.append(Finding("warning", name, op, "INT64 output: TensorRT 8.x computes it as INT32 "
                                     "(exact for class ids)"))
@@ -124,5 +126,85 @@ def _check_qdq(node: onnx.NodeProto, name: str, consts: dict, inits: dict) -> li
     return out
 
 
+# Element types of the quantized side of a Q/DQ pair. The ONNX parser maps Q/DQ onto TensorRT's
+# IQuantizeLayer/IDequantizeLayer, whose quantized type is INT8 (FP8/INT4 on later 10.x/11.x for
+# other recipes); TensorRT's UINT8 cannot represent quantized values: it exists only for network
+# inputs and outputs (onnx-tensorrt operators.md: DequantizeLinear INT8 only; TensorRT DataType
+# docs for kUINT8). So a uint8 Q/DQ is refused on every version; 8.x takes int8 only.
+_TRT_QUANT_TYPES = {TensorProto.INT8, TensorProto.FLOAT8E4M3FN, TensorProto.INT4}
+_TRT8_QUANT_TYPES = {TensorProto.INT8}
+
+
+def _elem_types(model: onnx.ModelProto, consts: dict) -> dict[str, int]:
+    """Tensor name -> ONNX element type, where the graph states it (initializers, Constant outputs,
+    graph inputs/outputs, value_info)."""
+    types: dict[str, int] = {}
+    g = model.graph
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for tname, tensor in consts.items():
+        types[tname] = tensor.data_type
+    return types
+
+
+def _check_qdq_type(node: onnx.NodeProto, name: str, consts: dict, types: dict[str, int],
+                    is_8x: bool) -> list[Finding]:
+    op = node.op_type
+    zp = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+    qtype: int | None = None
+    if zp and zp in consts:
+        qtype = consts[zp].data_type
+    elif op == "QuantizeLinear":
+        out_dtype = attr(node, "output_dtype", 0)  # opset 21+
+        if out_dtype:
+            qtype = int(out_dtype)
+        elif not zp:
+            # ONNX: no zero point and no output_dtype means uint8, which ONNX Runtime runs as such;
+            # TensorRT's quantize layer is int8 (inference: the two would not run the same model).
+            return [Finding("warning", name, op, "no zero point: ONNX defines this as a uint8 quantize, "
+                            "TensorRT quantizes to int8; give an int8 zero point of 0")]
+    else:
+        qtype = types.get(node.input[0])
+    if op == "QuantizeLinear" and node.output:
+        if qtype is not None:
+            types[node.output[0]] = qtype
+    if qtype is None or qtype in (_TRT8_QUANT_TYPES if is_8x else _TRT_QUANT_TYPES):
+        return []
+    tname = TensorProto.DataType.Name(qtype).lower() if qtype in TensorProto.DataType.values() else str(qtype)
+    return [Finding("error", name, op, f"quantized type {tname} is not one TensorRT quantizes to (use int8; "
+                    "TensorRT allows UINT8 only as a network input/output); quantize with int8 zero points")]
+
+
 def _s(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class FindingGroup:
+    """One kind of finding (severity, operator, message) with every node and TensorRT version it
+    was found on: what ``check`` prints instead of the same lines once per version."""
+
+    severity: str
+    op: str
+    message: str
+    nodes: list[str]
+    versions: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def group_findings(reports: list[CheckReport]) -> list[FindingGroup]:
+    """Findings of several versions' reports grouped by kind, errors first, otherwise in order of
+    appearance; a group lists the versions on which it was found on at least one of its nodes (the
+    per-version reports keep the exact pairs)."""
+    groups: dict[tuple[str, str, str], FindingGroup] = {}
+    for report in reports:
+        for f in report.findings:
+            g = groups.setdefault((f.severity, f.op, f.message), FindingGroup(f.severity, f.op, f.message, [], []))
+            if f.node not in g.nodes:
+                g.nodes.append(f.node)
+            if report.trt_version not in g.versions:
+                g.versions.append(report.trt_version)
+    return sorted(groups.values(), key=lambda g: g.severity != "error")

@@ -5,7 +5,9 @@ A cache entry is two files in the cache folder, both named by the key's digest:
 payload in the format of the tool that reads it back (ONNX Runtime's ``TensorsData`` JSON, or a
 TensorRT-style scale table for ModelOpt). Because the file name *is* the digest of the model's
 sha256, the calibration images' names and sha256 and every setting that shapes the ranges, a
-changed model, image or setting can only ever miss: a cache is never silently reused.
+changed model, image or setting can only ever miss: a cache is never silently reused. The key
+record also holds the payload's sha256: a payload is used only when its bytes still have it, and one
+that does not verify is deleted (a tool that reads whatever file is there can never use it on a miss).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aspp_deploy.io import atomic_write_text
+from aspp_deploy.io import atomic_write_text, sha256_file
 
 KEY_SUFFIX = ".key.json"
 
@@ -61,16 +63,28 @@ class CalibrationCache:
             return CacheLookup(key, None, False, "cache off")
         payload = self.folder / f"{key.digest}{payload_suffix}"
         record = self.folder / f"{key.digest}{KEY_SUFFIX}"
-        if payload.is_file() and record.is_file() and _read(record).get("digest") == key.digest:
-            return CacheLookup(key, payload, True, f"reused {payload.name}")
-        return CacheLookup(key, payload, False, self.explain_miss(key))
+        recorded = _read(record) if record.is_file() else {}
+        if payload.is_file() and recorded.get("digest") == key.digest:
+            if recorded.get("payload_sha256") == sha256_file(payload):
+                return CacheLookup(key, payload, True, f"reused {payload.name}")
+            reason = f"discarded {payload.name}: its contents are not those recorded with its key"
+        else:
+            reason = self.explain_miss(key)
+        # A payload is only ever read on a hit: one that does not verify (garbage, swapped, left by an
+        # interrupted run without its key) is removed, so no tool can pick it up on a miss.
+        for stale in (payload, record):
+            if stale.is_file():
+                stale.unlink()
+        return CacheLookup(key, payload, False, reason)
 
     def commit(self, lookup: CacheLookup) -> None:
-        """Record the key once the payload has been written (a payload without a key never hits)."""
+        """Record the key, with the payload's sha256, once the payload has been written (a payload
+        without a key, or whose bytes no longer have the recorded hash, never hits)."""
         if lookup.payload is None or not lookup.payload.is_file():
             return
+        record = {**lookup.key.to_dict(), "payload_sha256": sha256_file(lookup.payload)}
         atomic_write_text(lookup.payload.with_name(f"{lookup.key.digest}{KEY_SUFFIX}"),
-                          json.dumps(lookup.key.to_dict(), indent=2, sort_keys=True) + "\n")
+                          json.dumps(record, indent=2, sort_keys=True) + "\n")
 
     def explain_miss(self, key: CacheKey) -> str:
         """Why no entry matched: what changed against the newest entry with the same label."""
@@ -96,6 +110,7 @@ class CalibrationCache:
 
 def _read(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}

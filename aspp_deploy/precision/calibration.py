@@ -49,7 +49,9 @@ def calibration_files(folder: Path, limit: int = DEFAULT_CALIB_SIZE) -> list[Pat
         raise CalibrationFolderError(f"calibration folder not found: {folder}")
     if limit < 0:
         raise CalibrationFolderError(f"--calib-size {limit} is impossible: use 0 (all) or a positive count")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    # hidden files are never input: an interrupted writer's temporary file, editor and OS droppings
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
     if not files:
         others = sum(1 for p in folder.iterdir() if p.is_file())
         what = f"{others} file(s), none of them an image" if others else "nothing"

@@ -201,16 +201,9 @@ def _assemble(root: Path, onnx: Path, entry: Dict[str, Any], opts: TritonOptions
 
 def is_repository(out: Path) -> bool:
     """True when ``out`` may be replaced: missing, empty, or a repository this tool wrote."""
-    if not out.exists():
-        return True
-    if not out.is_dir():
-        return False
-    if not any(out.iterdir()):
-        return True
-    try:
-        return json.loads((out / "repository.json").read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+    from aspp_deploy.bundle.bundle import is_replaceable
+
+    return is_replaceable(out, "repository.json", FORMAT)
 
 
 def write_repository(onnx: Path, out: Path, opts: TritonOptions, plan: Optional[Path] = None) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Mapping, Sequence, Tuple, cast
 
 from aspp_deploy.errors import AsppDeployError, InputError
-from aspp_deploy.io import atomic_write_bytes, atomic_write_text, sha256_file
+from aspp_deploy.io import atomic_write_bytes, atomic_write_text, json_text, sha256_file
 from aspp_deploy.trt.plan import BuildPlan, BuildRequest, feature_support, make_build_plan, parse_version
 from aspp_deploy.trt.runtime import (MANIFEST_FORMAT, dims_to_tuple, import_tensorrt, input_profile, manifest_path,
                                      numpy_dtype)
@@ -28,8 +28,16 @@ Shape = Tuple[int, ...]  # typing.Tuple/Dict: the Jetson runtime also runs on Py
 Profiles = Dict[str, Tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max)
 TRTEXEC_FLAGS = {"FP16": "--fp16", "INT8": "--int8", "VERSION_COMPATIBLE": "--versionCompatible",
                  "GPU_FALLBACK": "--allowGPUFallback"}
-PRECISION_TOKENS = (("INT8", ("Int8", "INT8")), ("FP8", ("FP8",)), ("BF16", ("BF16",)), ("FP16", ("FP16", "Half")),
-                    ("FP32", ("FP32", "Float")), ("INT32", ("Int32",)), ("INT64", ("Int64",)), ("BOOL", ("Bool",)))
+# Substrings of the inspector's format text, in priority order (the first label a layer's tensors
+# carry names the layer); UINT8 before INT8 because "UInt8" contains "Int8".
+PRECISION_TOKENS = (("UINT8", ("UInt8", "UINT8")), ("INT8", ("Int8", "INT8")), ("FP8", ("FP8",)),
+                    ("BF16", ("BF16", "BFloat16")), ("FP16", ("FP16", "Half")), ("FP32", ("FP32", "Float")),
+                    ("INT32", ("Int32",)), ("INT64", ("Int64",)), ("BOOL", ("Bool",)))
+# TensorRT 11's separate "DataType" value (a DataType name, normalised: lower case, alphanumerics).
+DATATYPE_LABELS = {"float": "FP32", "float32": "FP32", "fp32": "FP32", "half": "FP16", "float16": "FP16",
+                   "fp16": "FP16", "bf16": "BF16", "bfloat16": "BF16", "int8": "INT8", "uint8": "UINT8",
+                   "fp8": "FP8", "float8": "FP8", "e4m3": "FP8", "int4": "INT4", "fp4": "FP4", "int32": "INT32",
+                   "int64": "INT64", "bool": "BOOL"}
 
 
 class BuildError(AsppDeployError):
@@ -100,13 +108,36 @@ def trtexec_command(plan: BuildPlan, onnx: Path | str, engine: Path | str, *, pr
     return " ".join(shlex.quote(str(a)) for a in args)
 
 
+def _tensor_precision(tensor: Mapping[str, Any]) -> str | None:
+    """Precision label of one inspector tensor entry. Up to 10.x the entry has one combined
+    ``"Format/Datatype"`` string ("Channel major FP16 format ..."); TensorRT 11 split it into
+    ``"DataType"`` (a type name such as "Float", "Half", "Int8") and ``"Format"`` (the layout,
+    e.g. "Row major linear FP32 format (kLINEAR)"). The type name wins where both are present."""
+    dtype = tensor.get("DataType")
+    if isinstance(dtype, str) and dtype:
+        key = "".join(ch for ch in dtype.lower() if ch.isalnum())
+        key = key[1:] if key.startswith("k") and key[1:] in DATATYPE_LABELS else key
+        if key in DATATYPE_LABELS:
+            return DATATYPE_LABELS[key]
+    for field in ("Format/Datatype", "Format", "DataType"):
+        text = tensor.get(field)
+        if isinstance(text, str) and text:
+            found = next((label for label, tokens in PRECISION_TOKENS if any(t in text for t in tokens)), None)
+            if found:
+                return found
+    return None
+
+
 def summarize_layers(engine_information: str) -> dict[str, Any]:
-    """Per-layer precision from the engine inspector's JSON (``LayerInformationFormat.JSON``)."""
-    layers = json.loads(engine_information).get("Layers", [])
+    """Per-layer precision from the engine inspector's JSON (``LayerInformationFormat.JSON``), in
+    the schema of TensorRT 8.x-10.x (``Format/Datatype``) or 11.x (``DataType`` + ``Format``)."""
+    info = json.loads(engine_information)
+    layers = info.get("Layers", []) if isinstance(info, dict) else []
+    order = [label for label, _ in PRECISION_TOKENS] + ["INT4", "FP4"]
 
     def precision(tensors: Any) -> str:
-        text = " ".join(str(t.get("Format/Datatype", "")) for t in tensors or [] if isinstance(t, dict))
-        return next((label for label, tokens in PRECISION_TOKENS if any(t in text for t in tokens)), "unknown")
+        labels = {_tensor_precision(t) for t in tensors or [] if isinstance(t, dict)} - {None}
+        return next((label for label in order if label in labels), "unknown")
 
     rows = [{"name": layer.get("Name", ""), "type": layer.get("LayerType", ""),
              "in": precision(layer.get("Inputs")), "out": precision(layer.get("Outputs"))}
@@ -323,6 +354,6 @@ def engine_from_onnx(onnx_path: Path | str, out_path: Path | str, req: BuildRequ
         "trtexec": trtexec_command(plan, onnx, out, profiles=profiles, workspace_mb=workspace_mb,
                                    timing_cache=timing_cache, calib_cache=calib_path),
     }
-    atomic_write_text(manifest_path(out), json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(manifest_path(out), json_text(manifest))
     log(f"wrote {out} ({len(data) / 1e6:.1f} MB, {seconds:.1f} s) and {manifest_path(out).name}")
     return manifest

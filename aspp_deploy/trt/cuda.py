@@ -133,6 +133,72 @@ class _PinnedHost:
             pass
 
 
+def _cuda_version_text(version: int) -> str:
+    """CUDA's integer version (1000 * major + 10 * minor, e.g. 12040) as "12.4"."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def no_device_message(why: str, driver_version: int | None, bindings_version: int | None) -> str:
+    """The one line for a failed ``cudaGetDeviceCount``. A cuda-python built for a newer CUDA major
+    than the driver supports (e.g. cuda-python 13.x on a CUDA 12 driver: ``pip install
+    cuda-python>=12`` resolves to 13.x) fails exactly like a missing driver; say which it is.
+    Versions are CUDA integers (12040 = 12.4); None or 0 driver version: no driver answered."""
+    if driver_version and bindings_version and bindings_version // 1000 > driver_version // 1000:
+        d_major, b_major = driver_version // 1000, bindings_version // 1000
+        return (f"no CUDA device: cudaGetDeviceCount says {why}: cuda-python is built for CUDA {b_major} "
+                f"({_cuda_version_text(bindings_version)}) but the NVIDIA driver supports CUDA up to "
+                f"{_cuda_version_text(driver_version)}; install the cuda-python matching the driver: "
+                f"pip install 'cuda-python>={d_major},<{d_major + 1}' (or the aspp-deploy[tensorrt-cu{d_major}] "
+                "extra), or update the driver")
+    if driver_version:
+        return (f"no CUDA device: cudaGetDeviceCount says {why} (the NVIDIA driver supports CUDA "
+                f"{_cuda_version_text(driver_version)}, but no GPU is visible to this process)")
+    return (f"no CUDA device: cudaGetDeviceCount says {why} "
+            "(no NVIDIA driver or GPU visible to this process)")
+
+
+def _driver_cuda_version(cudart: Any) -> int | None:
+    """The CUDA version the installed driver supports, from cuda-python, else libcuda itself."""
+    try:
+        err, version = cudart.cudaDriverGetVersion()
+        if int(err) == 0 and int(version):
+            return int(version)
+    except Exception:  # noqa: BLE001 - best effort, only used to word an error
+        pass
+    try:
+        import ctypes
+
+        lib = ctypes.CDLL("libcuda.so.1")
+        out = ctypes.c_int(0)
+        if lib.cuDriverGetVersion(ctypes.byref(out)) == 0 and out.value:
+            return int(out.value)
+    except Exception:  # noqa: BLE001 - no driver library (or not Linux)
+        pass
+    return None
+
+
+def _bindings_cuda_version(cudart: Any) -> int | None:
+    """The CUDA version cuda-python was built for (its runtime version), else its package major."""
+    try:
+        err, version = cudart.cudaRuntimeGetVersion()
+        if int(err) == 0 and int(version):
+            return int(version)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        from importlib import metadata
+
+        for dist in ("cuda-bindings", "cuda-python"):
+            try:
+                major = int(metadata.version(dist).split(".")[0])
+                return major * 1000
+            except (metadata.PackageNotFoundError, ValueError):
+                continue
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
 class _CudaPython(CudaApi):
     name = "cuda-python"
     supports_graphs = True
@@ -142,8 +208,8 @@ class _CudaPython(CudaApi):
         err, count = cudart.cudaGetDeviceCount()
         if int(err) != 0 or not count:
             why = self._err_name(err) if int(err) != 0 else "0 devices"
-            raise MissingDependencyError(f"no CUDA device: cudaGetDeviceCount says {why} "
-                                         "(no NVIDIA driver or GPU visible to this process)")
+            raise MissingDependencyError(no_device_message(why, _driver_cuda_version(cudart),
+                                                           _bindings_cuda_version(cudart)))
         self.count = int(count)
         self._ok(cudart.cudaSetDevice(0), "cudaSetDevice(0)")
 

@@ -8,6 +8,7 @@ Embeddable in a Jetson application: this module imports only NumPy, the standard
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,12 +93,45 @@ def _version3(text: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
+def _short(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _manifest_gpu(manifest: Mapping[str, Any], required: bool) -> tuple[str, tuple[int, ...]]:
+    """(name, compute capability) the engine manifest records; InputError when it is malformed
+    (``gpu`` not an object, ``compute_capability`` not two non-negative integers) or, where the
+    check needs it, missing."""
+    rebuild = ": rebuild the engine with `aspp-deploy build`"
+    gpu = manifest.get("gpu")
+    if gpu is None:
+        if required:
+            raise InputError("the engine manifest records no gpu (name and compute_capability)" + rebuild)
+        return "?", ()
+    if not isinstance(gpu, Mapping):
+        raise InputError(f"the engine manifest's gpu is {_short(gpu)}, not an object with name and "
+                         "compute_capability" + rebuild)
+    name, cc = gpu.get("name"), gpu.get("compute_capability")
+    if (name is None and required) or (name is not None and not isinstance(name, str)):
+        raise InputError(f"the engine manifest's gpu name is {_short(name)}, not a GPU name" + rebuild)
+    if cc is None and not required:
+        return str(name or "?"), ()
+    if not isinstance(cc, (list, tuple)) or len(cc) != 2 or \
+            not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in cc):
+        raise InputError(f"the engine manifest's gpu compute_capability is {_short(cc)}, not [major, minor] "
+                         "integers such as [8, 7]" + rebuild)
+    return str(name or "?"), (int(cc[0]), int(cc[1]))
+
+
 def check_engine_manifest(manifest: Mapping[str, Any], trt_version: str, gpu_name: str,
                           compute_capability: Sequence[int]) -> None:
     """InputError unless this TensorRT version and GPU may run the engine the manifest describes."""
     built = str(manifest.get("tensorrt_version") or "")
     if not built:
         raise InputError("the engine manifest has no tensorrt_version: build the engine with `aspp-deploy build`")
+    if not isinstance(manifest.get("tensorrt_version"), str) or not built.split(".")[0].isdigit():
+        raise InputError(f"the engine manifest's tensorrt_version {_short(manifest.get('tensorrt_version'))} is not "
+                         "a version such as \"10.3.0.30\": rebuild the engine with `aspp-deploy build`")
     b, r = _version3(built), _version3(trt_version)
     bs, rs = ".".join(map(str, b)), ".".join(map(str, r))
     if manifest.get("version_compatible"):
@@ -107,10 +141,9 @@ def check_engine_manifest(manifest: Mapping[str, Any], trt_version: str, gpu_nam
     elif b != r:
         raise InputError(f"the engine was built with TensorRT {bs} but this is TensorRT {rs}: engines are tied to "
                          "one TensorRT version, rebuild it here with `aspp-deploy build`")
-    gpu = manifest.get("gpu") or {}
-    b_name, b_cc = str(gpu.get("name", "?")), tuple(int(x) for x in gpu.get("compute_capability", ()))
-    cc = tuple(int(x) for x in compute_capability)
     level = manifest.get("hardware_compatibility_level")
+    b_name, b_cc = _manifest_gpu(manifest, required=level != "AMPERE_PLUS")
+    cc = tuple(int(x) for x in compute_capability)
     if level == "AMPERE_PLUS":
         if cc < (8, 0):
             raise InputError(f"the engine is hardware-compatible with Ampere or newer GPUs; this {gpu_name} is "

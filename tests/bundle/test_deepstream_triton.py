@@ -47,11 +47,35 @@ def test_nvinfer_config_uses_documented_keys_and_the_manifest(made_bundle, preci
     assert int(props["num-detected-classes"]) == len(entry["classes"])
     assert props["network-type"] == "2" and props["network-mode"] == mode and props["model-color-format"] == "0"
     assert props["batch-size"] == str(entry["inputs"][0]["shape"][0]) and props["maintain-aspect-ratio"] == "0"
-    onnx_file = (config.parent / props["onnx-file"]).resolve()  # nvinfer resolves paths from the config's folder
+    if precision == "int8":
+        # the Q/DQ model must not be built by nvinfer (it would fall back to FP16): no onnx-file, only the
+        # engine build.sh makes; the config says so and which ONNX that engine comes from
+        assert "onnx-file" not in props and "int8-calib-file" not in props
+        text = config.read_text()
+        assert "Trying FP16 mode" in text and "build.sh" in text
+        onnx_file = (out / _info(out)["deepstream"]["configs"]["int8"]["onnx"]).resolve()
+        assert f"--onnx {onnx_file.relative_to(out.resolve())}" in text
+    else:
+        onnx_file = (config.parent / props["onnx-file"]).resolve()  # nvinfer resolves paths from the config's folder
     assert onnx_file.is_file() and onnx_file.parent == (out / "models").resolve()
     graph = onnx.load(str(onnx_file))
     assert [o.name for o in graph.graph.output] == [props["output-blob-names"]]
     assert (config.parent / props["model-engine-file"]).resolve().parent == (out / "engines").resolve()
+
+
+def test_int8_config_that_lets_nvinfer_build_is_caught():
+    entry = {"preprocess": Preprocess().to_dict(), "classes": ["a", "b"],
+             "inputs": [{"name": "input", "shape": [1, 3, 64, 64]}]}
+    text = nvinfer_config(entry, "int8", "../models/m.int8-trt.deepstream.onnx", "../engines/e.engine")
+    assert check_nvinfer_config(text) == [] and "onnx-file" not in text.split("[property]")[1]
+    with_onnx = text.replace("model-engine-file=", "onnx-file=../models/m.onnx\nmodel-engine-file=")
+    assert any("Trying FP16 mode" in p for p in check_nvinfer_config(with_onnx))
+    # the legacy calibrated path (FP32 ONNX + a calibration cache) is one nvinfer builds right: onnx-file stays
+    calibrated = nvinfer_config(entry, "int8", "../models/m.onnx", "../engines/e.engine", int8_calib_file="c.calib")
+    assert check_nvinfer_config(calibrated) == [] and "onnx-file=../models/m.onnx" in calibrated
+    fp16 = nvinfer_config(entry, "fp16", "../models/m.fp16.onnx", "../engines/f.engine")
+    assert check_nvinfer_config(fp16) == [] and "onnx-file=" in fp16
+    assert "missing key 'onnx-file'" in check_nvinfer_config(fp16.replace("onnx-file=", "# onnx-file="))
 
 
 def test_an_undocumented_key_is_caught():

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -11,7 +13,7 @@ from typer.testing import CliRunner
 from aspp_deploy.cli import app
 from aspp_deploy.export import passes as P
 from aspp_deploy.export.graph import count_flops
-from aspp_deploy.export.manifest import read_embedded, read_onnx_manifest
+from aspp_deploy.export.manifest import read_embedded, read_onnx_manifest, stable_entry
 from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
 from aspp_deploy.export.trt_check import check_for_trt
 from aspp_deploy.io import sha256_file
@@ -63,8 +65,44 @@ def test_manifest_is_complete_and_matches_the_file(static_export):
     assert sidecar["opset"] == 17 and len(sidecar["classes"]) == 6
     assert sidecar["source"]["checkpoint_sha256"] == sha256_file(sidecar["source"]["checkpoint"])
     embedded = read_embedded(onnx.load(str(path)))
-    assert embedded == {k: v for k, v in sidecar.items() if k != "onnx_sha256"}
+    # what was measured or timed stays in the sidecar: the ONNX's bytes depend only on its inputs
+    assert "parity" not in embedded and "seconds" not in embedded["export"] and "onnx_sha256" not in embedded
+    assert embedded == stable_entry(sidecar)
+    assert sidecar["parity"]["ok"] and sidecar["export"]["seconds"] >= 0
+    entry = read_onnx_manifest(path).entry  # the sidecar's measured facts are added back on reading
+    assert entry["parity"] == sidecar["parity"] and entry["export"] == sidecar["export"]
     assert read_onnx_manifest(path).preprocess().height == TINY_SIZE
+
+
+def test_exporting_the_same_checkpoint_twice_gives_the_same_bytes(tiny_checkpoint, tmp_path):
+    first = onnx_from_checkpoint(tiny_checkpoint, tmp_path / "a", ExportOptions())
+    again = onnx_from_checkpoint(tiny_checkpoint, tmp_path / "a", ExportOptions())  # over the first
+    elsewhere = onnx_from_checkpoint(tiny_checkpoint, tmp_path / "b", ExportOptions())
+    digests = {sha256_file(r.onnx_path) for r in (first, again, elsewhere)}
+    assert len(digests) == 1, "re-exporting the same checkpoint changed the ONNX's sha256"
+    assert {r.entry["onnx_sha256"] for r in (first, again, elsewhere)} == digests
+    # and in another process (another run of the CLI): nothing depends on the process's state
+    code = ("import sys; from pathlib import Path; from aspp_deploy.export.onnx_export import ExportOptions, "
+            "onnx_from_checkpoint; onnx_from_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]), ExportOptions())")
+    subprocess.run([sys.executable, "-c", code, str(tiny_checkpoint), str(tmp_path / "c")], check=True)
+    assert sha256_file(tmp_path / "c" / "model.onnx") in digests
+    # the timings differ between the runs, and are in the sidecar, not in the file
+    sidecar = json.loads((tmp_path / "a" / "manifest.json").read_text())["artifacts"]["model.onnx"]
+    assert sidecar["onnx_sha256"] in digests and "seconds" in sidecar["export"]
+
+
+def test_a_sidecar_entry_for_another_file_is_not_merged(static_export, tmp_path):
+    """The measured facts come back only from a sidecar entry that describes this very file."""
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    dst = folder / static_export.onnx_path.name
+    dst.write_bytes(static_export.onnx_path.read_bytes())
+    entry = json.loads(static_export.manifest_path.read_text())["artifacts"][dst.name]
+    entry["source"] = dict(entry["source"], fingerprint="another model")
+    entry["parity"] = {"ok": False, "note": "belongs to another file"}
+    (folder / "manifest.json").write_text(json.dumps({"artifacts": {dst.name: entry}}))
+    got = read_onnx_manifest(dst).entry
+    assert "parity" not in got and got["source"]["fingerprint"] != "another model"
 
 
 def test_batchnorm_folded_and_graph_simplified(static_export):

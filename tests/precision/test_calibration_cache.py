@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from aspp_deploy.data.preprocess import Preprocess
-from aspp_deploy.export.manifest import embed, read_embedded
+from aspp_deploy.export.manifest import embed, read_embedded, read_sidecar, update_sidecar
+from aspp_deploy.io import sha256_file
 from aspp_deploy.precision.cache import CacheKey, CalibrationCache
 from aspp_deploy.precision.calibration import CalibrationData, calibration_files, ort_reader
 from aspp_deploy.precision.modelopt_backend import activation_scales, modelopt_available
@@ -58,9 +59,34 @@ def test_a_payload_without_its_key_record_is_not_a_hit(tmp_path):
     first = cache.lookup(key, ".ort.json")
     first.payload.write_text("{}")
     assert not cache.lookup(key, ".ort.json").hit  # written but never committed (e.g. a crash)
+    assert not first.payload.exists()  # and removed: no tool may read it on a miss
+    first.payload.write_text("{}")
     cache.commit(first)
     assert cache.lookup(key, ".ort.json").hit
     assert not CalibrationCache(None).lookup(key, ".ort.json").hit
+
+
+@pytest.mark.parametrize("damage", ["garbage", "swapped", "key record not an object"])
+def test_a_payload_that_does_not_match_its_key_is_discarded_not_used(tmp_path, damage):
+    cache = CalibrationCache(tmp_path)
+    key = CacheKey("a", "b", {"x": 1}, "out.onnx")
+    other = CacheKey("c", "d", {"x": 2}, "other.onnx")
+    for k, text in ((key, '{"ranges": 1}'), (other, '{"ranges": 2}')):
+        made = cache.lookup(k, ".ort.json")
+        made.payload.write_text(text)
+        cache.commit(made)
+    payload = cache.lookup(key, ".ort.json").payload
+    record = payload.with_name(f"{key.digest}.key.json")
+    if damage == "garbage":
+        payload.write_bytes(b"\x00 not json")
+    elif damage == "swapped":
+        payload.write_text('{"ranges": 2}')
+    else:
+        record.write_text("[1, 2]")
+    again = cache.lookup(key, ".ort.json")
+    assert not again.hit
+    assert not payload.exists() and not record.exists()
+    assert cache.lookup(other, ".ort.json").hit  # the other entry is untouched
 
 
 def _run(model, calib, data, **kw):
@@ -78,6 +104,11 @@ def _changed_weights(src, dst):
     w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
     embed(model, read_embedded(model))
     onnx.save(model, str(dst))
+    # a model changed on purpose comes with its manifest entry (a file that no longer matches its
+    # entry's sha256 is refused as damaged or swapped)
+    entry = read_sidecar(dst.parent).get(dst.name)
+    if entry is not None:
+        update_sidecar(dst.parent, dst.name, {**entry, "onnx_sha256": sha256_file(dst)})
 
 
 def test_cache_is_reused_only_for_the_same_model_data_and_settings(fp32_model, calib_dir, tiny_data, tmp_path):
