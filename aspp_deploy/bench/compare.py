@@ -1,8 +1,20 @@
 """``compare``: every backend x precision on the same validation images and latency bench,
-measured against PyTorch FP32. A row that cannot run here stays in the table with its reason."""
+measured against PyTorch FP32. A row that cannot run here stays in the table with its reason.
+
+Nothing is measured twice: with a ``ResultCache`` (``ARTIFACTS/result-cache/``) a row's accuracy
+figures and first predictions are stored under a key of what they depend on (``row_key``: the
+artifact's sha256 or the PyTorch source's fingerprint, the data's digest, the preprocessing, the
+backend/precision settings; for the figures against the reference, the reference's key too) and
+reused only where the key matches exactly. Its latency is measured every time unless asked to be
+reused too (then keyed further by the bench settings and the machine); where the accuracy pass
+runs, its own synchronised calls (after ``warmup`` of them) are the latency samples, so the model
+is not run ``warmup + iters`` times more for the bench. A row whose figures all
+come from the cache does not even open its runner; a row that misses while the reference's came
+from the cache runs the reference once more to compare with it."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -10,9 +22,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from aspp_deploy.backends.base import class_ids
+from aspp_deploy.bench.result_cache import Cached, ResultCache, samples_digest
+from aspp_deploy.bench.stats import latency_stats
 from aspp_deploy.bench.timing import BenchResult, bench_runner
 from aspp_deploy.data.preprocess import Preprocess
-from aspp_deploy.data.voc import VOCSegmentation, load_image, load_mask
+from aspp_deploy.data.voc import VOCSegmentation, image_size, load_image, load_mask
 from aspp_deploy.errors import AsppDeployError
 from aspp_deploy.eval.boundary import BoundaryF
 from aspp_deploy.eval.evaluate import to_mask_size
@@ -53,6 +67,7 @@ class Row:
     bench: BenchResult | None = None
     speedup: float | None = None
     predictions: list[np.ndarray] = field(default_factory=list, repr=False)
+    reused: list[str] = field(default_factory=list)  # what came from the result cache: accuracy, latency
 
     def to_dict(self) -> dict:
         s = self.spec
@@ -64,7 +79,7 @@ class Row:
                 "boundary_f": self.boundary_f, "max_abs_logit_diff": self.max_abs_logit_diff,
                 "p50_ms": lat.p50 if lat else None, "p99_ms": lat.p99 if lat else None,
                 "throughput": lat.throughput if lat else None, "speedup": self.speedup,
-                "latency_unstable": lat.unstable if lat else None,
+                "latency_unstable": lat.unstable if lat else None, "reused": list(self.reused),
                 "per_class_iou": self.per_class_iou, "latency": self.bench.to_dict() if self.bench else None}
 
 
@@ -93,23 +108,47 @@ class ValidationSet:
         self.samples = ds.samples[:limit] if limit else ds.samples
         self.inputs = _Streamed(self.samples, lambda s: pre(load_image(s.image))[None])
         self.masks = _Streamed(self.samples, lambda s: load_mask(s.mask, num_classes))
-        for s in self.samples:  # fail now on a missing or mislabelled mask, not after the first rows
-            load_mask(s.mask, num_classes)
+        for s in self.samples:  # fail now on a missing, mislabelled or missized mask, not after the first rows
+            load_mask(s.mask, num_classes, image_size(s.image))
         self.pre = pre
         self.num_classes = num_classes
+        self._digest: str | None = None
+
+    @property
+    def digest(self) -> str:
+        """The images' and masks' identity (names and contents), computed once."""
+        if self._digest is None:
+            self._digest = samples_digest(self.samples, self.num_classes)
+        return self._digest
 
 
 def measure_row(row: Row, runner, val: ValidationSet, classes: list[str], reference: Row | None,
                 ref_logits: list[np.ndarray] | None, warmup: int, iters: int,
                 progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
     """Fill ``row`` with accuracy and latency; return the logits of the first images."""
+    kept = measure_accuracy(row, runner, val, classes, reference, ref_logits, progress)
+    row.bench = bench_runner(runner, val.inputs[0], warmup, iters)
+    return kept
+
+
+def measure_accuracy(row: Row, runner, val: ValidationSet, classes: list[str], reference: Row | None,
+                     ref_logits: list[np.ndarray] | None,
+                     progress: Callable[[int, int], None] | None = None,
+                     timings: list[float] | None = None) -> list[np.ndarray]:
+    """Fill ``row``'s accuracy figures (against ``reference`` when given); return the logits of the
+    first images. ``timings`` receives each synchronised ``infer`` call's milliseconds (the model
+    alone, as ``bench_runner`` times it)."""
     cm = ConfusionMatrix(len(classes))
     bf = BoundaryF()
     agree = total = 0
     max_diff = 0.0
     kept: list[np.ndarray] = []
     for i, (x, mask) in enumerate(zip(val.inputs, val.masks)):
+        t0 = time.perf_counter_ns()
         out = runner.infer(x)
+        if timings is not None:
+            runner.synchronize()
+            timings.append((time.perf_counter_ns() - t0) / 1e6)
         pred = to_mask_size(class_ids(out, runner.info.outputs_class_ids)[0], mask.shape, val.pre).astype(np.uint8)
         cm.update(mask, pred)
         if reference is None or i < KEPT_PREDICTIONS:  # the reference keeps all: every row is compared with it
@@ -134,17 +173,69 @@ def measure_row(row: Row, runner, val: ValidationSet, classes: list[str], refere
         row.boundary_f = bf.score()
         row.delta_miou = row.miou - (reference.miou or 0.0)
         row.max_abs_logit_diff = max_diff if kept and ref_logits else None
-    row.bench = bench_runner(runner, val.inputs[0], warmup, iters)
     return kept
+
+
+ACCURACY_FIELDS = ("miou", "per_class_iou", "delta_miou", "pixel_agreement", "boundary_f", "max_abs_logit_diff")
+
+
+def _store_accuracy(cache: ResultCache, key: dict, row: Row) -> None:
+    arrays = {f"pred{i}": p for i, p in enumerate(row.predictions[:KEPT_PREDICTIONS])}
+    cache.put(key, {f: getattr(row, f) for f in ACCURACY_FIELDS} | {"predictions": len(arrays)}, arrays)
+
+
+def _restore_accuracy(row: Row, cached: Cached) -> bool:
+    """Fill ``row`` from a cache entry; False (row untouched) when the entry lacks a field."""
+    r = cached.result
+    n = r.get("predictions")
+    if any(f not in r for f in ACCURACY_FIELDS) or not isinstance(n, int) \
+            or any(f"pred{i}" not in cached.arrays for i in range(n)):
+        return False
+    for f in ACCURACY_FIELDS:
+        setattr(row, f, r[f])
+    row.predictions = [cached.arrays[f"pred{i}"] for i in range(n)]
+    return True
+
+
+def _store_latency(cache: ResultCache, key: dict, bench: BenchResult, batch: int) -> None:
+    cache.put(key, {"samples_ms": bench.samples_ms, "batch": batch})
+
+
+def _restore_latency(cached: Cached) -> BenchResult | None:
+    samples, batch = cached.result.get("samples_ms"), cached.result.get("batch")
+    if not isinstance(samples, list) or not samples or not isinstance(batch, int) \
+            or not all(isinstance(v, (int, float)) for v in samples):
+        return None
+    return BenchResult(latency_stats([float(v) for v in samples], batch), samples_ms=[float(v) for v in samples])
 
 
 def run_compare(specs: list[RowSpec], val: ValidationSet, classes: list[str], open_runner,
                 warmup: int = 5, iters: int = 30, log: Callable[[str], None] = lambda m: None,
-                progress_factory=None) -> list[Row]:
-    """Run every spec; the first runnable one is the reference (PyTorch FP32)."""
+                progress_factory=None, cache: ResultCache | None = None,
+                row_key: Callable[[RowSpec], dict | None] | None = None,
+                latency_key: dict | None = None, reuse_latency: bool = False) -> list[Row]:
+    """Run every spec; the first runnable one is the reference (PyTorch FP32).
+
+    ``cache`` with ``row_key`` (what a row's figures depend on; None: not cacheable) reuses accuracy
+    figures measured before; ``latency_key`` (the bench settings and the machine), when given, stores
+    latencies too, and ``reuse_latency`` reuses them."""
     rows = [Row(s) for s in specs]
     reference: Row | None = None
     ref_logits: list[np.ndarray] | None = None
+    ref_key: dict | None = None
+    ref_complete = False  # the reference's predictions and logits are all in memory
+
+    def reference_outputs() -> None:
+        """Run the reference again (its figures came from the cache; another row needs its outputs)."""
+        nonlocal ref_logits, ref_complete
+        assert reference is not None
+        log(f"{reference.spec.label}: running it again to compare a row measured anew with it")
+        scratch = Row(reference.spec)
+        with open_runner(reference.spec) as runner:
+            progress = progress_factory(f"{reference.spec.label} (reference)") if progress_factory else None
+            ref_logits = measure_accuracy(scratch, runner, val, classes, None, None, progress)
+        reference.predictions, ref_complete = scratch.predictions, True
+
     for row in rows:
         s = row.spec
         if s.unavailable:
@@ -156,9 +247,44 @@ def run_compare(specs: list[RowSpec], val: ValidationSet, classes: list[str], op
                     raise AsppDeployError(f"{s.artifact} is missing")
                 log(f"{'remaking out-of-date' if s.refresh else 'making'} {s.artifact.name} ...")
                 s.artifact = s.produce()
-            with open_runner(s) as runner:
-                progress = progress_factory(s.label) if progress_factory else None
-                kept = measure_row(row, runner, val, classes, reference, ref_logits, warmup, iters, progress)
+            key = row_key(s) if cache is not None and row_key is not None else None
+            acc_key = lat_key = None
+            if key is not None and (reference is None or ref_key is not None):
+                acc_key = {"what": "accuracy", "row": key, "reference": ref_key}
+                if latency_key is not None:
+                    lat_key = {"what": "latency", "row": key, "bench": latency_key}
+            hit = cache.get(acc_key) if cache is not None and acc_key is not None else None
+            if hit is not None and _restore_accuracy(row, hit):
+                row.reused.append("accuracy")
+            elif acc_key is not None and cache is not None:
+                log(f"{s.label}: accuracy {cache.why}")
+            lat_hit = cache.get(lat_key) if cache is not None and lat_key is not None and reuse_latency else None
+            row.bench = _restore_latency(lat_hit) if lat_hit is not None else None
+            if row.bench is not None:
+                row.reused.append("latency")
+            kept: list[np.ndarray] = []
+            if "accuracy" not in row.reused or row.bench is None:
+                if "accuracy" not in row.reused and reference is not None and not ref_complete:
+                    reference_outputs()
+                with open_runner(s) as runner:
+                    timings: list[float] = []
+                    if "accuracy" not in row.reused:
+                        progress = progress_factory(s.label) if progress_factory else None
+                        kept = measure_accuracy(row, runner, val, classes, reference, ref_logits, progress,
+                                                timings if row.bench is None else None)
+                        if acc_key is not None and cache is not None:
+                            _store_accuracy(cache, acc_key, row)
+                    if row.bench is None:
+                        x = val.inputs[0]
+                        if len(timings) >= warmup + iters and runner.infer_phases(x) is None:
+                            # the accuracy pass already ran the model warmup + iters times, one
+                            # synchronised image at a time: its calls are the latency samples
+                            samples = timings[warmup:warmup + iters]
+                            row.bench = BenchResult(latency_stats(samples, int(x.shape[0])), samples_ms=samples)
+                        else:
+                            row.bench = bench_runner(runner, x, warmup, iters)
+                        if lat_key is not None and cache is not None:
+                            _store_latency(cache, lat_key, row.bench, int(x.shape[0]))
         except AsppDeployError as exc:
             row.status, row.reason = "unavailable", str(exc)
             continue
@@ -168,9 +294,12 @@ def run_compare(specs: list[RowSpec], val: ValidationSet, classes: list[str], op
         if s.artifact is not None and s.artifact.is_file():
             row.size_bytes = s.artifact.stat().st_size
         if reference is None:
-            reference, ref_logits = row, kept
+            reference, ref_logits, ref_key = row, kept, (acc_key or {}).get("row")
+            ref_complete = "accuracy" not in row.reused
             row.delta_miou, row.pixel_agreement, row.boundary_f, row.max_abs_logit_diff = 0.0, 1.0, 1.0, 0.0
-        log(f"{s.label}: mIoU {row.miou:.4f}, p50 {row.bench.end_to_end.p50:.1f} ms" if row.bench else s.label)
+        reused = f" (reused: {', '.join(row.reused)})" if row.reused else ""
+        log(f"{s.label}: mIoU {row.miou:.4f}, p50 {row.bench.end_to_end.p50:.1f} ms{reused}" if row.bench
+            else s.label)
     if reference is not None and reference.bench is not None:
         base = reference.bench.end_to_end.p50
         for row in rows:

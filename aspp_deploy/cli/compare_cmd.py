@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import Progress
 from rich.table import Table
 
 from aspp_deploy.cli import _model_opts as M
-from aspp_deploy.cli._common import console, handle_errors, out_console, signed, write_json
+from aspp_deploy.cli._common import Command, console, handle_errors, out_console, signed, write_json
+from aspp_deploy.cli._common import progress as progress_display
 
 
 def _table(rows: list[dict], reference: str = "torch fp32") -> tuple[Table, list[str]]:
@@ -40,7 +40,7 @@ def _table(rows: list[dict], reference: str = "torch fp32") -> tuple[Table, list
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(cls=Command)
     @handle_errors
     def compare(
         checkpoint: M.Checkpoint = None,
@@ -67,6 +67,8 @@ def register(app: typer.Typer) -> None:
         warmup: Annotated[int, typer.Option(help="Latency warm-up runs per row.")] = 5,
         iters: Annotated[int, typer.Option(help="Timed latency runs per row.")] = 30,
         threads: Annotated[int, typer.Option(help="CPU threads for every CPU backend (0: library default).")] = 0,
+        reuse: Annotated[bool, typer.Option("--reuse/--remeasure", help="Reuse accuracy figures measured before on the same artifact (sha256), images, preprocessing and settings (ARTIFACTS/result-cache/); --remeasure measures every row again and stores the new figures.")] = True,
+        reuse_latency: Annotated[bool, typer.Option("--reuse-latency/--measure-latency", help="Reuse latencies measured before on this machine with the same settings too (default: measured every run, and stored for a later --reuse-latency).")] = False,
         report: Annotated[Optional[Path], typer.Option(help="Report folder (JSON, CSV, Markdown, plots, overlays).")] = Path("reports/compare"),
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure as JSON.")] = None,
     ) -> None:
@@ -113,7 +115,7 @@ def register(app: typer.Typer) -> None:
                 return TorchRunner(device=s.device, precision=s.precision, source=fp32.source, preprocess=pre)
             return open_runner(s.backend, s.artifact, s.precision, s.device, threads)
 
-        with Progress(console=console, transient=True) as progress:
+        with progress_display() as progress:  # a bar on a terminal, plain lines in a log
             gen = progress.add_task("generating the synthetic validation split", total=None, visible=False)
             root = data if data is not None else ensure_default_data(
                 lambda s, i, n: progress.update(gen, completed=i, total=n, visible=True))
@@ -128,8 +130,16 @@ def register(app: typer.Typer) -> None:
                 task = progress.add_task(f"{label}: accuracy", total=len(val.inputs))
                 return lambda i, n: progress.update(task, completed=i)
 
+            from aspp_deploy.bench.result_cache import FOLDER, ResultCache
+
+            cache = ResultCache(artifacts / FOLDER, read=reuse)
+            machine = machine_description()
+            latency_key = {"warmup": warmup, "iters": iters, "threads": threads, "input": list(pre.input_shape(1)),
+                           "machine": machine}
             rows = run_compare(specs, val, class_names, open_row, warmup, iters, log=log,
-                               progress_factory=progress_factory)
+                               progress_factory=progress_factory, cache=cache,
+                               row_key=_row_keys(fp32, pre, class_names, val, threads), latency_key=latency_key,
+                               reuse_latency=reuse_latency)
         dicts = [r.to_dict() for r in rows]
         reference = next((r for r in rows if r.status == "ok"), None)
         ref_label = f"{reference.spec.backend} {reference.spec.precision}" if reference else "nothing"
@@ -137,7 +147,6 @@ def register(app: typer.Typer) -> None:
         out_console.print(table)
         for note in notes:
             out_console.print(note, highlight=False)
-        machine = machine_description()
         settings = {"images": len(val.inputs), "data": str(root), "input": [pre.height, pre.width],
                     "warmup": warmup, "iters": iters, "threads": threads or torch.get_num_threads(),
                     "model": (entry.get("model") or {}).get("label"), "reference": ref_label,
@@ -145,11 +154,50 @@ def register(app: typer.Typer) -> None:
         if report is not None:
             preds = {f"{r.spec.backend} {r.spec.precision}": r.predictions for r in rows if r.status == "ok"}
             written = write_report(report, dicts, machine, settings, samples=val.samples,
-                                   predictions=preds, palette=entry.get("palette"))
+                                   predictions=preds, palette=entry.get("palette"), classes=class_names)
             console.print(f"report: {len(written)} files in {report}", highlight=False)
         write_json(json_out, {"machine": machine, "settings": settings, "rows": dicts})
         if not any(r.status == "ok" for r in rows):
             raise InputError("no row could run: see the reasons in the table")
+
+
+def _row_keys(fp32, pre, class_names: list[str], val, threads: int):
+    """What a compare row's figures depend on (see ``aspp_deploy.bench.compare``): the artifact by
+    content (sha256; the PyTorch source by its fingerprint: files by content, factory, arguments),
+    the images and masks by content, the preprocessing, and the backend/precision settings."""
+    from aspp_deploy.export.manifest import tool_versions
+    from aspp_deploy.io import sha256_file
+
+    versions = tool_versions("openvino", "tensorrt")
+    library = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino", "trt": "tensorrt"}
+    hashed: dict[tuple, str] = {}
+
+    def sha(path) -> str:
+        st = path.stat()
+        memo = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        if memo not in hashed:
+            hashed[memo] = sha256_file(path)
+        return hashed[memo]
+
+    def key(s) -> dict | None:
+        if s.backend == "torch":
+            if fp32.source is None:
+                return None
+            artifact = {"torch_source": fp32.source.fingerprint()}
+        elif s.artifact is not None and s.artifact.is_file():
+            artifact = {"sha256": sha(s.artifact)}
+        else:
+            return None
+        settings = {"backend": s.backend, "precision": s.precision, "device": s.device, "note": s.note,
+                    "threads": threads, "library": versions.get(library.get(s.backend, ""))}
+        if s.backend == "openvino":
+            from aspp_deploy.backends.openvino_backend import INFERENCE_PRECISION
+
+            settings["inference_precision"] = INFERENCE_PRECISION
+        return {"artifact": artifact, "data": val.digest, "preprocess": pre.to_dict(), "classes": class_names,
+                "settings": settings}
+
+    return key
 
 
 def _quantizer(data: Path, calib: Optional[Path], threads: int):

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from aspp_deploy.cli._common import console, handle_errors, out_console, signed, write_json
+from aspp_deploy.cli._common import Command, console, handle_errors, out_console, signed, write_json, working
 
 
 class Precision(str, Enum):
@@ -40,7 +40,7 @@ class HighPrecision(str, Enum):
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(cls=Command)
     @handle_errors
     def quantize(
         onnx: Annotated[Path, typer.Option("--onnx", "--model", help="FP32 ONNX made by `aspp-deploy export` or `import`.")],
@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         opts = QuantizeOptions(precision.value, target.value, calib, calib_size, method.value if method else None,
                                percentile, data, out, max_miou_drop, budget_images, eval_images, cache_dir, cache,
                                backend.value, high_precision.value, threads)
-        with console.status(f"quantizing to {precision.value}"):
+        with working(f"quantizing to {precision.value}"):
             result = quantized_onnx_from_fp32(onnx, opts, log=lambda m: console.print(m, highlight=False))
         entry = result.entry
         for note in result.notes:

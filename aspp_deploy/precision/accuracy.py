@@ -130,3 +130,97 @@ class Reference:
             for x, masks, ref in self._items():
                 tally.add(runner.infer(x), ref, masks)
         return tally.result(self.limit, self.cm)
+
+
+def comparison_key(fp32_sha256: str, candidate: Path, data: Path, pre: Preprocess, classes: list[str],
+                   limit: int | None, split: str = "val", threads: int = 0) -> tuple[dict, int]:
+    """What a ``Comparison`` of ``candidate`` with its FP32 source depends on: both files by content
+    (sha256), the first ``limit`` images and masks by content, the preprocessing, the classes and the
+    ONNX Runtime settings; and how many images that is."""
+    from aspp_deploy.bench.result_cache import samples_digest
+    from aspp_deploy.export.manifest import tool_versions
+    from aspp_deploy.io import sha256_file
+
+    samples = VOCSegmentation(data, split).samples
+    samples = samples[:limit] if limit else samples
+    key = {"what": "quantize-accuracy", "fp32_sha256": fp32_sha256, "candidate_sha256": sha256_file(candidate),
+           "data": samples_digest(samples, len(classes)), "images": len(samples), "preprocess": pre.to_dict(),
+           "classes": list(classes), "threads": threads,
+           "measured_with": "onnxruntime CPUExecutionProvider " + str(tool_versions().get("onnxruntime"))}
+    return key, len(samples)
+
+
+def _from_cache(cache, key: dict) -> Comparison | None:
+    if cache is None:
+        return None
+    hit = cache.get(key)
+    if hit is None:
+        return None
+    r = hit.result
+    try:
+        cmp = Comparison(int(r["num_images"]), float(r["miou_fp32"]), float(r["miou"]),
+                         float(r["pixel_agreement"]),
+                         None if r["max_abs_logit_diff"] is None else float(r["max_abs_logit_diff"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return cmp if cmp.num_images == key.get("images") else None
+
+
+def _to_cache(cache, key: dict, cmp: Comparison) -> None:
+    if cache is not None:
+        cache.put(key, {"num_images": cmp.num_images, "miou_fp32": cmp.miou_fp32, "miou": cmp.miou,
+                        "pixel_agreement": cmp.pixel_agreement, "max_abs_logit_diff": cmp.max_abs_logit_diff})
+
+
+def cached_compare_on_val(cache, fp32_onnx: Path, fp32_sha256: str, candidate: Path, data: Path, pre: Preprocess,
+                          classes: list[str], limit: int | None = None, threads: int = 0) -> Comparison:
+    """``compare_on_val``, reused from ``cache`` (a ``ResultCache``, or None) when the same candidate was
+    measured on the same images with the same settings before (by the budget loop, or an earlier run)."""
+    key, _ = comparison_key(fp32_sha256, candidate, data, pre, classes, limit, threads=threads)
+    cmp = _from_cache(cache, key)
+    if cmp is None:
+        cmp = compare_on_val(fp32_onnx, candidate, data, pre, classes, limit, threads=threads)
+        _to_cache(cache, key, cmp)
+    return cmp
+
+
+_SHARED: dict[str, Reference] = {}  # the last FP32 reference made, for the next quantize in this process
+
+
+class LazyReference:
+    """A ``Reference`` for the budget loop that runs the FP32 model only when a comparison is not in
+    ``cache``, and is shared by the quantizations of one process (``compare`` makes three variants
+    from one FP32 ONNX on the same images)."""
+
+    def __init__(self, fp32_onnx: Path, fp32_sha256: str, data: Path, pre: Preprocess, classes: list[str],
+                 limit: int, threads: int = 0, cache=None) -> None:
+        self.fp32_onnx, self.fp32_sha256, self.data, self.pre = Path(fp32_onnx), fp32_sha256, Path(data), pre
+        self.classes, self.threads, self.cache = list(classes), threads, cache
+        self.limit = min(limit, len(VOCSegmentation(data, "val")))
+        self._ref: Reference | None = None
+
+    def _reference(self) -> Reference:
+        if self._ref is None:
+            import json
+
+            from aspp_deploy.bench.result_cache import samples_digest
+
+            images = samples_digest(VOCSegmentation(self.data, "val").samples[:self.limit], len(self.classes))
+            memo = json.dumps([self.fp32_sha256, images, self.pre.to_dict(), self.classes, self.limit,
+                               self.threads], sort_keys=True)
+            ref = _SHARED.get(memo)
+            if ref is None or not ref.folder.is_dir():
+                _SHARED.clear()
+                ref = _SHARED[memo] = Reference(self.fp32_onnx, self.data, self.pre, self.classes, self.limit,
+                                                threads=self.threads)
+            self._ref = ref
+        return self._ref
+
+    def compare(self, candidate: Path) -> Comparison:
+        key, _ = comparison_key(self.fp32_sha256, candidate, self.data, self.pre, self.classes, self.limit,
+                                threads=self.threads)
+        cmp = _from_cache(self.cache, key)
+        if cmp is None:
+            cmp = self._reference().compare(candidate)
+            _to_cache(self.cache, key, cmp)
+        return cmp

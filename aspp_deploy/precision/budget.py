@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from aspp_deploy.precision.accuracy import Comparison, Reference
+from aspp_deploy.precision.accuracy import Comparison, LazyReference, Reference
 from aspp_deploy.precision.groups import LayerGroup
 
 
@@ -50,7 +50,7 @@ def quietly(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def run_budget(builder: CandidateBuilder, reference: Reference | None, groups: list[LayerGroup],
+def run_budget(builder: CandidateBuilder, reference: Reference | LazyReference | None, groups: list[LayerGroup],
                budget_points: float, work: Path,
                log: Callable[[str], None] = lambda m: None) -> tuple[Path, BudgetResult]:
     """Returns the chosen candidate and what the loop measured and decided."""
@@ -66,7 +66,7 @@ def run_budget(builder: CandidateBuilder, reference: Reference | None, groups: l
         return base, BudgetResult(budget_points, 0, None, None, None)
     first = reference.compare(base)
     base_drop = first.miou_drop_points
-    log(f"all reduced: mIoU drop {base_drop:.2f} points on {reference.limit} image(s) "
+    log(f"all reduced: mIoU drop {_points(base_drop)} points on {reference.limit} image(s) "
         f"(budget {budget_points:g})")
     result = BudgetResult(budget_points, reference.limit, base_drop, base_drop, base_drop <= budget_points)
     if result.met:
@@ -97,10 +97,16 @@ def run_budget(builder: CandidateBuilder, reference: Reference | None, groups: l
         result.kept.append({"group": g.name, "nodes": g.nodes, "flops_share": g.flops / total_flops,
                             "recovered_alone_points": base_drop - alone.miou_drop_points,
                             "drop_after_points": new_drop, "recovered_points": drop - new_drop})
-        log(f"keep {g.name} in higher precision: drop {drop:.2f} -> {new_drop:.2f} points "
+        log(f"keep {g.name} in higher precision: drop {_points(drop)} -> {_points(new_drop)} points "
             f"({100 * g.flops / total_flops:.1f}% of the FLOPs)")
         chosen, drop = candidate, new_drop
         if drop <= budget_points:
             break
     result.final_drop, result.met = drop, drop <= budget_points
     return chosen, result
+
+
+def _points(value: float) -> str:
+    """``0.05`` / ``-0.05``; never ``-0.00`` for a drop that rounds to zero."""
+    text = f"{value:.2f}"
+    return "0.00" if float(text) == 0 else text

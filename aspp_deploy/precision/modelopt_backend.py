@@ -96,6 +96,40 @@ def to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto | None:
     return converted
 
 
+_CANONICAL_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BOOL,
+                    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+                    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32,
+                    onnx.TensorProto.UINT64}
+
+
+def canonical_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Store every constant tensor's values as raw bytes, whichever tool made it: the same values then
+    serialise to the same bytes (ModelOpt writes a scale it calibrated as ``float_data`` and one read
+    from a calibration cache as ``raw_data``, so the same model would get two sha256)."""
+    from onnx import numpy_helper
+
+    def fix(t: onnx.TensorProto) -> None:
+        if t.raw_data or t.data_type not in _CANONICAL_TYPES or t.data_location == onnx.TensorProto.EXTERNAL:
+            return
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for t in graph.initializer:
+            fix(t)
+        for node in graph.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    fix(a.t)
+                elif a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for g in a.graphs:
+                        walk(g)
+
+    walk(model.graph)
+    return model
+
+
 def activation_scales(model: onnx.ModelProto) -> dict[str, float]:
     """Tensor name -> scale of every activation QuantizeLinear (per-tensor)."""
     inits = {t.name: t for t in model.graph.initializer}
@@ -155,7 +189,7 @@ class ModelOptInt8Builder:
             self.notes.append(f"kept at opset {model.opset_import[0].version}: not expressible at "
                               f"opset {OPSET_FOR_TRT8} (TensorRT 10 and later only)")
             low = model
-        onnx.save(low, str(out))
+        onnx.save(canonical_tensors(low), str(out))
 
 
 class ModelOptFp16Builder:
@@ -181,4 +215,4 @@ class ModelOptFp16Builder:
                      "exclude": exclude}], self.work)
         model = onnx.load(str(raw))
         low = to_opset(model, OPSET_FOR_TRT8)
-        onnx.save(low if low is not None else model, str(out))
+        onnx.save(canonical_tensors(low if low is not None else model), str(out))

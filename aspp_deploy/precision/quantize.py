@@ -28,9 +28,9 @@ import onnx
 from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.export.graph import load_onnx
-from aspp_deploy.export.manifest import embed, manifest_of, tool_versions, update_sidecar
+from aspp_deploy.export.manifest import embed, manifest_of, tool_versions, write_with_entry
 from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt
-from aspp_deploy.io import atomic_write_bytes, ensure_writable, sha256_file
+from aspp_deploy.io import ensure_writable, sha256_file
 from aspp_deploy.precision.budget import BudgetResult, run_budget
 from aspp_deploy.precision.cache import CacheKey, CacheLookup, CalibrationCache
 from aspp_deploy.precision.calibration import (DEFAULT_CALIB_SIZE, SHIPPED_CALIBRATION, CalibrationData,
@@ -188,15 +188,20 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
     log(f"calibration: {len(files)} image(s) from {calib_folder}, preprocessed to {pre.height}x{pre.width}")
 
     settings = _key_settings(opts, method, backend, pre, input_name, batch)
-    key = CacheKey(sha256_file(src), data_digest(files), settings, label=out.name)
+    src_sha = sha256_file(src)
+    key = CacheKey(src_sha, data_digest(files), settings, label=out.name)
     cache_dir = (opts.cache_dir or out.parent / CACHE_FOLDER) if opts.use_cache else None
+    from aspp_deploy.bench.result_cache import FOLDER as RESULTS_FOLDER, ResultCache
+
+    # accuracy of a candidate measured before (same candidate bytes, images, settings) is reused
+    results = ResultCache(out.parent / RESULTS_FOLDER if opts.use_cache else None)
     cache = CalibrationCache(cache_dir)
     payload_suffix = ".trt-cache.txt" if backend == "modelopt" else ".ort.json"
     lookup = cache.lookup(key, payload_suffix) if opts.precision == "int8" else CacheLookup(key, None, False, "fp16: no calibration ranges")
     if opts.precision == "int8":
         log(f"calibration cache: {lookup.reason}")
 
-    from aspp_deploy.precision.accuracy import Reference, compare_on_val
+    from aspp_deploy.precision.accuracy import LazyReference, cached_compare_on_val
     from aspp_deploy.precision.groups import layer_groups
     from aspp_deploy.precision.int8_ort import work_dir
 
@@ -209,8 +214,8 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
         groups = layer_groups(builder.graph())
         reference = None
         if opts.budget_images:
-            reference = Reference(src, data_root, pre, classes, opts.budget_images, threads=opts.threads,
-                                  folder=work / "reference")
+            reference = LazyReference(src, src_sha, data_root, pre, classes, opts.budget_images,
+                                      threads=opts.threads, cache=results)
         candidate, budget = run_budget(builder, reference, groups, opts.max_miou_drop, work, log)
         if lookup.payload is not None:
             cache.commit(lookup)
@@ -219,20 +224,16 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
             notes.append(f"accuracy budget missed: {budget.final_drop:.2f} points > {opts.max_miou_drop:g} "
                          "even with every helpful layer group kept in higher precision")
         log("measuring accuracy on the validation split")
-        accuracy = compare_on_val(src, candidate, data_root, pre, classes, opts.eval_images or None,
-                                  threads=opts.threads)
-        result_model = onnx.load(str(candidate))
+        accuracy = cached_compare_on_val(results, src, src_sha, candidate, data_root, pre, classes,
+                                         opts.eval_images or None, threads=opts.threads)
+        from aspp_deploy.precision.modelopt_backend import canonical_tensors
+
+        result_model = canonical_tensors(onnx.load(str(candidate)))  # one encoding: same values, same bytes
     checks = {v: check_for_trt(result_model, v).to_dict() for v in TRT_VERSIONS}
     entry = _entry(fp32_entry, src, out, result_model, opts, method, backend, files, calib_folder, lookup,
                    budget, accuracy.to_dict(), checks, data_root, notes, time.perf_counter() - t0)
     embed(result_model, entry)
-    atomic_write_bytes(out, result_model.SerializeToString())
-    try:
-        entry["onnx_sha256"] = sha256_file(out)
-        manifest_path = update_sidecar(out.parent, out.name, entry)
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
+    manifest_path = write_with_entry(out, result_model.SerializeToString(), entry)
     return QuantizeResult(out, manifest_path, entry, notes)
 
 
