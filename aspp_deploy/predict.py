@@ -30,7 +30,7 @@ from PIL import Image
 
 from aspp_deploy.backends.base import Runner, class_ids
 from aspp_deploy.data.preprocess import Preprocess
-from aspp_deploy.data.voc import IMAGE_EXTENSIONS, load_image
+from aspp_deploy.data.voc import IMAGE_EXTENSIONS, IMAGE_FORMATS, load_image
 from aspp_deploy.errors import AsppDeployError, InputError
 from aspp_deploy.io import atomic_save_image
 
@@ -212,9 +212,9 @@ def find_images(inputs: Sequence[Path]) -> tuple[list[Path], list[str]]:
             others = sorted({p.suffix.lower() or p.name for p in entries if p not in found})
             if others:
                 notes.append(f"{path}: skipped {len(entries) - len(found)} file(s) that are not images "
-                             f"({', '.join(others)}; readable: {' '.join(IMAGE_EXTENSIONS)})")
+                             f"({', '.join(others)}; readable: {IMAGE_FORMATS})")
             if not found:
-                raise InputError(f"{path} has no images ({' '.join(IMAGE_EXTENSIONS)}, any case)")
+                raise InputError(f"{path} has no images ({IMAGE_FORMATS})")
         else:
             found = [path]
         for p in found:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import platform
 import re
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aspp_deploy.io import atomic_save_image, atomic_write_bytes, atomic_write_text
+from aspp_deploy.io import atomic_save_image, atomic_write_bytes, atomic_write_text, json_text
 
 CSV_COLUMNS = ["backend", "precision", "device", "status", "reason", "size_bytes", "miou", "delta_miou",
                "pixel_agreement", "boundary_f", "max_abs_logit_diff", "p50_ms", "p99_ms", "throughput",
@@ -94,39 +93,72 @@ def _save_figure(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_latency(rows: list[dict], path: Path) -> None:
+def _row_label(r: dict) -> str:
+    return f"{r['backend']} {r['precision']}" + (" (unstable)" if r.get("latency_unstable") else "")
+
+
+def plot_latency(rows: list[dict], path: Path, settings: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    settings = settings or {}
     ok = [r for r in rows if r["status"] == "ok" and r["latency"]]
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(ok)), 4))
     ax.boxplot([r["latency"]["samples_ms"] for r in ok], showfliers=True)
-    ax.set_xticks(range(1, len(ok) + 1), [f"{r['backend']}\n{r['precision']}" for r in ok], fontsize=8)
-    ax.set_ylabel("latency per batch (ms)")
-    ax.set_title("Latency distribution (batch 1)")
+    ax.set_xticks(range(1, len(ok) + 1), [_row_label(r).replace(" ", "\n", 1) for r in ok], fontsize=8)
+    ax.set_ylabel("latency of one batch of 1 image (ms)")
+    runs = f"{settings['iters']} timed runs after {settings['warmup']} warm-up" if "iters" in settings else "timed runs"
+    ax.set_title(f"Latency per row: box = p25..p75, line = p50, whiskers 1.5 IQR ({runs})", fontsize=9)
+    ax.set_ylim(bottom=0)
     ax.grid(axis="y", alpha=0.3)
     _save_figure(fig, path)
     plt.close(fig)
 
 
-def plot_miou_vs_latency(rows: list[dict], path: Path) -> None:
+MIOU_AXIS_SPAN = 0.10  # the mIoU axis spans at least 10 points: smaller gaps are not worth a picture
+
+
+def miou_axis(values: list[float], span: float = MIOU_AXIS_SPAN) -> tuple[float, float]:
+    """y limits for mIoU (0..1): the values' range, widened to at least ``span`` around its middle and
+    kept inside 0..1, so equal accuracies look equal instead of filling a 0.0004 band."""
+    lo, hi = min(values), max(values)
+    half = max(span, hi - lo) / 2 + 0.01
+    mid = (lo + hi) / 2
+    bottom, top = mid - half, mid + half
+    if bottom < 0:
+        bottom, top = 0.0, min(1.0, top - bottom)
+    if top > 1:
+        bottom, top = max(0.0, bottom - (top - 1)), 1.0
+    return bottom, top
+
+
+def plot_miou_vs_latency(rows: list[dict], path: Path, settings: dict | None = None) -> None:
+    """One marker per row, named in a legend beside the axes (labels never collide), mIoU on a fixed
+    minimum span, latency from 0."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if r["status"] == "ok"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in ok:
-        ax.scatter(r["p50_ms"], r["miou"], s=40)
-        ax.annotate(f"{r['backend']} {r['precision']}", (r["p50_ms"], r["miou"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("p50 latency (ms)")
-    ax.set_ylabel("mIoU")
-    ax.set_title("Accuracy vs latency")
+    settings = settings or {}
+    ok = [r for r in rows if r["status"] == "ok" and r.get("miou") is not None and r.get("p50_ms") is not None]
+    if not ok:
+        return
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    markers = "osD^vP*Xh<>p"
+    for k, r in enumerate(ok):
+        ax.scatter(r["p50_ms"], r["miou"], s=55, marker=markers[k % len(markers)], alpha=0.85, zorder=3,
+                   label=f"{_row_label(r)}: {r['p50_ms']:.1f} ms, mIoU {r['miou']:.4f}")
+    ax.set_ylim(*miou_axis([r["miou"] for r in ok]))
+    ax.set_xlim(0, max(r["p50_ms"] for r in ok) * 1.1)
+    ax.set_xlabel("p50 latency, batch 1 (ms; lower is better)")
+    images = f" on {settings['images']} validation images" if "images" in settings else ""
+    ax.set_ylabel(f"mIoU{images} (0..1)")
+    ax.set_title("Accuracy vs latency (axis spans at least 0.10 mIoU)", fontsize=9)
     ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     _save_figure(fig, path)
     plt.close(fig)
 
@@ -139,39 +171,70 @@ def colourise(ids: np.ndarray, palette: list[list[int]]) -> np.ndarray:
 
 
 def overlay_panel(image: np.ndarray, truth: np.ndarray, preds: list[tuple[str, np.ndarray]],
-                  reference: np.ndarray, palette: list[list[int]]) -> Image.Image:
-    """A strip per image: image, ground truth, then per row its mask and (below) where it
-    disagrees with PyTorch FP32 (red)."""
-    from PIL import ImageDraw
+                  reference: np.ndarray, palette: list[list[int]], classes: list[str] | None = None) -> Image.Image:
+    """One picture per validation image, readable when scaled down.
+
+    Top row: the image, then the ground truth and each row's mask blended over the image (the
+    background class untinted), each with a title. Bottom row: under every row but the reference
+    (the first), where its classes differ from the reference's, filled in red over a dimmed image and
+    thickened so single-pixel differences survive scaling down, with the share of pixels that
+    differ; under the image, the ground truth and the reference, a legend of the classes present.
+    """
+    from PIL import ImageDraw, ImageFilter
+
+    from aspp_deploy.runtime.images import _font, overlay
 
     h, w = truth.shape
-    tiles = [("image", image), ("ground truth", colourise(truth, palette))]
-    for label, p in preds:
-        tiles.append((label, colourise(p, palette)))
-    diff_tiles = []
-    for label, p in preds:
-        d = (image.astype(np.float32) * 0.35).astype(np.uint8)
-        d[p != reference] = (255, 0, 0)
-        diff_tiles.append((f"{label}: differs", d))
-    cols = len(tiles)
-    canvas = Image.new("RGB", (cols * w, 2 * h + 28), "white")
+    size = max(14, w // 24)
+    font, band, pad = _font(size), size + 10, size // 2
+    ref_label = preds[0][0] if preds else "the reference"
+    top = [("image", image), ("ground truth", np.asarray(overlay(image, truth, palette, 0.55)))]
+    top += [(label, np.asarray(overlay(image, p, palette, 0.55))) for label, p in preds]
+    thick = 3 if max(h, w) <= 512 else 5
+    bottom = []
+    for label, p in preds[1:]:
+        differ = p != reference
+        grown = np.asarray(Image.fromarray(differ.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(thick))) > 0
+        d = (0.25 * image.astype(np.float32) + 0.75 * image.mean(axis=2, keepdims=True) * 0.6).astype(np.uint8)
+        d[grown] = (230, 0, 0)
+        bottom.append((f"vs {ref_label}: {100 * differ.mean():.2f}% differ", d))
+    present = sorted({int(v) for m in [truth, *(p for _, p in preds)] for v in np.unique(m) if int(v) != 255})
+    names = list(classes or [])
+    legend = [((names[c] if c < len(names) else f"class {c}") + (" (untinted)" if c == 0 else ""),
+               tuple(palette[c]) if c < len(palette) else (0, 0, 0)) for c in present]
+    row = size + size // 2
+    per_col = max(1, (h - 2 * pad) // row) if bottom else max(1, len(legend))
+    legend_h = 2 * pad + min(len(legend), per_col) * row + (row if bottom else 0)
+    bottom_h = h + band if bottom else legend_h + row
+    cols = len(top)
+    canvas = Image.new("RGB", (cols * w, h + band + bottom_h), "white")
     draw = ImageDraw.Draw(canvas)
-    for i, (label, arr) in enumerate(tiles):
-        canvas.paste(Image.fromarray(arr), (i * w, 14))
-        draw.text((i * w + 3, 1), label, fill="black")
-    for i, (label, arr) in enumerate(diff_tiles):
-        x = (i + 2) * w
-        canvas.paste(Image.fromarray(arr), (x, h + 28))
-        draw.text((x + 3, h + 15), label, fill="black")
+    for i, (label, arr) in enumerate(top):
+        draw.text((i * w + 4, 4), label, fill="black", font=font)
+        canvas.paste(Image.fromarray(arr), (i * w, band))
+    for i, (label, arr) in enumerate(bottom):
+        x = (i + 3) * w
+        draw.text((x + 4, h + band + 4), label, fill="black", font=font)
+        canvas.paste(Image.fromarray(arr), (x, h + 2 * band))
+    x0, y0 = pad, h + band + pad
+    note = f"red: a class other than {ref_label}'s" if bottom else "classes present"
+    draw.text((x0, y0), note, fill="black", font=font)
+    col_w = max(1, (min(cols, 3) * w - pad) // max(1, -(-len(legend) // per_col)))
+    for k, (name, colour) in enumerate(legend):
+        x = x0 + (k // per_col) * col_w
+        y = y0 + row + (k % per_col) * row
+        draw.rectangle([x, y, x + size, y + size], fill=colour, outline="black")
+        draw.text((x + size + pad, y), name, fill="black", font=font)
     return canvas
 
 
 def write_report(folder: Path, rows: list[dict], machine: dict, settings: dict, *, samples=None,
-                 predictions: dict[str, list[np.ndarray]] | None = None, palette=None) -> list[Path]:
+                 predictions: dict[str, list[np.ndarray]] | None = None, palette=None,
+                 classes: list[str] | None = None) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     payload = {"machine": machine, "settings": settings, "rows": rows}
-    atomic_write_text(folder / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_text(folder / "results.json", json_text(payload, default=str))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -181,8 +244,8 @@ def write_report(folder: Path, rows: list[dict], machine: dict, settings: dict, 
     atomic_write_text(folder / "summary.md", markdown_summary(rows, machine, settings))
     written += [folder / "results.json", folder / "results.csv", folder / "summary.md"]
     if any(r["status"] == "ok" for r in rows):
-        plot_latency(rows, folder / "latency.png")
-        plot_miou_vs_latency(rows, folder / "miou_vs_latency.png")
+        plot_latency(rows, folder / "latency.png", settings)
+        plot_miou_vs_latency(rows, folder / "miou_vs_latency.png", settings)
         written += [folder / "latency.png", folder / "miou_vs_latency.png"]
     if samples and predictions and palette:
         from aspp_deploy.data.voc import load_image, load_mask
@@ -192,7 +255,8 @@ def write_report(folder: Path, rows: list[dict], machine: dict, settings: dict, 
         for i, s in enumerate(samples[:OVERLAY_IMAGES]):
             truth = load_mask(s.mask, len(palette))
             image = np.asarray(load_image(s.image).resize((truth.shape[1], truth.shape[0])))
-            panel = overlay_panel(image, truth, [(k, predictions[k][i]) for k in labels], reference[i], palette)
+            panel = overlay_panel(image, truth, [(k, predictions[k][i]) for k in labels], reference[i], palette,
+                                  classes)
             path = folder / "overlays" / f"{s.name}.png"
             atomic_save_image(panel, path)
             written.append(path)

@@ -32,6 +32,20 @@ class LatencyStats:
     def unstable(self) -> bool:
         return self.std / self.mean > UNSTABLE_CV or self.p99 / self.p50 > UNSTABLE_P99_RATIO
 
+    def spread(self) -> str:
+        """How far the timed runs spread: ``std 12.30 ms (15% of the mean), p99 1.80x p50``."""
+        cv = self.std / self.mean if self.mean > 0 else float("nan")
+        ratio = self.p99 / self.p50 if self.p50 > 0 else float("nan")
+        return f"std {self.std:.2f} ms ({100 * cv:.0f}% of the mean), p99 {ratio:.2f}x p50"
+
+    def unstable_warning(self, iters_option: str = "--iters") -> str:
+        """One line for the console, with the figure and its spread side by side, and what to do."""
+        more = max(200, 4 * self.n)
+        return (f"unstable latency: p50 {self.p50:.2f} ms, but {self.spread()} over {self.n} runs "
+                f"(stable: std under {100 * UNSTABLE_CV:.0f}% of the mean and p99 under "
+                f"{UNSTABLE_P99_RATIO:g}x p50); the machine is busy or throttling: rerun on a quieter "
+                f"machine or with more runs ({iters_option} {more})")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(throughput=self.throughput, unstable=self.unstable)

@@ -6,8 +6,10 @@ import typer
 
 from aspp_deploy.cli import bench_cmd, build_cmd, compare_cmd, data_cmd, eval_cmd, export_cmd, train_cmd
 from aspp_deploy.cli import bundle_cmd, predict_cmd, quantize_cmd, serve_cmd
+from aspp_deploy.cli._common import Group
 
 app = typer.Typer(
+    cls=Group,  # usage mistakes are one error line and exit 1, like every other error; no <bool> in help
     name="aspp-deploy",
     help="Export, quantize, build, benchmark and ship DeepLab/ASPP segmentation models.",
     no_args_is_help=True,

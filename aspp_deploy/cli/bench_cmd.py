@@ -10,7 +10,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
+from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json, working
 from aspp_deploy.cli.export_cmd import image_files
 from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
 from aspp_deploy.errors import InputError
@@ -88,7 +88,7 @@ def stats_row(table: Table, label: str, s) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(cls=Command)
     @handle_errors
     def bench(
         backend: Annotated[Backend, typer.Option(help="Runtime to time.")] = Backend.torch,
@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
         pre, n = input_geometry(backend.value, model, batch, height, width)
         precision = precision or artifact_precision(backend.value, model)
         x, images = real_batch(pre, n)
-        with console.status(f"timing {backend.value} ({warmup} warm-up + {iters} iterations)"):
+        with working(f"timing {backend.value} ({warmup} warm-up + {iters} iterations)"):
             with open_runner(backend.value, model, precision, device, threads) as runner:
                 result = bench_runner(runner, x, warmup, iters, images, pre)
                 info = runner.info
@@ -133,8 +133,8 @@ def register(app: typer.Typer) -> None:
             stats_row(table, "postprocess / image", result.postprocess)
         out_console.print(table)
         if result.end_to_end.unstable:
-            console.print("[yellow]warning:[/] latency varies a lot between runs (std/mean or p99/p50 "
-                          "high): the machine is busy or throttling; the figures are unstable")
+            console.print(f"[yellow]warning:[/] {result.end_to_end.unstable_warning()}", highlight=False,
+                          soft_wrap=True)
         write_json(json_out, {"backend": info.backend, "precision": info.precision, "device": info.device,
                               "artifact": info.artifact, "batch": n, "input": [pre.height, pre.width],
                               "warmup": warmup, "iters": iters, **result.to_dict()})

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 
-from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
+from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json
 from aspp_deploy.errors import InputError
 from aspp_deploy.trt.plan import lint_profile as lint_version
 
@@ -51,7 +51,7 @@ def parse_shape(text: str) -> list[int]:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(cls=Command)
     @handle_errors
     def build(
         onnx: Annotated[Path, typer.Option("--onnx", "--model", help="ONNX from `export` (fp32) or `quantize` (fp16 / int8 Q/DQ).")] = Path("artifacts/model.onnx"),

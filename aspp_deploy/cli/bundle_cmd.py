@@ -9,7 +9,7 @@ from typing import Annotated, List, Optional
 import typer
 from rich.table import Table
 
-from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
+from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json, working
 from aspp_deploy.errors import InputError
 
 TARGETS = ("jetson",)
@@ -58,7 +58,7 @@ def _fp32_onnx(onnx: Optional[Path], checkpoint: Optional[Path], artifacts: Path
     from aspp_deploy.export.ensure import ensure_fp32
     from aspp_deploy.spec import ModelSpec
 
-    with console.status(f"checking {artifacts / 'model.onnx'}"):
+    with working(f"checking {artifacts / 'model.onnx'}"):
         from aspp_deploy.cli.export_cmd import parity_images
 
         made = ensure_fp32(artifacts, ModelSpec(), checkpoint=checkpoint, images=parity_images(None),
@@ -79,7 +79,7 @@ def _variants(fp32: Path, precisions: List[str], calib: Optional[Path], data: Op
             console.print(f"reusing {path}", highlight=False)
         else:
             opts = QuantizeOptions(precision=precision, target="trt", calib=calib, data=data, out=path, backend=backend)
-            with console.status(f"quantizing to {precision}"):
+            with working(f"quantizing to {precision}"):
                 path = quantized_onnx_from_fp32(fp32, opts, log=lambda m: console.print(f"  {m}", highlight=False)).onnx_path
         made[precision] = path
     return made
@@ -113,7 +113,7 @@ def _summary(info: dict, out: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(cls=Command)
     @handle_errors
     def bundle(
         target: Annotated[str, typer.Option(help="Deployment target (jetson).")] = "jetson",
@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
         fp32 = _fp32_onnx(onnx, checkpoint, artifacts)
         variants = _variants(fp32, precisions, calib, data, backend.value)
         shipped = calibration_files(calib_folder, calib_images) if "int8" in precisions else []
-        with console.status(f"writing {out}"):
+        with working(f"writing {out}"):
             info = bundle_from_onnx(BundleRequest(fp32, variants, out, name, shipped, calib_cache, selftest),
                                     log=lambda m: console.print(f"  {m}", highlight=False))
         _summary(info, out)

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from aspp_deploy.cli import _model_opts as M
-from aspp_deploy.cli._common import console, handle_errors, out_console, write_json
+from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json, working
 from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
 
 
@@ -31,7 +32,8 @@ class TrtVersion(str, Enum):
 def image_files(folder: Path) -> list[Path]:
     from aspp_deploy.data.voc import IMAGE_EXTENSIONS
 
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")) if folder.is_dir() else []
 
 
 def parity_images(data: Optional[Path]) -> list[Path]:
@@ -74,8 +76,41 @@ def print_export(result, verb: str = "wrote") -> None:
     out_console.print(f"{verb} {result.onnx_path} and {result.manifest_path}", highlight=False)
 
 
+SHOW_NODES = 3  # node names printed per kind of finding (--json lists them all)
+
+
+def _versions_text(versions: list[str], checked: list[str]) -> str:
+    if len(checked) > 1 and versions == checked:
+        return "every version checked"
+    return "TensorRT " + ", ".join(versions)
+
+
+def print_check(model: Path, reports: list, groups: list) -> None:
+    """``check``'s output: one verdict line per version on one line, then each kind of finding once,
+    with its nodes and the versions it concerns, then a one-line summary."""
+    checked = [r.trt_version for r in reports]
+    verdicts = ", ".join(f"{r.trt_version} {'[green]ok[/]' if r.ok else '[red]would fail[/]'}" for r in reports)
+    out_console.print(f"{model}: TensorRT {verdicts}", highlight=False, soft_wrap=True)
+    for g in groups:
+        colour = "red" if g.severity == "error" else "yellow"
+        nodes = ", ".join(g.nodes[:SHOW_NODES])
+        more = f" and {len(g.nodes) - SHOW_NODES} more" if len(g.nodes) > SHOW_NODES else ""
+        count = f"{len(g.nodes)} node{'s' if len(g.nodes) != 1 else ''}"
+        out_console.print(f"  [{colour}]{g.severity}[/] ({g.op}, {count}; {_versions_text(g.versions, checked)}): "
+                          f"{escape(g.message)}", highlight=False, soft_wrap=True)
+        out_console.print(f"      {escape(nodes)}{more}", highlight=False, soft_wrap=True)
+    failing = [r.trt_version for r in reports if not r.ok]
+    errors = [g for g in groups if g.severity == "error"]
+    warnings = [g for g in groups if g.severity != "error"]
+    verdict = (f"the parser would reject it on TensorRT {', '.join(failing)}" if failing
+               else "every version checked would parse it")
+    out_console.print(f"summary: {len(errors)} kind(s) of error, {len(warnings)} kind(s) of warning; {verdict}"
+                      + (" (--json lists every node per version)" if groups else ""),
+                      highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(cls=Command)
     @handle_errors
     def export(
         checkpoint: M.Checkpoint = None,
@@ -118,14 +153,14 @@ def register(app: typer.Typer) -> None:
         dyn = None if dynamic is None else frozenset(d.strip() for d in dynamic.split(",") if d.strip())
         opts = ExportOptions(None, None, batch, dyn, opset, simplify, degenerate_atrous, pool_broadcast, argmax,
                              argmax_dtype.value, name)
-        with console.status("exporting"):
+        with working("exporting"):
             source = load_source(checkpoint, arch, arch_args, weights)
             result = onnx_from_source(source, model_spec, out, opts, parity_images(data),
                                       log=lambda m: console.print(m, highlight=False))
         print_export(result)
         write_json(json_out, result.entry)
 
-    @app.command("import")
+    @app.command("import", cls=Command)
     @handle_errors
     def import_command(
         model: Annotated[Path, typer.Argument(help="An ONNX segmentation model made elsewhere.")],
@@ -163,13 +198,13 @@ def register(app: typer.Typer) -> None:
                                   output_kind, dynamic)
         opts = ExportOptions(None, None, batch, None, 17, simplify, degenerate_atrous, pool_broadcast, argmax,
                              argmax_dtype.value, name)
-        with console.status("importing"):
+        with working("importing"):
             result = onnx_from_foreign(model, model_spec, out, opts, parity_images(data),
                                        log=lambda m: console.print(m, highlight=False))
         print_export(result, "adopted as")
         write_json(json_out, result.entry)
 
-    @app.command()
+    @app.command(cls=Command)
     @handle_errors
     def presets(
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the presets as JSON.")] = None,
@@ -186,7 +221,7 @@ def register(app: typer.Typer) -> None:
         write_json(json_out, {name: {"factory": p.target, "classes_arg": p.classes_arg, "package": p.package}
                               for name, p in PRESETS.items()})
 
-    @app.command()
+    @app.command(cls=Command)
     @handle_errors
     def check(
         model: Annotated[Path, typer.Argument(help="ONNX model to lint.")],
@@ -195,16 +230,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Lint an ONNX model against the TensorRT ONNX parser's constraints (no TensorRT needed)."""
         from aspp_deploy.export.graph import load_onnx
-        from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt
+        from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt, group_findings
 
         graph = load_onnx(model)
         versions = [trt_version.value] if trt_version else list(TRT_VERSIONS)
         reports = [check_for_trt(graph, v) for v in versions]
-        for rep in reports:
-            status = "[green]ok[/]" if rep.ok else "[red]would fail[/]"
-            out_console.print(f"TensorRT {rep.trt_version}: {status}")
-            for f in rep.findings:
-                out_console.print(f"  {f}", highlight=False)
-        write_json(json_out, {"model": str(model), "reports": [r.to_dict() for r in reports]})
+        groups = group_findings(reports)
+        print_check(model, reports, groups)
+        write_json(json_out, {"model": str(model), "reports": [r.to_dict() for r in reports],
+                              "grouped": [g.to_dict() for g in groups]})
         if not all(reports):
             raise typer.Exit(1)

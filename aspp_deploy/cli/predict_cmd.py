@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from aspp_deploy.cli import _model_opts as M
-from aspp_deploy.cli._common import console, fail, handle_errors, out_console, write_json
+from aspp_deploy.cli._common import Command, console, fail, handle_errors, out_console, write_json, working
+from aspp_deploy.data.voc import IMAGE_FORMATS
 
 LOG_EVERY_S = 10.0  # progress lines when the output is not a terminal
 
@@ -23,11 +24,11 @@ def _backends() -> str:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("predict")
+    @app.command("predict", cls=Command)
     @handle_errors
     def predict_command(
         images: Annotated[Optional[List[Path]], typer.Argument(
-            help="Image files and/or folders of images (.jpg .jpeg .png .bmp, any case; folders are not searched recursively).",
+            help=f"Image files and/or folders of images ({IMAGE_FORMATS}; folders are not searched recursively).",
             show_default=False)] = None,
         model: Annotated[Optional[Path], typer.Option(
             "--model", "--onnx", help="The artifact: an ONNX (onnxruntime), an engine (trt), a checkpoint (torch).")] = None,
@@ -64,7 +65,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
         spec_given = spec is not None or bool(height or width or classes)
         model_spec = M.build_spec(spec, height, width, classes=classes) if spec_given else None
-        with console.status("loading the model"):
+        with working("loading the model"):
             opened = open_model(backend, model, (checkpoint, arch, arch_args, weights), model_spec, batch,
                                 device, threads)
         with opened:

@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from aspp_deploy.cli._common import console, fail, handle_errors, out_console, write_json
+from aspp_deploy.cli._common import Command, console, fail, handle_errors, out_console, write_json
 from aspp_deploy.errors import InputError
 
 ENV_MARKER = ".aspp-triton-env"
@@ -73,7 +73,7 @@ def _interrupt(*_: object) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("triton")
+    @app.command("triton", cls=Command)
     @handle_errors
     def triton_command(
         out: Annotated[Path, typer.Argument(help="The model repository folder to write (replaced only if "
@@ -135,7 +135,7 @@ def register(app: typer.Typer) -> None:
         out_console.print(f"serve it: aspp-deploy serve {out}", highlight=False)
         write_json(json_out, info)
 
-    @app.command("triton-env")
+    @app.command("triton-env", cls=Command)
     @handle_errors
     def triton_env_command(
         folder: Annotated[Path, typer.Argument(help="Where to make the environment.", show_default=False)],
@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
         requirements = make_env(folder, lambda m: console.print(m, highlight=False))
         out_console.print(f"made {folder} with {' '.join(requirements)}", highlight=False)
 
-    @app.command("serve")
+    @app.command("serve", cls=Command)
     @handle_errors
     def serve_command(
         repo: Annotated[Path, typer.Argument(help="A Triton model repository (from `aspp-deploy triton` or a "
@@ -188,7 +188,7 @@ def register(app: typer.Typer) -> None:
         finally:
             proc.stop()
 
-    @app.command("loadtest")
+    @app.command("loadtest", cls=Command)
     @handle_errors
     def loadtest_command(
         urls: Annotated[List[str], typer.Argument(help="Endpoints: http://HOST:PORT and/or grpc://HOST:PORT.",

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Sequence
 import numpy as np
 from PIL import Image
 
-from aspp_deploy.data.voc import IMAGE_EXTENSIONS
+from aspp_deploy.data.voc import IMAGE_EXTENSIONS, IMAGE_FORMATS
 from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.io import atomic_path, atomic_save_image
 from aspp_deploy.runtime.images import load_rgb, overlay, overlay_with_legend, palette_array
@@ -30,7 +30,7 @@ def find_inputs(path: Path) -> tuple:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
-            raise InputError(f"{path} has no images ({'/'.join(IMAGE_EXTENSIONS)})")
+            raise InputError(f"{path} has no images ({IMAGE_FORMATS})")
         return "images", files
     if not path.is_file():
         raise InputError(f"input not found: {path}")
@@ -38,7 +38,7 @@ def find_inputs(path: Path) -> tuple:
         return "images", [path]
     if path.suffix.lower() in VIDEO_EXTENSIONS:
         return "video", [path]
-    raise InputError(f"{path.name} is neither an image ({'/'.join(IMAGE_EXTENSIONS)}) nor a video "
+    raise InputError(f"{path.name} is neither an image ({IMAGE_FORMATS}) nor a video "
                      f"({'/'.join(VIDEO_EXTENSIONS)})")
 
 
