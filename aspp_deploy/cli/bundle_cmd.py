@@ -148,7 +148,17 @@ def register(app: typer.Typer) -> None:
         check_writable(out)
         calib_folder = calib or SHIPPED_CALIBRATION
         selftest = calibration_files(calib_folder, 2)
+        if calib_cache is not None:  # checked before minutes of quantizing, not after
+            if "int8" not in precisions:
+                raise InputError("--calib-cache is an INT8 calibration cache: add --precision int8")
+            if not calib_cache.is_file() or not Path(str(calib_cache) + ".json").is_file():
+                raise InputError(f"calibration cache {calib_cache} (and its .json sidecar, written by "
+                                 "`aspp-deploy build --legacy-int8`) not found")
         fp32 = _fp32_onnx(onnx, checkpoint, artifacts)
+        from aspp_deploy.bundle.deepstream import _static_input
+        from aspp_deploy.export.manifest import read_onnx_manifest
+
+        _static_input(read_onnx_manifest(fp32).entry)  # a dynamic input is refused before quantizing
         variants = _variants(fp32, precisions, calib, data, backend.value)
         shipped = calibration_files(calib_folder, calib_images) if "int8" in precisions else []
         with working(f"writing {out}"):

@@ -159,3 +159,23 @@ def test_a_quantized_onnx_is_not_taken_for_the_fp32_one(tmp_path, made_bundle):
     line = one_error_line(run_cli("bundle", "--onnx", made_bundle.artifacts / "model.fp16.onnx",
                                   "--out", tmp_path / "jetson"))
     assert "already reduced precision" in line or "give the FP32 ONNX" in line
+
+
+def test_bad_calib_cache_and_dynamic_input_are_refused_before_quantizing(tmp_path, tiny_checkpoint, calib_images):
+    """Both used to fail only after the FP16/INT8 files were made beside the source."""
+    art = tmp_path / "art"
+    assert run_cli("export", "--checkpoint", tiny_checkpoint, "--out", art).exit_code == 0
+    before = sorted(p.name for p in art.iterdir())
+    line = one_error_line(run_cli("bundle", "--onnx", art / "model.onnx", "--precision", "int8", "--calib",
+                                  calib_images, "--calib-cache", tmp_path / "none.calib", "--out", tmp_path / "b"))
+    assert "none.calib" in line and "not found" in line
+    line = one_error_line(run_cli("bundle", "--onnx", art / "model.onnx", "--precision", "fp16", "--calib-cache",
+                                  tmp_path / "none.calib", "--out", tmp_path / "b"))
+    assert "add --precision int8" in line
+    dyn = tmp_path / "dyn"
+    assert run_cli("export", "--checkpoint", tiny_checkpoint, "--out", dyn, "--dynamic", "batch").exit_code == 0
+    line = one_error_line(run_cli("bundle", "--onnx", dyn / "model.onnx", "--precision", "fp16",
+                                  "--out", tmp_path / "b"))
+    assert "static input" in line
+    assert sorted(p.name for p in art.iterdir()) == before and sorted(p.name for p in dyn.iterdir()) == before
+    assert not (tmp_path / "b").exists()
