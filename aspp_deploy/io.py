@@ -16,7 +16,7 @@ TMP_SUFFIX = ".tmp"
 _cleaned: set = set()
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process umask, read without changing it where /proc allows (os.umask is set-and-return)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -89,7 +89,7 @@ def atomic_path(final: Path | str, suffix: str | None = None) -> Iterator[Path]:
         raise InputError(f"cannot write {final}: {exc.filename or final.parent} is not a folder") from None
     tmp_path = Path(tmp)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~current_umask())
         os.close(fd)
         yield tmp_path
         os.replace(tmp_path, final)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from aspp_deploy.bundle import deepstream, texts, triton
 from aspp_deploy.errors import InputError
-from aspp_deploy.io import atomic_write_text, ensure_writable, json_text, sha256_file
+from aspp_deploy.io import atomic_write_text, current_umask, ensure_writable, json_text, sha256_file
 
 FORMAT = "aspp-deploy/jetson-bundle"
 PACKAGE = Path(__file__).resolve().parents[1]  # aspp_deploy/
@@ -50,6 +50,12 @@ def runtime_files() -> List[Path]:
             raise InputError(f"aspp_deploy/{pattern} is missing from this installation: reinstall aspp-deploy")
         found += [m.relative_to(PACKAGE) for m in matches if m.is_file()]
     return found
+
+
+def copy_runtime(root: Path) -> None:
+    """The torch-free runtime (``runtime_files``) into ``root/aspp_deploy/``."""
+    for rel in runtime_files():
+        _copy(PACKAGE / rel, root, f"aspp_deploy/{rel.as_posix()}")
 
 
 def _entry(path: Path) -> Dict[str, Any]:
@@ -237,8 +243,7 @@ def _assemble(root: Path, req: BundleRequest, fp32: dict, variants: dict, log: L
     info["triton"] = {"repository": repo, "trt_model": trt_model, "onnx_model": onnx_model, "service_model": req.name,
                       "plan_from": info["engines"][precisions[0]], "plan_to": f"{repo}/{trt_model}/1/{triton.PLAN_FILE}",
                       "onnx_from": info["onnx"]["fp32"], "onnx_to": f"{repo}/{onnx_model}/1/{triton.ONNX_FILE}"}
-    for rel in runtime_files():
-        _copy(PACKAGE / rel, root, f"aspp_deploy/{rel.as_posix()}")
+    copy_runtime(root)
     info["selftest"] = _selftest(root, req.selftest_images or req.calib_images, fp32["preprocess"])
     info["build_paths"] = _build_paths(models, fp32["file"], precisions, bool(req.calib_images), info)
     atomic_write_text(root / "requirements.txt", texts.requirements_txt())
@@ -284,7 +289,7 @@ def replace_folder(out: Path, assemble: Callable[[Path], Any]) -> Any:
     old: Optional[Path] = None
     try:
         info = assemble(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the result gets the usual mode
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the result gets the usual mode
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old / "previous")
@@ -298,9 +303,3 @@ def replace_folder(out: Path, assemble: Callable[[Path], Any]) -> Any:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return info
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -24,20 +24,14 @@ def _ints(text: str, what: str) -> List[int]:
     return values
 
 
-def _installed(name: str) -> Optional[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
 def env_requirements() -> List[str]:
     """What the service's Python environment needs: NumPy 1.x (the Python backend stub of nvidia-pytriton
     and of Triton containers before 25.x is built for it), and this environment's ONNX Runtime and Pillow
     versions, so the server computes what `aspp-deploy predict` computes here."""
-    ort, pillow = _installed("onnxruntime"), _installed("pillow")
+    from aspp_deploy.export.manifest import tool_versions
+
+    versions = tool_versions("pillow")
+    ort, pillow = versions.get("onnxruntime"), versions.get("pillow")
     return ["numpy<2", f"onnxruntime=={ort}" if ort else "onnxruntime", f"pillow=={pillow}" if pillow else "pillow"]
 
 
@@ -162,20 +156,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a real tritonserver on REPO until Ctrl-C: waits until every model is ready, prints the
         endpoints; a model that fails to load is one error line with Triton's reason."""
-        from aspp_deploy.serve.server import TritonServer, check_repository, find_server
+        from aspp_deploy.serve.server import TritonServer, find_server
 
         for port in (http_port, grpc_port, metrics_port):
             if not 0 < port < 65536:
                 raise InputError(f"port {port}: give 1 to 65535")
         binary = find_server(server)
-        check_repository(repo, binary)
         proc = TritonServer(repo, binary, host, http_port, grpc_port, metrics_port,
                             echo=(lambda line: console.print(line, highlight=False, markup=False)) if verbose else None)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (`cmd &`)
         signal.signal(signal.SIGTERM, _interrupt)  # docker stop, systemd, kill: a clean stop too
-        console.print(f"starting {binary.path} ({binary.origin}) on {repo}", highlight=False)
         try:
-            proc.start()
+            proc.start()  # checks the repository first
+            console.print(f"started {binary.path} ({binary.origin}) on {repo}", highlight=False)
             models = proc.wait_ready(timeout)
             out_console.print(f"ready: {', '.join(models)}\n  HTTP    http://{proc.http_url}\n  gRPC    "
                               f"{proc.grpc_url}\n  metrics {proc.metrics_url}\nCtrl-C stops it.", highlight=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import json
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -275,11 +274,11 @@ def plot(results: List[LevelResult], path: Path) -> None:
 def write_report(folder: Path, results: List[LevelResult], settings: Dict[str, Any],
                  machine: Dict[str, Any]) -> List[Path]:
     """results.json, results.csv, summary.md and throughput_latency.png in ``folder``."""
-    from aspp_deploy.io import atomic_write_text
+    from aspp_deploy.io import atomic_write_text, json_text
 
     folder.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine, "settings": settings, "rows": rows(results)}
-    atomic_write_text(folder / "results.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(folder / "results.json", json_text(payload))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()

@@ -16,7 +16,6 @@ The folder is assembled beside ``out`` and renamed into place: never half-writte
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,7 @@ from typing import Any, Dict, List, Optional
 
 from aspp_deploy.bundle import triton
 from aspp_deploy.errors import InputError
-from aspp_deploy.io import atomic_write_text, sha256_file
+from aspp_deploy.io import atomic_write_text, json_text, sha256_file
 
 FORMAT = "aspp-deploy/triton-repository"
 EXECUTORS = ("onnxruntime", "triton")
@@ -149,16 +148,13 @@ def _model_batch(entry: Dict[str, Any]) -> Optional[int]:
 def write_service(root: Path, name: str, onnx: Optional[Path], entry: Dict[str, Any], opts: TritonOptions,
                   batching: bool = True) -> None:
     """The service model ``root/name`` (``onnx`` is copied in for the in-process executor)."""
-    from aspp_deploy.bundle.bundle import PACKAGE, runtime_files
+    from aspp_deploy.bundle.bundle import copy_runtime
 
     version = root / name / str(opts.version)
     version.mkdir(parents=True)
     atomic_write_text(root / name / "config.pbtxt", service_config(name, entry, opts, batching))
     shutil.copyfile(SERVICE_SOURCE, version / "model.py")
-    for rel in runtime_files():
-        dst = version / "aspp_deploy" / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(PACKAGE / rel, dst)
+    copy_runtime(version)
     service = {"manifest": entry, "input": entry["inputs"][0]["name"], "output": entry["outputs"][0]["name"],
                "model_batch": _model_batch(entry)}
     if opts.executor == "onnxruntime":
@@ -166,7 +162,7 @@ def write_service(root: Path, name: str, onnx: Optional[Path], entry: Dict[str, 
             raise InputError("the in-process executor needs the ONNX file")
         shutil.copyfile(onnx, version / MODEL_FILE)
         service["onnx"] = MODEL_FILE
-    atomic_write_text(version / "service.json", json.dumps(service, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(version / "service.json", json_text(service, sort_keys=True))
 
 
 def _assemble(root: Path, onnx: Path, entry: Dict[str, Any], opts: TritonOptions, plan: Optional[Path]) -> dict:
@@ -195,7 +191,7 @@ def _assemble(root: Path, onnx: Path, entry: Dict[str, Any], opts: TritonOptions
                                         f"at {plan_to}")
         atomic_write_text(root / target / "config.pbtxt", text)
     info["files"] = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
-    atomic_write_text(root / "repository.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(root / "repository.json", json_text(info, sort_keys=True))
     return info
 
 

@@ -293,6 +293,8 @@ class TritonServer:
                 pass
             if self._reader is not None:
                 self._reader.join(timeout=5)
+            if self.process.stdout is not None and (self._reader is None or not self._reader.is_alive()):
+                self.process.stdout.close()  # the log pipe, once its reader is done with it
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
