@@ -28,6 +28,24 @@ from aspp_deploy.precision.quantize import QuantizeOptions, quantized_onnx_from_
 SPEEDUP_TARGET, DROP_TARGET = 1.8, 0.5
 
 
+def ensure_int8_cpu(artifacts: Path, checkpoint: Path = DEFAULT_CHECKPOINT, threads: int = 0,
+                    min_accuracy_images: int = 0) -> Path:
+    """``artifacts/model.int8-cpu.onnx``, exported and quantized first when missing or stale (or when
+    its recorded accuracy covers fewer than ``min_accuracy_images`` images)."""
+    fp32 = artifacts / "model.onnx"
+    if not fp32.is_file() or onnx_is_stale(fp32, checkpoint):
+        print(f"exporting {checkpoint} -> {fp32}", flush=True)
+        onnx_from_checkpoint(checkpoint, artifacts, ExportOptions())
+    int8 = artifacts / "model.int8-cpu.onnx"
+    if not int8.is_file() or variant_is_stale(int8, fp32, checkpoint) or \
+            json.loads((artifacts / "manifest.json").read_text())["artifacts"][int8.name]["accuracy"]["num_images"] \
+            < min_accuracy_images:
+        print("quantizing (cpu target), then measuring accuracy on the whole validation split", flush=True)
+        quantized_onnx_from_fp32(fp32, QuantizeOptions("int8", "cpu", threads=threads),
+                                 log=lambda m: print(" ", m, flush=True))
+    return int8
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
@@ -40,15 +58,7 @@ def main() -> None:
     args = ap.parse_args()
 
     fp32 = args.artifacts / "model.onnx"
-    if not fp32.is_file() or onnx_is_stale(fp32, args.checkpoint):
-        print(f"exporting {args.checkpoint} -> {fp32}", flush=True)
-        onnx_from_checkpoint(args.checkpoint, args.artifacts, ExportOptions())
-    int8 = args.artifacts / "model.int8-cpu.onnx"
-    if not int8.is_file() or variant_is_stale(int8, fp32, args.checkpoint) or \
-            json.loads((args.artifacts / "manifest.json").read_text())["artifacts"][int8.name]["accuracy"]["num_images"] < 50:
-        print("quantizing (cpu target), then measuring accuracy on the whole validation split", flush=True)
-        quantized_onnx_from_fp32(fp32, QuantizeOptions("int8", "cpu", threads=args.threads),
-                                 log=lambda m: print(" ", m, flush=True))
+    int8 = ensure_int8_cpu(args.artifacts, args.checkpoint, args.threads, min_accuracy_images=50)
     entry = json.loads((args.artifacts / "manifest.json").read_text())["artifacts"][int8.name]
     acc, budget = entry["accuracy"], entry["quantization"]["budget"]
 

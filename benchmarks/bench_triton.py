@@ -1,6 +1,6 @@
 """Served on Triton against in-process, same model, same threads, one run: the serving overhead.
 
-Serves the cpu-target INT8 ONNX (made like ``bench_int8_cpu.py`` when it is missing) with
+Serves the cpu-target INT8 ONNX (made by ``bench_int8_cpu.py``'s ``ensure_int8_cpu`` when it is missing) with
 ``aspp-deploy triton`` (in-process ONNX Runtime executor, one instance, ``--threads``) on the
 tritonserver that ``aspp-deploy serve`` finds, and loads it over gRPC at each concurrency level, with
 dynamic batching on (``aspp``) and off (``aspp_nobatch``). The in-process figure is this toolkit's
@@ -43,23 +43,6 @@ def in_process(onnx: Path, images: list[Path], threads: int, rounds: int) -> flo
         return rounds * len(data) / (time.perf_counter() - start)
 
 
-def ensure_int8(artifacts: Path, threads: int) -> Path:
-    from aspp_deploy.bench.rows import onnx_is_stale, variant_is_stale
-    from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
-    from aspp_deploy.model.checkpoint import DEFAULT_CHECKPOINT
-    from aspp_deploy.precision.quantize import QuantizeOptions, quantized_onnx_from_fp32
-
-    fp32, int8 = artifacts / "model.onnx", artifacts / "model.int8-cpu.onnx"
-    if not fp32.is_file() or onnx_is_stale(fp32, DEFAULT_CHECKPOINT):
-        print(f"exporting {DEFAULT_CHECKPOINT} -> {fp32}", flush=True)
-        onnx_from_checkpoint(DEFAULT_CHECKPOINT, artifacts, ExportOptions())
-    if not int8.is_file() or variant_is_stale(int8, fp32, DEFAULT_CHECKPOINT):
-        print("quantizing (cpu target)", flush=True)
-        quantized_onnx_from_fp32(fp32, QuantizeOptions("int8", "cpu", threads=threads),
-                                 log=lambda m: print(" ", m, flush=True))
-    return int8
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
@@ -81,7 +64,9 @@ def main() -> int:
     from aspp_deploy.serve.repository import TritonOptions, write_repository
     from aspp_deploy.serve.server import TritonServer, find_server, free_port
 
-    onnx = args.onnx or ensure_int8(args.artifacts, args.threads)
+    from bench_int8_cpu import ensure_int8_cpu  # the script beside this one
+
+    onnx = args.onnx or ensure_int8_cpu(args.artifacts, threads=args.threads)
     levels = [int(v) for v in args.levels.split(",")]
     cpu, flags = cpu_description()
     print(f"CPU: {cpu}, {os.cpu_count()} cores, flags: {' '.join(flags) or 'none of interest'}")

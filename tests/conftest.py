@@ -44,6 +44,19 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
+EXPORT_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tiny_checkpoint) -> Path:
+    """The tiny checkpoint exported at 64x64 (model.onnx + manifest.json), made once: copy it before
+    writing anything beside it."""
+    from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
+
+    out = tmp_path_factory.mktemp("exported")
+    return onnx_from_checkpoint(tiny_checkpoint, out, ExportOptions(EXPORT_SIZE, EXPORT_SIZE)).onnx_path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep the default-data cache out of the user's home."""

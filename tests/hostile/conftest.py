@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from aspp_deploy.cli import app
 
-SIZE = 64
 
 
 def cli(*args):
@@ -36,19 +35,11 @@ def refused(result, fragment: str = "", code: int = 1) -> str:
     return errors[0]
 
 
-@pytest.fixture(scope="session")
-def exported_once(tmp_path_factory, tiny_checkpoint) -> Path:
-    from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
-
-    out = tmp_path_factory.mktemp("hostile-exported")
-    return onnx_from_checkpoint(tiny_checkpoint, out, ExportOptions(SIZE, SIZE)).onnx_path
-
-
 @pytest.fixture
-def artifacts(tmp_path, exported_once) -> Path:
-    """A private copy of the exported model's folder (model.onnx + manifest.json)."""
+def artifacts(tmp_path, exported) -> Path:
+    """A private copy of the shared exported model's folder (model.onnx + manifest.json)."""
     folder = tmp_path / "artifacts"
-    shutil.copytree(exported_once.parent, folder)
+    shutil.copytree(exported.parent, folder)
     return folder
 
 

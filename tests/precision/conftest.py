@@ -18,17 +18,6 @@ from aspp_deploy.data.voc import voc_palette, write_split_list
 from aspp_deploy.export.manifest import embed, update_sidecar
 from aspp_deploy.io import atomic_save_image
 
-EXPORT_SIZE = 64
-
-
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory, tiny_checkpoint) -> Path:
-    """The tiny checkpoint exported at 64x64 (model.onnx + manifest.json), made once."""
-    from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
-
-    out = tmp_path_factory.mktemp("exported")
-    return onnx_from_checkpoint(tiny_checkpoint, out, ExportOptions(EXPORT_SIZE, EXPORT_SIZE)).onnx_path
-
 
 @pytest.fixture
 def fp32_model(tmp_path, exported) -> Path:

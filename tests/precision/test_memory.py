@@ -24,7 +24,7 @@ from aspp_deploy.data.synthetic import SynthConfig, write_calibration_folder
 from aspp_deploy.precision.calibration import CalibrationData, calibration_files, ort_reader
 from aspp_deploy.precision.int8_ort import (TRT_OP_TYPES, _calibration_op_types, _calibrator_options,
                                             chunk_batches, stream_calibrate)
-from tests.precision.conftest import EXPORT_SIZE
+from tests.conftest import EXPORT_SIZE
 
 
 def _all_at_once(model: Path, calib: CalibrationData, method: str, op_types, extra: dict):
