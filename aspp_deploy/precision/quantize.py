@@ -239,8 +239,15 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
 
 def _builder(backend: str, opts: QuantizeOptions, src: Path, work: Path, calib: CalibrationData,
              method: str, lookup: CacheLookup):
+    import shutil
+
     from aspp_deploy.precision.budget import quietly
 
+    # The quantizers read a private copy, never the user's file: ModelOpt saves the model it loaded back
+    # to the path it was given, which rewrote the source ONNX's modification time.
+    private = work / "source.onnx"
+    shutil.copyfile(src, private)
+    src = private
     if opts.precision == "fp16":
         if backend == "modelopt":
             from aspp_deploy.precision.modelopt_backend import ModelOptFp16Builder

@@ -26,7 +26,11 @@ def test_quantizing_again_gives_the_same_file_and_measures_nothing_again(
                                eval_images=3, backend=backend)
         return quantized_onnx_from_fp32(fp32_model, opts)
 
+    before = (fp32_model.stat().st_mtime_ns, sha256_file(fp32_model))
     first = run()
+    # the source is read, never written: not its bytes and not its modification time (ModelOpt saved
+    # the model it loaded back over the path it was given)
+    assert (fp32_model.stat().st_mtime_ns, sha256_file(fp32_model)) == before
     sha = sha256_file(first.onnx_path)
     assert first.entry["onnx_sha256"] == sha
 
