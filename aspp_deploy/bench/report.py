@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from aspp_deploy.bench.stats import signed
 from aspp_deploy.io import atomic_save_image, atomic_write_bytes, atomic_write_text, json_text
 
 CSV_COLUMNS = ["backend", "precision", "device", "status", "reason", "size_bytes", "miou", "delta_miou",
@@ -60,10 +61,27 @@ def _fmt(v, spec: str = ".4f") -> str:
     return "" if v is None else format(v, spec)
 
 
+def result_cells(r: dict) -> list[str]:
+    """The figures of an ok row after backend/precision/device, formatted as summary.md formats them
+    (deltas signed, never -0.0000; no "x" without a speed-up)."""
+    size = _fmt(r["size_bytes"] / 1e6 if r["size_bytes"] else None, ".1f")
+    delta = "" if r["delta_miou"] is None else signed(r["delta_miou"])
+    speedup = "" if r["speedup"] is None else f"{_fmt(r['speedup'], '.2f')}x"
+    return [size, _fmt(r["miou"]), delta, _fmt(r["pixel_agreement"]), _fmt(r["boundary_f"]),
+            _fmt(r["max_abs_logit_diff"], ".3g"), _fmt(r["p50_ms"], ".1f"), _fmt(r["p99_ms"], ".1f"),
+            _fmt(r["throughput"], ".1f"), speedup]
+
+
+def images_text(settings: dict) -> str:
+    """"64 of 200 validation images" (the first N of the split), or "200 validation images"."""
+    n, total = settings["images"], settings.get("split_images")
+    return f"the first {n} of {total} validation images" if total and total > n else f"{n} validation images"
+
+
 def markdown_summary(rows: list[dict], machine: dict, settings: dict) -> str:
     lines = ["# aspp-deploy compare", "",
              f"Machine: {machine['cpu']} ({machine['cores']} cores), GPU: {machine['gpu'] or 'none'}; "
-             f"{settings['images']} validation images at {settings['input'][0]}x{settings['input'][1]}; "
+             f"accuracy on {images_text(settings)} at {settings['input'][0]}x{settings['input'][1]}; "
              f"latency: batch 1, {settings['warmup']} warm-up + {settings['iters']} timed runs.", "",
              "| backend | precision | device | size (MB) | mIoU | delta mIoU | pixel agr. | boundary F | "
              "max logit diff | p50 ms | p99 ms | img/s | speed-up |",
@@ -73,17 +91,14 @@ def markdown_summary(rows: list[dict], machine: dict, settings: dict) -> str:
             lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | {r['status']}: {r['reason']} "
                          "| | | | | | | | | |")
             continue
-        size = _fmt(r["size_bytes"] / 1e6 if r["size_bytes"] else None, ".1f")
-        lines.append(
-            f"| {r['backend']} | {r['precision']} | {r['device']} | {size} | {_fmt(r['miou'])} | "
-            f"{_fmt(r['delta_miou'], '+.4f')} | {_fmt(r['pixel_agreement'])} | {_fmt(r['boundary_f'])} | "
-            f"{_fmt(r['max_abs_logit_diff'], '.3g')} | {_fmt(r['p50_ms'], '.1f')} | {_fmt(r['p99_ms'], '.1f')} | "
-            f"{_fmt(r['throughput'], '.1f')} | {_fmt(r['speedup'], '.2f')}x |")
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | " + " | ".join(result_cells(r)) + " |")
     unstable = [f"{r['backend']} {r['precision']}" for r in rows if r.get("latency_unstable")]
     if unstable:
         lines += ["", f"Unstable latency (high run-to-run spread): {', '.join(unstable)}."]
-    lines += ["", "Deltas, agreement, boundary F-score and logit differences are against the first "
-              "row (PyTorch FP32). Plots: `latency.png`, `miou_vs_latency.png`; overlays in `overlays/`.", ""]
+    reference = settings.get("reference") or "the first row that ran"
+    lines += ["", "Deltas, agreement, boundary F-score and logit differences are against the reference, "
+              f"{reference}. Plots: `latency.png`, `miou_vs_latency.png`; overlays in `overlays/`; "
+              "all of it in one file to forward: `report.html`.", ""]
     return "\n".join(lines)
 
 
@@ -154,7 +169,7 @@ def plot_miou_vs_latency(rows: list[dict], path: Path, settings: dict | None = N
     ax.set_ylim(*miou_axis([r["miou"] for r in ok]))
     ax.set_xlim(0, max(r["p50_ms"] for r in ok) * 1.1)
     ax.set_xlabel("p50 latency, batch 1 (ms; lower is better)")
-    images = f" on {settings['images']} validation images" if "images" in settings else ""
+    images = f" on {images_text(settings)}" if "images" in settings else ""
     ax.set_ylabel(f"mIoU{images} (0..1)")
     ax.set_title("Accuracy vs latency (axis spans at least 0.10 mIoU)", fontsize=9)
     ax.grid(alpha=0.3)
@@ -243,10 +258,16 @@ def write_report(folder: Path, rows: list[dict], machine: dict, settings: dict, 
     atomic_write_text(folder / "results.csv", buf.getvalue())
     atomic_write_text(folder / "summary.md", markdown_summary(rows, machine, settings))
     written += [folder / "results.json", folder / "results.csv", folder / "summary.md"]
+    plots: list[tuple[str, bytes]] = []  # (caption, PNG bytes) for report.html
+    overlays: list[tuple[str, bytes]] = []
     if any(r["status"] == "ok" for r in rows):
-        plot_latency(rows, folder / "latency.png", settings)
-        plot_miou_vs_latency(rows, folder / "miou_vs_latency.png", settings)
-        written += [folder / "latency.png", folder / "miou_vs_latency.png"]
+        for plot, name, caption in ((plot_latency, "latency.png", "Latency per row"),
+                                    (plot_miou_vs_latency, "miou_vs_latency.png", "mIoU vs latency")):
+            (folder / name).unlink(missing_ok=True)  # a plot with nothing to show is not written: no stale one
+            plot(rows, folder / name, settings)
+            if (folder / name).is_file():
+                plots.append((caption, (folder / name).read_bytes()))
+                written.append(folder / name)
     if samples and predictions and palette:
         from aspp_deploy.data.voc import load_image, load_mask
 
@@ -259,5 +280,9 @@ def write_report(folder: Path, rows: list[dict], machine: dict, settings: dict, 
                                   classes)
             path = folder / "overlays" / f"{s.name}.png"
             atomic_save_image(panel, path)
+            overlays.append((s.name, path.read_bytes()))
             written.append(path)
-    return written
+    from aspp_deploy.bench.html_report import html_report
+
+    atomic_write_text(folder / "report.html", html_report(rows, machine, settings, plots, overlays))
+    return written + [folder / "report.html"]

@@ -60,3 +60,9 @@ def latency_stats(samples_ms, batch: int = 1) -> LatencyStats:
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
     return LatencyStats(int(a.size), float(a.mean()), float(p50), float(p90), float(p99),
                         float(a.min()), float(a.max()), float(a.std(ddof=1)) if a.size > 1 else 0.0, batch)
+
+
+def signed(value: float, digits: int = 4) -> str:
+    """``+0.0012`` / ``-0.0012``, and ``+0.0000`` for anything that rounds to zero (never ``-0.0000``)."""
+    text = f"{value:+.{digits}f}"
+    return f"{0.0:+.{digits}f}" if float(text) == 0 else text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import re
@@ -272,12 +271,6 @@ def check_output_folder(path: Path, flag: str) -> None:
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag} {path} is a file, not a folder")
     _check_can_create_under(path, flag)
-
-
-def signed(value: float, digits: int = 4) -> str:
-    """``+0.0012`` / ``-0.0012``, and ``+0.0000`` for anything that rounds to zero (never ``-0.0000``)."""
-    text = f"{value:+.{digits}f}"
-    return f"{0.0:+.{digits}f}" if float(text) == 0 else text
 
 
 def write_json(path: Path | None, payload: dict) -> None:

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from aspp_deploy.cli._common import Command, console, handle_errors, out_console, signed, write_json, working
+from aspp_deploy.bench.stats import signed
+from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json, working
 
 
 class Precision(str, Enum):
@@ -47,7 +48,7 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[Precision, typer.Option(help="fp16 (mixed precision) or int8 (Q/DQ).")],
         target: Annotated[Target, typer.Option(help="INT8 for TensorRT (trt) or the ONNX Runtime CPU provider (cpu).")] = Target.trt,
         calib: Annotated[Optional[Path], typer.Option(help="Folder of calibration images (default: the shipped calibration/).")] = None,
-        calib_size: Annotated[int, typer.Option(help="Use the first N images of --calib in name order (0: all).")] = 128,
+        calib_size: Annotated[int, typer.Option(help="Use the first N images of --calib in name order (0: all).")] = 64,
         method: Annotated[Optional[Method], typer.Option(help="Calibration method (default: entropy for trt, minmax for cpu).")] = None,
         percentile: Annotated[float, typer.Option(help="Percentile for --method percentile.")] = 99.999,
         data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val split measures accuracy (default: the synthetic split).")] = None,
@@ -97,7 +98,13 @@ def register(app: typer.Typer) -> None:
         if acc["max_abs_logit_diff"] is not None:
             table.add_row("max abs logit difference", f"{acc['max_abs_logit_diff']:.4g}")
         out_console.print(table)
+        why = ""
+        if len(entry["trt_versions"]) < len(entry["trt_check"]):
+            why = f"`aspp-deploy check {result.onnx_path}` says why"
+            if target.value == "cpu":
+                why += "; a cpu-target file is for ONNX Runtime and OpenVINO"
+            why = f" ({why})"
         out_console.print("parses on TensorRT: " + (", ".join(entry["trt_versions"]) or "none of "
-                          + ", ".join(entry["trt_check"])), highlight=False)
+                          + ", ".join(entry["trt_check"])) + why, highlight=False, soft_wrap=True)
         out_console.print(f"wrote {result.onnx_path} and {result.manifest_path}", highlight=False)
         write_json(json_out, entry)

@@ -1,0 +1,109 @@
+"""``report.html``: the whole compare report in one file a person can forward (machine and settings, the
+results table, the plots, per-class IoU, the overlays), with every picture embedded as a ``data:`` URI
+and nothing fetched from anywhere. Standard library only; deterministic for equal inputs (no date)."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+
+from aspp_deploy.bench.report import _fmt, images_text, result_cells
+
+COLUMNS = ["backend", "precision", "device", "size (MB)", "mIoU", "delta mIoU", "pixel agr.", "boundary F",
+           "max logit diff", "p50 ms", "p99 ms", "img/s", "speed-up"]
+UNSTABLE_NOTE = "(unstable: high run-to-run spread; rerun with more --iters)"
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.not-ok td { color: #777; }
+.unstable { color: #b00; font-size: 0.85em; }
+figure { margin: 0 0 1.5em; }
+img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+footer { color: #555; font-size: 0.85em; border-top: 1px solid #ccc; padding-top: 0.5em; }
+"""
+
+
+def _text(value) -> str:
+    """Any value from the data, escaped for HTML text and attribute values."""
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _row_name(r: dict) -> str:
+    return f"{r['backend']} {r['precision']} ({r['device']})"
+
+
+def _results_table(rows: list[dict]) -> list[str]:
+    out = ['<table id="results">', "<thead><tr>" + "".join(f"<th>{escape(c)}</th>" for c in COLUMNS)
+           + "</tr></thead>", "<tbody>"]
+    for r in rows:
+        head = "".join(f"<td>{_text(r[k])}</td>" for k in ("backend", "precision", "device"))
+        if r["status"] != "ok":
+            out.append(f'<tr class="not-ok">{head}<td colspan="{len(COLUMNS) - 3}">'
+                       f"{_text(r['status'])}: {_text(r['reason'])}</td></tr>")
+            continue
+        cells = [_text(c) for c in result_cells(r)]
+        if r.get("latency_unstable"):
+            cells[6] += f' <span class="unstable">{escape(UNSTABLE_NOTE)}</span>'
+        out.append(f"<tr>{head}" + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>")
+    return out + ["</tbody>", "</table>"]
+
+
+def _per_class_table(rows: list[dict]) -> list[str]:
+    ok = [r for r in rows if r["status"] == "ok" and r.get("per_class_iou")]
+    names = list(dict.fromkeys(name for r in ok for name in r["per_class_iou"]))
+    if not names:
+        return []
+    out = ["<h2>Per-class IoU</h2>", '<table id="per-class">',
+           "<thead><tr><th>row</th>" + "".join(f"<th>{_text(n)}</th>" for n in names) + "</tr></thead>", "<tbody>"]
+    for r in ok:
+        ious = r["per_class_iou"]
+        out.append(f"<tr><td>{_text(_row_name(r))}</td>"
+                   + "".join(f'<td class="num">{_text(_fmt(ious.get(n)))}</td>' for n in names) + "</tr>")
+    return out + ["</tbody>", "</table>"]
+
+
+def _figures(pictures: list[tuple[str, bytes]]) -> list[str]:
+    out = []
+    for caption, png in pictures:
+        uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        out.append(f'<figure><img src="{uri}" alt="{_text(caption)}">'
+                   f"<figcaption>{_text(caption)}</figcaption></figure>")
+    return out
+
+
+def html_report(rows: list[dict], machine: dict, settings: dict, plots: list[tuple[str, bytes]],
+                overlays: list[tuple[str, bytes]]) -> str:
+    """The report as one HTML document. ``plots`` and ``overlays`` are (caption, PNG bytes) pairs."""
+    height, width = settings["input"]
+    reference = settings.get("reference") or next(
+        (f"{r['backend']} {r['precision']}" for r in rows if r["status"] == "ok"), "nothing")
+    facts = [f"accuracy on {images_text(settings)} at {height}x{width}",
+             f"latency: batch 1, {settings['warmup']} warm-up + {settings['iters']} timed runs"]
+    if settings.get("threads"):
+        facts.append(f"{settings['threads']} threads")
+    if settings.get("model"):
+        facts.append(f"model: {settings['model']}")
+    facts.append(f"reference: {reference}")
+    unstable = [f"{r['backend']} {r['precision']}" for r in rows if r.get("latency_unstable")]
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+             "<title>aspp-deploy compare</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
+             "<h1>aspp-deploy compare</h1>",
+             f"<p>Machine: {_text(machine['cpu'])} ({_text(machine['cores'])} cores), "
+             f"GPU: {_text(machine['gpu'] or 'none')}</p>",
+             f"<p>{'; '.join(_text(f) for f in facts)}.</p>",
+             "<h2>Results</h2>", *_results_table(rows)]
+    if unstable:
+        parts.append(f"<p class=\"unstable\">Unstable latency (high run-to-run spread): "
+                     f"{_text(', '.join(unstable))}.</p>")
+    if plots:
+        parts += ["<h2>Plots</h2>", *_figures(plots)]
+    parts += _per_class_table(rows)
+    if overlays:
+        parts += ["<h2>Overlays</h2>", *_figures(overlays)]
+    parts += [f"<footer><p>Deltas, agreement, boundary F-score and logit differences are against the first "
+              f"ok row, the reference ({_text(reference)}).</p></footer>", "</body>", "</html>", ""]
+    return "\n".join(parts)
