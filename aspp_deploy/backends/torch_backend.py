@@ -5,6 +5,7 @@ uses, so its logits are what the ONNX was verified against."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,11 @@ class TorchRunner(Runner):
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.channels_last = (self.device.type == "cuda" if channels_last is None else channels_last) \
             and self.preprocess.layout == "NCHW"
+        if self.device.type != "cpu" or self.dtype != torch.float32 or self.channels_last:
+            # Module.to() works in place: the source's module, shared with the other rows of `compare` and
+            # with the exporter, must stay on the CPU in FP32 (its FP16 CUDA row once failed: the FP32
+            # CUDA row had moved the shared weights to the GPU, and the probe fed them a CPU tensor).
+            module = copy.deepcopy(module)
         model = module.to(self.device, self.dtype)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
