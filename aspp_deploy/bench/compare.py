@@ -106,6 +106,7 @@ class ValidationSet:
     def __init__(self, data: Path, pre: Preprocess, num_classes: int, limit: int | None) -> None:
         ds = VOCSegmentation(data, "val")
         self.samples = ds.samples[:limit] if limit else ds.samples
+        self.split_size = len(ds.samples)  # the whole split, of which ``samples`` are the first
         self.inputs = _Streamed(self.samples, lambda s: pre(load_image(s.image))[None])
         self.masks = _Streamed(self.samples, lambda s: load_mask(s.mask, num_classes))
         for s in self.samples:  # fail now on a missing, mislabelled or missized mask, not after the first rows

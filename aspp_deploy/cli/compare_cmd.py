@@ -6,15 +6,21 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from aspp_deploy.cli import _model_opts as M
-from aspp_deploy.cli._common import Command, console, handle_errors, out_console, signed, write_json
+from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json
 from aspp_deploy.cli._common import progress as progress_display
+
+
+DEFAULT_LIMIT = 64
 
 
 def _table(rows: list[dict], reference: str = "torch fp32") -> tuple[Table, list[str]]:
     """The table, and the footnotes that say why a row did not run (one per distinct reason)."""
+    from aspp_deploy.bench.report import result_cells
+
     notes: list[str] = []
     t = Table(title=f"aspp-deploy compare (deltas vs {reference})")
     for col in ("backend", "precision", "device", "MB", "mIoU", "ΔmIoU", "pix agr", "bndry F",
@@ -27,15 +33,7 @@ def _table(rows: list[dict], reference: str = "torch fp32") -> tuple[Table, list
             t.add_row(r["backend"], r["precision"], r["device"],
                       f"[dim]{r['status']} [{notes.index(r['reason']) + 1}][/]")
             continue
-
-        def f(v, spec=".4f"):
-            return "" if v is None else format(v, spec)
-
-        t.add_row(r["backend"], r["precision"], r["device"],
-                  f(r["size_bytes"] / 1e6 if r["size_bytes"] else None, ".1f"), f(r["miou"]),
-                  ("" if r["delta_miou"] is None else signed(r["delta_miou"])), f(r["pixel_agreement"]), f(r["boundary_f"]),
-                  f(r["max_abs_logit_diff"], ".3g"), f(r["p50_ms"], ".1f"), f(r["p99_ms"], ".1f"),
-                  f(r["throughput"], ".1f"), f(r["speedup"], ".2f") + "x")
+        t.add_row(r["backend"], r["precision"], r["device"], *result_cells(r))
     return t, [f"[{i + 1}] {reason}" for i, reason in enumerate(notes)]
 
 
@@ -63,7 +61,9 @@ def register(app: typer.Typer) -> None:
         artifacts: Annotated[Path, typer.Option(help="Folder of artifacts: reused when up to date, made when missing.")] = Path("artifacts"),
         data: Annotated[Optional[Path], typer.Option(help="VOC-style folder (default: the synthetic validation split).")] = None,
         calib: Annotated[Optional[Path], typer.Option(help="Calibration image folder for the INT8 rows (default: the shipped calibration/ images; use your own for your model).")] = None,
-        limit: Annotated[int, typer.Option(help="Use only the first N validation images (0: all).")] = 0,
+        limit: Annotated[int, typer.Option(help="Measure accuracy on the first N validation images (0: the whole split). "
+                                           "64 keeps a cold compare of the shipped model within 3 minutes on 2 CPU cores; "
+                                           "use 0 for final figures.")] = DEFAULT_LIMIT,
         warmup: Annotated[int, typer.Option(help="Latency warm-up runs per row.")] = 5,
         iters: Annotated[int, typer.Option(help="Timed latency runs per row.")] = 30,
         threads: Annotated[int, typer.Option(help="CPU threads for every CPU backend (0: library default).")] = 0,
@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
         model_spec = M.build_spec(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
                                   output_kind)
-        log = lambda m: console.print(m, highlight=False)  # noqa: E731
+        log = lambda m: console.print(escape(m), highlight=False)  # noqa: E731  (paths may hold [brackets])
         from aspp_deploy.cli.export_cmd import parity_images
 
         images = parity_images(data)  # real images join the parity check, as in `export`
@@ -146,11 +146,17 @@ def register(app: typer.Typer) -> None:
         table, notes = _table(dicts, ref_label)
         out_console.print(table)
         for note in notes:
-            out_console.print(note, highlight=False)
-        settings = {"images": len(val.inputs), "data": str(root), "input": [pre.height, pre.width],
-                    "warmup": warmup, "iters": iters, "threads": threads or torch.get_num_threads(),
+            out_console.print(escape(note), highlight=False, soft_wrap=True)  # reasons hold [extras]: not markup
+        settings = {"images": len(val.inputs), "split_images": val.split_size, "data": str(root),
+                    "input": [pre.height, pre.width], "warmup": warmup, "iters": iters,
+                    "threads": threads or torch.get_num_threads(),
                     "model": (entry.get("model") or {}).get("label"), "reference": ref_label,
                     "checkpoint": str(torch_model) if torch_model else None}
+        from aspp_deploy.bench.report import images_text
+
+        out_console.print(f"accuracy on {images_text(settings)}"
+                          + (" (--limit 0 measures them all)" if val.split_size > len(val.inputs) else ""),
+                          highlight=False)
         if report is not None:
             preds = {f"{r.spec.backend} {r.spec.precision}": r.predictions for r in rows if r.status == "ok"}
             written = write_report(report, dicts, machine, settings, samples=val.samples,
@@ -205,7 +211,7 @@ def _quantizer(data: Path, calib: Optional[Path], threads: int):
     from aspp_deploy.precision.api import quantize_for_compare
 
     def make(fp32: Path, out: Path, **kwargs) -> Path:
-        return quantize_for_compare(fp32, out, log=lambda m: console.print(f"  {m}", highlight=False),
+        return quantize_for_compare(fp32, out, log=lambda m: console.print(f"  {escape(m)}", highlight=False),
                                     data=data, calib=calib, threads=threads, **kwargs)
 
     return make

@@ -67,15 +67,21 @@ def test_bench_trt_without_tensorrt_says_what_is_missing(tmp_path):
     assert len([ln for ln in r.output.splitlines() if ln.strip()]) == 1
 
 
-def test_compare_rows_reports_and_figures(tiny_checkpoint, tiny_data, tmp_path):
+def test_compare_rows_reports_and_figures(tiny_checkpoint, tiny_data, tmp_path, monkeypatch):
+    import aspp_deploy.backends.registry as registry
+    from aspp_deploy.backends.openvino_backend import OPENVINO_INSTALL_HINT
     from aspp_deploy.backends.torch_backend import TorchRunner
     from aspp_deploy.eval.evaluate import evaluate
 
+    # as on a machine without OpenVINO: the reason's "[openvino]" must survive the console's markup
+    monkeypatch.setattr(registry, "openvino_unavailable_reason", lambda: OPENVINO_INSTALL_HINT)
     report, out = tmp_path / "rep", tmp_path / "c.json"
     r = runner.invoke(app, ["compare", "--checkpoint", str(tiny_checkpoint), "--artifacts", str(tmp_path / "a"),
                             "--data", str(tiny_data), "--iters", "3", "--warmup", "1",
                             "--report", str(report), "--json", str(out)])
     assert r.exit_code == 0, r.output
+    assert "pip install 'aspp-deploy[openvino]'" in r.output
+    assert "accuracy on 4 validation images" in r.output  # the whole tiny split: under --limit's 64
     rows = json.loads(out.read_text())["rows"]
     by = {(x["backend"], x["precision"], x["device"]): x for x in rows}
     ref, ort_row = by[("torch", "fp32", "cpu")], by[("onnxruntime", "fp32", "cpu")]
