@@ -11,7 +11,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from aspp_deploy.cli import _model_opts as M
-from aspp_deploy.cli._common import Command, LineProgress, console, handle_errors, out_console, progress, write_json
+from aspp_deploy.cli._common import Command, LineProgress, handle_errors, out_console, progress, write_json
 
 
 class EvalBackend(str, Enum):

@@ -71,8 +71,10 @@ def print_export(result, verb: str = "wrote") -> None:
     pre = entry["preprocess"]
     out_console.print(f"spec: {pre['layout']} {pre['channel_order']} {pre['height']}x{pre['width']} "
                       f"{pre['policy']}, {len(entry['classes'])} classes, output {entry['output_kind']}", highlight=False)
+    checks = entry["trt_check"]
+    why = "" if all(c["ok"] for c in checks.values()) else f" (`aspp-deploy check {result.onnx_path}` says why)"
     out_console.print("TensorRT pre-flight: " + ", ".join(
-        f"{v} {'ok' if c['ok'] else 'FAIL'}" for v, c in entry["trt_check"].items()), highlight=False)
+        f"{v} {'ok' if c['ok'] else 'FAIL'}" for v, c in checks.items()) + why, highlight=False, soft_wrap=True)
     out_console.print(f"{verb} {result.onnx_path} and {result.manifest_path}", highlight=False)
 
 

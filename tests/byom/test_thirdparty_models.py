@@ -5,7 +5,6 @@ ones and nowhere else. Random weights saved to a file (nothing is downloaded), s
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort

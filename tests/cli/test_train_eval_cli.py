@@ -4,7 +4,7 @@ import torch
 from typer.testing import CliRunner
 
 from aspp_deploy.cli import app
-from tests.conftest import TINY, make_checkpoint
+from tests.conftest import make_checkpoint
 from aspp_deploy.model.deeplab import ModelConfig
 
 runner = CliRunner()
