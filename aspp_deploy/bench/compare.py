@@ -32,7 +32,6 @@ from aspp_deploy.eval.boundary import BoundaryF
 from aspp_deploy.eval.evaluate import to_mask_size
 from aspp_deploy.eval.metrics import ConfusionMatrix
 
-LOGIT_DIFF_IMAGES = 8  # images on which logits are kept to measure max |logit diff|
 KEPT_PREDICTIONS = 8   # masks a non-reference row keeps (the report's overlays use the first few)
 
 
@@ -123,27 +122,46 @@ class ValidationSet:
         return self._digest
 
 
-def measure_row(row: Row, runner, val: ValidationSet, classes: list[str], reference: Row | None,
-                ref_logits: list[np.ndarray] | None, warmup: int, iters: int,
-                progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
-    """Fill ``row`` with accuracy and latency; return the logits of the first images."""
-    kept = measure_accuracy(row, runner, val, classes, reference, ref_logits, progress)
-    row.bench = bench_runner(runner, val.inputs[0], warmup, iters)
-    return kept
+class LogitStore:
+    """The reference's logits of every measured image, one ``.npy`` file each in a private temporary
+    folder, so that every row's max |logit difference| is over all the images its accuracy is (one
+    definition, as ``quantize`` measures it) while memory holds one image's logits: 64 maps of 21
+    classes at 512x512 are 1.4 GB, which a laptop or a Jetson should not hold for a table."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory(prefix="aspp-deploy-logits-")
+        self.count = 0
+
+    def _path(self, i: int) -> Path:
+        return Path(self._dir.name) / f"{i:06d}.npy"
+
+    def put(self, i: int, logits: np.ndarray) -> None:
+        np.save(self._path(i), np.asarray(logits, dtype=np.float32), allow_pickle=False)
+        self.count = max(self.count, i + 1)
+
+    def get(self, i: int) -> np.ndarray:
+        return np.load(self._path(i), allow_pickle=False)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def close(self) -> None:
+        self._dir.cleanup()
 
 
 def measure_accuracy(row: Row, runner, val: ValidationSet, classes: list[str], reference: Row | None,
-                     ref_logits: list[np.ndarray] | None,
+                     ref_logits: LogitStore | None,
                      progress: Callable[[int, int], None] | None = None,
-                     timings: list[float] | None = None) -> list[np.ndarray]:
-    """Fill ``row``'s accuracy figures (against ``reference`` when given); return the logits of the
-    first images. ``timings`` receives each synchronised ``infer`` call's milliseconds (the model
-    alone, as ``bench_runner`` times it)."""
+                     timings: list[float] | None = None, keep: LogitStore | None = None) -> None:
+    """Fill ``row``'s accuracy figures (against ``reference`` and its ``ref_logits`` when given).
+    ``keep`` receives this row's logits (the reference's pass). ``timings`` receives each synchronised
+    ``infer`` call's milliseconds (the model alone, as ``bench_runner`` times it)."""
     cm = ConfusionMatrix(len(classes))
     bf = BoundaryF()
     agree = total = 0
-    max_diff = 0.0
-    kept: list[np.ndarray] = []
+    max_diff: float | None = None
     for i, (x, mask) in enumerate(zip(val.inputs, val.masks)):
         t0 = time.perf_counter_ns()
         out = runner.infer(x)
@@ -159,11 +177,12 @@ def measure_accuracy(row: Row, runner, val: ValidationSet, classes: list[str], r
             agree += int((ref == pred).sum())
             total += ref.size
             bf.update(ref, pred)
-        if i < LOGIT_DIFF_IMAGES and not runner.info.outputs_class_ids:
-            logits = np.asarray(out, dtype=np.float32)
-            kept.append(logits)
+        if not runner.info.outputs_class_ids:
+            if keep is not None:
+                keep.put(i, out)
             if ref_logits is not None and i < len(ref_logits):
-                max_diff = max(max_diff, float(np.abs(logits - ref_logits[i]).max()))
+                diff = float(np.abs(np.asarray(out, dtype=np.float32) - ref_logits.get(i)).max())
+                max_diff = diff if max_diff is None else max(max_diff, diff)
         if progress:
             progress(i + 1, len(val.inputs))
     iou = cm.iou()
@@ -173,8 +192,7 @@ def measure_accuracy(row: Row, runner, val: ValidationSet, classes: list[str], r
         row.pixel_agreement = agree / total if total else None
         row.boundary_f = bf.score()
         row.delta_miou = row.miou - (reference.miou or 0.0)
-        row.max_abs_logit_diff = max_diff if kept and ref_logits else None
-    return kept
+        row.max_abs_logit_diff = max_diff
 
 
 ACCURACY_FIELDS = ("miou", "per_class_iou", "delta_miou", "pixel_agreement", "boundary_f", "max_abs_logit_diff")
@@ -222,9 +240,14 @@ def run_compare(specs: list[RowSpec], val: ValidationSet, classes: list[str], op
     latencies too, and ``reuse_latency`` reuses them."""
     rows = [Row(s) for s in specs]
     reference: Row | None = None
-    ref_logits: list[np.ndarray] | None = None
+    ref_logits: LogitStore | None = None  # the reference's logits, on disk
     ref_key: dict | None = None
-    ref_complete = False  # the reference's predictions and logits are all in memory
+    ref_complete = False  # the reference's predictions are all in memory and its logits in ref_logits
+    stores: list[LogitStore] = []
+
+    def new_store() -> LogitStore:
+        stores.append(LogitStore())
+        return stores[-1]
 
     def reference_outputs() -> None:
         """Run the reference again (its figures came from the cache; another row needs its outputs)."""
@@ -234,73 +257,80 @@ def run_compare(specs: list[RowSpec], val: ValidationSet, classes: list[str], op
         scratch = Row(reference.spec)
         with open_runner(reference.spec) as runner:
             progress = progress_factory(f"{reference.spec.label} (reference)") if progress_factory else None
-            ref_logits = measure_accuracy(scratch, runner, val, classes, None, None, progress)
+            ref_logits = new_store()
+            measure_accuracy(scratch, runner, val, classes, None, None, progress, keep=ref_logits)
         reference.predictions, ref_complete = scratch.predictions, True
 
-    for row in rows:
-        s = row.spec
-        if s.unavailable:
-            row.status, row.reason = "unavailable", s.unavailable
-            continue
-        try:
-            if s.artifact is not None and (s.refresh or not s.artifact.is_file()):
-                if s.produce is None:
-                    raise AsppDeployError(f"{s.artifact} is missing")
-                log(f"{'remaking out-of-date' if s.refresh else 'making'} {s.artifact.name} ...")
-                s.artifact = s.produce()
-            key = row_key(s) if cache is not None and row_key is not None else None
-            acc_key = lat_key = None
-            if key is not None and (reference is None or ref_key is not None):
-                acc_key = {"what": "accuracy", "row": key, "reference": ref_key}
-                if latency_key is not None:
-                    lat_key = {"what": "latency", "row": key, "bench": latency_key}
-            hit = cache.get(acc_key) if cache is not None and acc_key is not None else None
-            if hit is not None and _restore_accuracy(row, hit):
-                row.reused.append("accuracy")
-            elif acc_key is not None and cache is not None:
-                log(f"{s.label}: accuracy {cache.why}")
-            lat_hit = cache.get(lat_key) if cache is not None and lat_key is not None and reuse_latency else None
-            row.bench = _restore_latency(lat_hit) if lat_hit is not None else None
-            if row.bench is not None:
-                row.reused.append("latency")
-            kept: list[np.ndarray] = []
-            if "accuracy" not in row.reused or row.bench is None:
-                if "accuracy" not in row.reused and reference is not None and not ref_complete:
-                    reference_outputs()
-                with open_runner(s) as runner:
-                    timings: list[float] = []
-                    if "accuracy" not in row.reused:
-                        progress = progress_factory(s.label) if progress_factory else None
-                        kept = measure_accuracy(row, runner, val, classes, reference, ref_logits, progress,
-                                                timings if row.bench is None else None)
-                        if acc_key is not None and cache is not None:
-                            _store_accuracy(cache, acc_key, row)
-                    if row.bench is None:
-                        x = val.inputs[0]
-                        if len(timings) >= warmup + iters and runner.infer_phases(x) is None:
-                            # the accuracy pass already ran the model warmup + iters times, one
-                            # synchronised image at a time: its calls are the latency samples
-                            samples = timings[warmup:warmup + iters]
-                            row.bench = BenchResult(latency_stats(samples, int(x.shape[0])), samples_ms=samples)
-                        else:
-                            row.bench = bench_runner(runner, x, warmup, iters)
-                        if lat_key is not None and cache is not None:
-                            _store_latency(cache, lat_key, row.bench, int(x.shape[0]))
-        except AsppDeployError as exc:
-            row.status, row.reason = "unavailable", str(exc)
-            continue
-        except Exception as exc:  # one broken backend must not hide the others
-            row.status, row.reason = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-            continue
-        if s.artifact is not None and s.artifact.is_file():
-            row.size_bytes = s.artifact.stat().st_size
-        if reference is None:
-            reference, ref_logits, ref_key = row, kept, (acc_key or {}).get("row")
-            ref_complete = "accuracy" not in row.reused
-            row.delta_miou, row.pixel_agreement, row.boundary_f, row.max_abs_logit_diff = 0.0, 1.0, 1.0, 0.0
-        reused = f" (reused: {', '.join(row.reused)})" if row.reused else ""
-        log(f"{s.label}: mIoU {row.miou:.4f}, p50 {row.bench.end_to_end.p50:.1f} ms{reused}" if row.bench
-            else s.label)
+    try:
+        for row in rows:
+            s = row.spec
+            if s.unavailable:
+                row.status, row.reason = "unavailable", s.unavailable
+                continue
+            try:
+                if s.artifact is not None and (s.refresh or not s.artifact.is_file()):
+                    if s.produce is None:
+                        raise AsppDeployError(f"{s.artifact} is missing")
+                    log(f"{'remaking out-of-date' if s.refresh else 'making'} {s.artifact.name} ...")
+                    s.artifact = s.produce()
+                key = row_key(s) if cache is not None and row_key is not None else None
+                acc_key = lat_key = None
+                if key is not None and (reference is None or ref_key is not None):
+                    acc_key = {"what": "accuracy", "row": key, "reference": ref_key,
+                               "max_logit_diff_over": "every measured image"}
+                    if latency_key is not None:
+                        lat_key = {"what": "latency", "row": key, "bench": latency_key}
+                hit = cache.get(acc_key) if cache is not None and acc_key is not None else None
+                if hit is not None and _restore_accuracy(row, hit):
+                    row.reused.append("accuracy")
+                elif acc_key is not None and cache is not None:
+                    log(f"{s.label}: accuracy {cache.why}")
+                lat_hit = cache.get(lat_key) if cache is not None and lat_key is not None and reuse_latency else None
+                row.bench = _restore_latency(lat_hit) if lat_hit is not None else None
+                if row.bench is not None:
+                    row.reused.append("latency")
+                keep = new_store() if reference is None else None  # the reference's logits, for the others
+                if "accuracy" not in row.reused or row.bench is None:
+                    if "accuracy" not in row.reused and reference is not None and not ref_complete:
+                        reference_outputs()
+                    with open_runner(s) as runner:
+                        timings: list[float] = []
+                        if "accuracy" not in row.reused:
+                            progress = progress_factory(s.label) if progress_factory else None
+                            measure_accuracy(row, runner, val, classes, reference, ref_logits, progress,
+                                             timings if row.bench is None else None, keep=keep)
+                            if acc_key is not None and cache is not None:
+                                _store_accuracy(cache, acc_key, row)
+                        if row.bench is None:
+                            x = val.inputs[0]
+                            if len(timings) >= warmup + iters and runner.infer_phases(x) is None:
+                                # the accuracy pass already ran the model warmup + iters times, one
+                                # synchronised image at a time: its calls are the latency samples
+                                samples = timings[warmup:warmup + iters]
+                                row.bench = BenchResult(latency_stats(samples, int(x.shape[0])), samples_ms=samples)
+                            else:
+                                row.bench = bench_runner(runner, x, warmup, iters)
+                            if lat_key is not None and cache is not None:
+                                _store_latency(cache, lat_key, row.bench, int(x.shape[0]))
+            except AsppDeployError as exc:
+                row.status, row.reason = "unavailable", str(exc)
+                continue
+            except Exception as exc:  # one broken backend must not hide the others
+                row.status, row.reason = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                continue
+            if s.artifact is not None and s.artifact.is_file():
+                row.size_bytes = s.artifact.stat().st_size
+            if reference is None:
+                reference, ref_key = row, (acc_key or {}).get("row")
+                ref_complete = "accuracy" not in row.reused
+                ref_logits = keep if ref_complete else None
+                row.delta_miou, row.pixel_agreement, row.boundary_f, row.max_abs_logit_diff = 0.0, 1.0, 1.0, 0.0
+            reused = f" (reused: {', '.join(row.reused)})" if row.reused else ""
+            log(f"{s.label}: mIoU {row.miou:.4f}, p50 {row.bench.end_to_end.p50:.1f} ms{reused}" if row.bench
+                else s.label)
+    finally:
+        for store in stores:
+            store.close()
     if reference is not None and reference.bench is not None:
         base = reference.bench.end_to_end.p50
         for row in rows:

@@ -104,6 +104,7 @@ def html_report(rows: list[dict], machine: dict, settings: dict, plots: list[tup
     parts += _per_class_table(rows)
     if overlays:
         parts += ["<h2>Overlays</h2>", *_figures(overlays)]
-    parts += [f"<footer><p>Deltas, agreement, boundary F-score and logit differences are against the first "
-              f"ok row, the reference ({_text(reference)}).</p></footer>", "</body>", "</html>", ""]
+    parts += [f"<footer><p>Deltas, agreement, boundary F-score and the max logit difference (the largest "
+              f"|difference| over every measured image) are against the first ok row, the reference "
+              f"({_text(reference)}).</p></footer>", "</body>", "</html>", ""]
     return "\n".join(parts)

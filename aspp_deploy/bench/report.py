@@ -96,8 +96,8 @@ def markdown_summary(rows: list[dict], machine: dict, settings: dict) -> str:
     if unstable:
         lines += ["", f"Unstable latency (high run-to-run spread): {', '.join(unstable)}."]
     reference = settings.get("reference") or "the first row that ran"
-    lines += ["", "Deltas, agreement, boundary F-score and logit differences are against the reference, "
-              f"{reference}. Plots: `latency.png`, `miou_vs_latency.png`; overlays in `overlays/`; "
+    lines += ["", "Deltas, agreement, boundary F-score and the max logit difference (the largest |difference| "
+              f"over every measured image) are against the reference, {reference}. Plots: `latency.png`, `miou_vs_latency.png`; overlays in `overlays/`; "
               "all of it in one file to forward: `report.html`.", ""]
     return "\n".join(lines)
 

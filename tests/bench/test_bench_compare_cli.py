@@ -1,6 +1,8 @@
 import csv
 import json
+import tempfile
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -186,3 +188,34 @@ def test_bench_labels_the_precision_from_the_manifest(tiny_checkpoint, tiny_data
                             "--warmup", "0", "--json", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["precision"] == "fp16" and "onnxruntime fp16" in r.output
+
+
+def test_max_logit_difference_is_over_every_measured_image(tiny_checkpoint, tmp_path, monkeypatch):
+    """One definition with `quantize`: the largest |logit difference| over all the images the row's accuracy
+    is measured on (not the first few), computed here independently from the two runners' outputs."""
+    from aspp_deploy.backends.onnxruntime_backend import OrtRunner
+    from aspp_deploy.backends.torch_backend import TorchRunner
+    from aspp_deploy.bench.compare import RowSpec, ValidationSet, run_compare
+    from aspp_deploy.data.synthetic import SynthConfig, write_synthetic_voc
+    from tests.conftest import TINY_SIZE
+
+    data = write_synthetic_voc(tmp_path / "d", {"val": 12}, seed=5, cfg=SynthConfig(size=TINY_SIZE))
+    onnx_path = onnx_from_checkpoint(tiny_checkpoint, tmp_path / "a", ExportOptions()).onnx_path
+    torch_runner = TorchRunner(tiny_checkpoint)
+    val = ValidationSet(data, torch_runner.preprocess, len(torch_runner.classes), None)
+    specs = [RowSpec("torch", "fp32", "cpu", tiny_checkpoint), RowSpec("onnxruntime", "fp32", "cpu", onnx_path)]
+
+    def open_row(s):
+        return TorchRunner(s.artifact) if s.backend == "torch" else OrtRunner(s.artifact)
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the reference's logits go
+    rows = run_compare(specs, val, torch_runner.classes, open_row, warmup=0, iters=1)
+    assert [r.status for r in rows] == ["ok", "ok"]
+    ort_runner = OrtRunner(onnx_path)
+    diffs = [float(np.abs(ort_runner.infer(x) - torch_runner.infer(x)).max()) for x in val.inputs]
+    assert len(diffs) == 12
+    assert rows[1].max_abs_logit_diff == pytest.approx(max(diffs), rel=1e-6)
+    assert rows[0].max_abs_logit_diff == 0.0
+    assert not list(scratch.iterdir()), "the logit files were left behind"
