@@ -22,7 +22,7 @@ import json
 import os
 import sys
 from io import BytesIO
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path[:1]:  # the runtime copied beside this file wins over any installed aspp_deploy
