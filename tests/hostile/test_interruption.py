@@ -22,10 +22,24 @@ from tests.hostile.conftest import cli, refused
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _sigint_as_on_a_terminal() -> None:
+    """The child gets Ctrl-C as a command run from a terminal does. A test run started in the background
+    (`pytest &` in a script) inherits SIGINT ignored, and Python, rightly, keeps an inherited ignore."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli_process(*args: str) -> subprocess.Popen:
     code = "import sys; from aspp_deploy.cli import main; sys.argv = ['aspp-deploy', *sys.argv[1:]]; main()"
     return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_as_on_a_terminal)
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt in this process for the test, whatever the test run inherited."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def _wait_for_files(folder: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -131,7 +145,7 @@ def test_a_kill_between_the_onnx_and_its_manifest_is_detected(artifacts, tiny_da
             "does not match its entry")
 
 
-def test_ctrl_c_while_an_artifact_is_committed_arrives_after_the_manifest(artifacts, monkeypatch):
+def test_ctrl_c_while_an_artifact_is_committed_arrives_after_the_manifest(artifacts, monkeypatch, ctrl_c_raises):
     """Ctrl-C between the ONNX rename and the manifest update is held until both are written."""
     import aspp_deploy.export.manifest as manifest
 
