@@ -7,10 +7,9 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from aspp_deploy.bench.report import _fmt, images_text, result_cells
+from aspp_deploy.bench.report import RESULT_COLUMNS as COLUMNS
+from aspp_deploy.bench.report import _fmt, images_text, reference_label, result_cells, unstable_labels
 
-COLUMNS = ["backend", "precision", "device", "size (MB)", "mIoU", "delta mIoU", "pixel agr.", "boundary F",
-           "max logit diff", "p50 ms", "p99 ms", "img/s", "speed-up"]
 UNSTABLE_NOTE = "(unstable: high run-to-run spread; rerun with more --iters)"
 
 STYLE = """
@@ -79,8 +78,7 @@ def html_report(rows: list[dict], machine: dict, settings: dict, plots: list[tup
                 overlays: list[tuple[str, bytes]]) -> str:
     """The report as one HTML document. ``plots`` and ``overlays`` are (caption, PNG bytes) pairs."""
     height, width = settings["input"]
-    reference = settings.get("reference") or next(
-        (f"{r['backend']} {r['precision']}" for r in rows if r["status"] == "ok"), "nothing")
+    reference = reference_label(rows, settings)
     facts = [f"accuracy on {images_text(settings)} at {height}x{width}",
              f"latency: batch 1, {settings['warmup']} warm-up + {settings['iters']} timed runs"]
     if settings.get("threads"):
@@ -88,7 +86,7 @@ def html_report(rows: list[dict], machine: dict, settings: dict, plots: list[tup
     if settings.get("model"):
         facts.append(f"model: {settings['model']}")
     facts.append(f"reference: {reference}")
-    unstable = [f"{r['backend']} {r['precision']}" for r in rows if r.get("latency_unstable")]
+    unstable = unstable_labels(rows)
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              "<title>aspp-deploy compare</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
              "<h1>aspp-deploy compare</h1>",

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from aspp_deploy.bench.stats import signed
-from aspp_deploy.io import atomic_save_image, atomic_write_bytes, atomic_write_text, json_text
+from aspp_deploy.io import atomic_write_bytes, atomic_write_text, json_text
 
 CSV_COLUMNS = ["backend", "precision", "device", "status", "reason", "size_bytes", "miou", "delta_miou",
                "pixel_agreement", "boundary_f", "max_abs_logit_diff", "p50_ms", "p99_ms", "throughput",
@@ -72,6 +72,21 @@ def result_cells(r: dict) -> list[str]:
             _fmt(r["throughput"], ".1f"), speedup]
 
 
+RESULT_COLUMNS = ["backend", "precision", "device", "size (MB)", "mIoU", "delta mIoU", "pixel agr.", "boundary F",
+                  "max logit diff", "p50 ms", "p99 ms", "img/s", "speed-up"]  # summary.md and report.html
+
+
+def unstable_labels(rows: list[dict]) -> list[str]:
+    """The rows whose latency spread is high (see ``LatencyStats.unstable``)."""
+    return [f"{r['backend']} {r['precision']}" for r in rows if r.get("latency_unstable")]
+
+
+def reference_label(rows: list[dict], settings: dict) -> str:
+    """What the deltas are against: the settings' reference, else the first row that ran."""
+    return settings.get("reference") or next(
+        (f"{r['backend']} {r['precision']}" for r in rows if r["status"] == "ok"), "nothing")
+
+
 def images_text(settings: dict) -> str:
     """"64 of 200 validation images" (the first N of the split), or "200 validation images"."""
     n, total = settings["images"], settings.get("split_images")
@@ -83,36 +98,37 @@ def markdown_summary(rows: list[dict], machine: dict, settings: dict) -> str:
              f"Machine: {machine['cpu']} ({machine['cores']} cores), GPU: {machine['gpu'] or 'none'}; "
              f"accuracy on {images_text(settings)} at {settings['input'][0]}x{settings['input'][1]}; "
              f"latency: batch 1, {settings['warmup']} warm-up + {settings['iters']} timed runs.", "",
-             "| backend | precision | device | size (MB) | mIoU | delta mIoU | pixel agr. | boundary F | "
-             "max logit diff | p50 ms | p99 ms | img/s | speed-up |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| " + " | ".join(RESULT_COLUMNS) + " |",
+             "|---|---|---|" + "---:|" * (len(RESULT_COLUMNS) - 3)]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | {r['status']}: {r['reason']} "
                          "| | | | | | | | | |")
             continue
         lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | " + " | ".join(result_cells(r)) + " |")
-    unstable = [f"{r['backend']} {r['precision']}" for r in rows if r.get("latency_unstable")]
+    unstable = unstable_labels(rows)
     if unstable:
         lines += ["", f"Unstable latency (high run-to-run spread): {', '.join(unstable)}."]
-    reference = settings.get("reference") or "the first row that ran"
+    reference = reference_label(rows, settings)
     lines += ["", "Deltas, agreement, boundary F-score and the max logit difference (the largest |difference| "
               f"over every measured image) are against the reference, {reference}. Plots: `latency.png`, `miou_vs_latency.png`; overlays in `overlays/`; "
               "all of it in one file to forward: `report.html`.", ""]
     return "\n".join(lines)
 
 
-def _save_figure(fig, path: Path) -> None:
+def _save_figure(fig, path: Path) -> bytes:
+    """Write the figure as PNG; returns the bytes written."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def _row_label(r: dict) -> str:
     return f"{r['backend']} {r['precision']}" + (" (unstable)" if r.get("latency_unstable") else "")
 
 
-def plot_latency(rows: list[dict], path: Path, settings: dict | None = None) -> None:
+def plot_latency(rows: list[dict], path: Path, settings: dict | None = None) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,8 +144,9 @@ def plot_latency(rows: list[dict], path: Path, settings: dict | None = None) -> 
     ax.set_title(f"Latency per row: box = p25..p75, line = p50, whiskers 1.5 IQR ({runs})", fontsize=9)
     ax.set_ylim(bottom=0)
     ax.grid(axis="y", alpha=0.3)
-    _save_figure(fig, path)
+    png = _save_figure(fig, path)
     plt.close(fig)
+    return png
 
 
 MIOU_AXIS_SPAN = 0.10  # the mIoU axis spans at least 10 points: smaller gaps are not worth a picture
@@ -149,9 +166,9 @@ def miou_axis(values: list[float], span: float = MIOU_AXIS_SPAN) -> tuple[float,
     return bottom, top
 
 
-def plot_miou_vs_latency(rows: list[dict], path: Path, settings: dict | None = None) -> None:
+def plot_miou_vs_latency(rows: list[dict], path: Path, settings: dict | None = None) -> bytes | None:
     """One marker per row, named in a legend beside the axes (labels never collide), mIoU on a fixed
-    minimum span, latency from 0."""
+    minimum span, latency from 0; the PNG's bytes, None (nothing written) without a row to place."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,7 +177,7 @@ def plot_miou_vs_latency(rows: list[dict], path: Path, settings: dict | None = N
     settings = settings or {}
     ok = [r for r in rows if r["status"] == "ok" and r.get("miou") is not None and r.get("p50_ms") is not None]
     if not ok:
-        return
+        return None
     fig, ax = plt.subplots(figsize=(8, 4.2))
     markers = "osD^vP*Xh<>p"
     for k, r in enumerate(ok):
@@ -174,8 +191,9 @@ def plot_miou_vs_latency(rows: list[dict], path: Path, settings: dict | None = N
     ax.set_title("Accuracy vs latency (axis spans at least 0.10 mIoU)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
-    _save_figure(fig, path)
+    png = _save_figure(fig, path)
     plt.close(fig)
+    return png
 
 
 def colourise(ids: np.ndarray, palette: list[list[int]]) -> np.ndarray:
@@ -264,9 +282,9 @@ def write_report(folder: Path, rows: list[dict], machine: dict, settings: dict, 
         for plot, name, caption in ((plot_latency, "latency.png", "Latency per row"),
                                     (plot_miou_vs_latency, "miou_vs_latency.png", "mIoU vs latency")):
             (folder / name).unlink(missing_ok=True)  # a plot with nothing to show is not written: no stale one
-            plot(rows, folder / name, settings)
-            if (folder / name).is_file():
-                plots.append((caption, (folder / name).read_bytes()))
+            png = plot(rows, folder / name, settings)
+            if png is not None:
+                plots.append((caption, png))
                 written.append(folder / name)
     if samples and predictions and palette:
         from aspp_deploy.data.voc import load_image, load_mask
@@ -279,8 +297,10 @@ def write_report(folder: Path, rows: list[dict], machine: dict, settings: dict, 
             panel = overlay_panel(image, truth, [(k, predictions[k][i]) for k in labels], reference[i], palette,
                                   classes)
             path = folder / "overlays" / f"{s.name}.png"
-            atomic_save_image(panel, path)
-            overlays.append((s.name, path.read_bytes()))
+            buf = io.BytesIO()
+            panel.save(buf, format="PNG")
+            atomic_write_bytes(path, buf.getvalue())
+            overlays.append((s.name, buf.getvalue()))
             written.append(path)
     from aspp_deploy.bench.html_report import html_report
 
