@@ -10,6 +10,7 @@ import typer
 
 from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json
 from aspp_deploy.errors import InputError
+from aspp_deploy.precision.calibration import DEFAULT_CALIB_SIZE
 from aspp_deploy.trt.plan import lint_profile as lint_version
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Optional[Path], typer.Option(help="Engine path (default: beside the ONNX, model.PRECISION.engine).")] = None,
         legacy_int8: Annotated[bool, typer.Option("--legacy-int8", help="INT8 by builder flag + calibrator from the FP32 ONNX (TensorRT 8.x-10.x).")] = False,
         calib: Annotated[Optional[Path], typer.Option(help="Calibration images for --legacy-int8 (default: shipped calibration/).")] = None,
-        calib_size: Annotated[int, typer.Option(help="Calibration images to use.")] = 64,
+        calib_size: Annotated[int, typer.Option(help="Calibration images to use.")] = DEFAULT_CALIB_SIZE,
         calib_algo: Annotated[CalibAlgo, typer.Option(help="Calibrator.")] = CalibAlgo.entropy,
         calib_cache: Annotated[Optional[Path], typer.Option(help="Calibration cache file (read if it matches, written after).")] = None,
         min_shape: Annotated[Optional[str], typer.Option("--min", help="Profile min shape NxCxHxW (dynamic ONNX).")] = None,

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from aspp_deploy.bench.stats import signed
 from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json, working
+from aspp_deploy.precision.calibration import DEFAULT_CALIB_SIZE
 
 
 class Precision(str, Enum):
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[Precision, typer.Option(help="fp16 (mixed precision) or int8 (Q/DQ).")],
         target: Annotated[Target, typer.Option(help="INT8 for TensorRT (trt) or the ONNX Runtime CPU provider (cpu).")] = Target.trt,
         calib: Annotated[Optional[Path], typer.Option(help="Folder of calibration images (default: the shipped calibration/).")] = None,
-        calib_size: Annotated[int, typer.Option(help="Use the first N images of --calib in name order (0: all).")] = 64,
+        calib_size: Annotated[int, typer.Option(help="Use the first N images of --calib in name order (0: all).")] = DEFAULT_CALIB_SIZE,
         method: Annotated[Optional[Method], typer.Option(help="Calibration method (default: entropy for trt, minmax for cpu).")] = None,
         percentile: Annotated[float, typer.Option(help="Percentile for --method percentile.")] = 99.999,
         data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val split measures accuracy (default: the synthetic split).")] = None,
