@@ -24,11 +24,38 @@ class Comparison:
     miou: float
     pixel_agreement: float
     max_abs_logit_diff: float | None  # None when the model outputs class ids
+    # "masks": scored against the dataset's masks; "fp32": against the FP32 model's own masks (images
+    # without labels), where the FP32 figures are 1.0 by definition
+    labels: str = "masks"
+    foreground_iou_fp32: float | None = None  # binary (2-class) models: IoU of class 1
+    foreground_iou: float | None = None
+    worst_image: float | None = None  # the task metric on the image where the candidate did worst
+    worst_image_fp32: float | None = None  # the FP32 model's task metric on that image
+    worst_image_name: str | None = None
+
+    @property
+    def metric(self) -> str:
+        """The task metric the budget judges: foreground IoU for binary models, mIoU otherwise."""
+        return "foreground IoU" if self.foreground_iou is not None else "mIoU"
 
     @property
     def miou_drop_points(self) -> float:
         """mIoU lost against FP32, in points (percent); negative when the candidate is better."""
         return 100.0 * (self.miou_fp32 - self.miou)
+
+    @property
+    def score_drop_points(self) -> float:
+        """The task metric lost against FP32, in points (foreground IoU for binary models, else mIoU)."""
+        if self.foreground_iou is not None and self.foreground_iou_fp32 is not None:
+            return 100.0 * (self.foreground_iou_fp32 - self.foreground_iou)
+        return self.miou_drop_points
+
+    @property
+    def worst_drop_points(self) -> float | None:
+        """The task metric lost on the worst image, in points (None: not measured)."""
+        if self.worst_image is None or self.worst_image_fp32 is None:
+            return None
+        return 100.0 * (self.worst_image_fp32 - self.worst_image)
 
     def to_dict(self) -> dict:
         return {"num_images": self.num_images, "miou_fp32": self.miou_fp32, "miou": self.miou,
