@@ -24,6 +24,13 @@ Example (every key optional)::
     classes: [background, road, car]   # or num_classes: 3
     palette: [[0, 0, 0], [128, 64, 128], [0, 0, 142]]
     output: logits           # logits | probabilities | class_ids
+    output_layout: NCHW      # NCHW | NHWC: where the class axis of a score map is (read from the graph
+                             # when its shape allows one reading only)
+    threshold: 0.5           # one-channel (binary) models: foreground where the probability > threshold
+
+A one-channel score map (a sigmoid probability or its logit) is a binary model: background and
+foreground. Import and export turn it into a two-channel map inside the graph whose argmax is
+``probability > threshold``, so every later command reads it like any other two-class model.
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ DYNAMIC_AXES = ("batch", "spatial")
 DEFAULT_SIZE = 512
 INPUT_KEYS = ("height", "width", "dynamic", "layout", "channel_order", "scale", "mean", "std", "resize",
               "interpolation", "pad_value")
-TOP_KEYS = ("input", "classes", "num_classes", "palette", "output")
+TOP_KEYS = ("input", "classes", "num_classes", "palette", "output", "output_layout", "threshold")
+BINARY_CLASSES = ["background", "foreground"]
 
 
 @dataclass
@@ -65,6 +73,8 @@ class ModelSpec:
     num_classes: int | None = None
     palette: list[list[int]] | None = None
     output: str | None = None
+    output_layout: str | None = None
+    threshold: float | None = None
 
     def merged(self, **overrides: Any) -> "ModelSpec":
         """This spec with the given (not None) values replacing its own: flags over the file."""
@@ -92,10 +102,14 @@ class ModelSpec:
             if extra:
                 bad(f"dynamic takes {' and/or '.join(DYNAMIC_AXES)}, not {', '.join(sorted(map(str, extra)))}")
         for key, allowed in (("layout", LAYOUTS), ("channel_order", CHANNEL_ORDERS), ("resize", POLICIES),
-                             ("interpolation", tuple(RESIZE_FILTERS)), ("output", OUTPUT_KINDS)):
+                             ("interpolation", tuple(RESIZE_FILTERS)), ("output", OUTPUT_KINDS),
+                             ("output_layout", LAYOUTS)):
             v = getattr(self, key)
             if v is not None and v not in allowed:
                 bad(f"{key} {v!r} is not one of {', '.join(allowed)}")
+        if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float))
+                                           or not 0 < float(self.threshold) < 1):
+            bad(f"threshold must be a probability strictly between 0 and 1, got {self.threshold!r}")
         if self.classes is not None and (not self.classes or not all(isinstance(c, str) and c for c in self.classes)):
             bad("classes must be a non-empty list of names")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
@@ -191,6 +205,8 @@ class GraphFacts:
     num_classes: int | None = None
     output_kind: str | None = None
     dynamic: list[str] = field(default_factory=list)
+    output_layout: str | None = None
+    binary: bool = False  # one score channel, made two (background, foreground) in the graph
 
 
 @dataclass
@@ -201,6 +217,8 @@ class ResolvedSpec:
     output_kind: str
     dynamic: list[str]
     assumed: list[str]
+    output_layout: str = "NCHW"  # the original model's; the adopted graph always returns NCHW
+    threshold: float | None = None  # binary models only
 
     def to_dict(self) -> dict:
         pre = self.preprocess
@@ -209,7 +227,7 @@ class ResolvedSpec:
                           "mean": list(pre.mean), "std": list(pre.std), "resize": pre.policy,
                           "interpolation": pre.resize, "pad_value": list(pre.pad_value)},
                 "classes": list(self.classes), "palette": [list(c) for c in self.palette],
-                "output": self.output_kind}
+                "output": self.output_kind, "output_layout": self.output_layout, "threshold": self.threshold}
 
 
 def _contradict(what: str, said: Any, shows: Any) -> None:
@@ -278,6 +296,9 @@ def resolve(spec: ModelSpec, facts: GraphFacts, defaults: Preprocess | None = No
                          "num_classes in the spec or --classes")
     if spec.classes is not None:
         classes = list(spec.classes)
+    elif facts.binary:
+        classes = list(BINARY_CLASSES)
+        assumed.append("class names background, foreground (one score channel: a binary model)")
     elif default_classes and len(default_classes) == n:
         classes = list(default_classes)
     else:
@@ -304,14 +325,26 @@ def resolve(spec: ModelSpec, facts: GraphFacts, defaults: Preprocess | None = No
     if kind is None:
         kind = "logits"
         assumed.append("output kind logits")
-    return ResolvedSpec(pre, classes, palette, kind, dynamic, assumed)
+    if spec.output_layout and facts.output_layout and spec.output_layout != facts.output_layout:
+        contradict("output layout", spec.output_layout, f"an {facts.output_layout} output")
+    threshold = None
+    if facts.binary:
+        threshold = float(spec.threshold) if spec.threshold is not None else 0.5
+        if spec.threshold is None:
+            assumed.append("threshold 0.5 on the foreground probability (--threshold)")
+    elif spec.threshold is not None:
+        raise InputError("--threshold is for models with one score channel (binary); this model has "
+                         f"{n} classes")
+    return ResolvedSpec(pre, classes, palette, kind, dynamic, assumed,
+                        facts.output_layout or spec.output_layout or "NCHW", threshold)
 
 
 def spec_from_flags(spec_file: Path | None, *, height: int = 0, width: int = 0, dynamic: str | None = None,
                     layout: str | None = None, channel_order: str | None = None, scale: float | None = None,
                     mean: str | None = None, std: str | None = None, resize: str | None = None,
                     interpolation: str | None = None, classes: str | None = None,
-                    num_classes: int = 0, output: str | None = None) -> ModelSpec:
+                    num_classes: int = 0, output: str | None = None, output_layout: str | None = None,
+                    threshold: float | None = None) -> ModelSpec:
     """The spec from ``--spec FILE`` with the CLI flags over it (0 / None = not given)."""
 
     def floats(text: str | None, name: str) -> list[float] | None:
@@ -333,4 +366,37 @@ def spec_from_flags(spec_file: Path | None, *, height: int = 0, width: int = 0, 
     return load_spec(spec_file).merged(
         height=height or None, width=width or None, dynamic=dyn, layout=layout, channel_order=channel_order,
         scale=scale, mean=floats(mean, "mean"), std=floats(std, "std"), resize=resize,
-        interpolation=interpolation, classes=names, num_classes=num_classes or None, output=output)
+        interpolation=interpolation, classes=names, num_classes=num_classes or None, output=output,
+        output_layout=output_layout, threshold=threshold)
+
+
+def _spatial_fits(out_hw: tuple[int, int], in_hw: tuple[int, int]) -> bool:
+    """Could ``out_hw`` be a segmentation map of an ``in_hw`` input: the same size, or smaller by one
+    stride (1..64) on both axes (rounding either way, as strided convolutions do)?"""
+    (ho, wo), (hi, wi) = out_hw, in_hw
+    if min(ho, wo) < 1 or ho > hi or wo > wi:
+        return False
+    for s in range(1, 65):
+        if hi // s <= ho <= -(-hi // s) + 1 and wi // s <= wo <= -(-wi // s) + 1:
+            return True
+    return False
+
+
+def read_output_layout(shape: tuple[int, ...] | list[int], in_hw: tuple[int, int], said: str | None) -> str:
+    """Where the class axis of a 4-D score map is: NCHW or NHWC, from its shape when only one reading
+    fits the input size, else from the spec (``said``); an ambiguous shape is never guessed."""
+    shape = tuple(int(d) for d in shape)
+    fits = [layout for layout, (h, w) in (("NCHW", shape[2:4]), ("NHWC", shape[1:3])) if _spatial_fits((h, w), in_hw)]
+    if said:
+        if said not in fits:
+            raise InputError(f"the spec contradicts the model: output layout {said} given, but an output of "
+                             f"{list(shape)} for a {in_hw[0]}x{in_hw[1]} input is not a {said} map")
+        return said
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        raise InputError(f"the model outputs {list(shape)} for a {in_hw[0]}x{in_hw[1]} input: neither an NCHW nor "
+                         "an NHWC segmentation map")
+    raise InputError(f"the model outputs {list(shape)} for a {in_hw[0]}x{in_hw[1]} input: that could be NCHW "
+                     f"({shape[1]} classes) or NHWC ({shape[3]} classes); give --output-layout (or output_layout "
+                     "in the spec)")

@@ -74,15 +74,23 @@ Classes = Annotated[Optional[str], typer.Option(help="Class names, 'a,b,c', or a
 OutputKindOpt = Annotated[Optional[OutputKind], typer.Option("--output-kind", help="What the model outputs "
                                                              "(inferred when not given).", rich_help_panel=PANEL_SPEC)]
 
+OutputLayoutOpt = Annotated[Optional[Layout], typer.Option("--output-layout", help="Where the class axis of the output "
+                                                           "is: NCHW (N x C x H x W) or NHWC (read from the graph "
+                                                           "when its shape allows only one).", rich_help_panel=PANEL_SPEC)]
+Threshold = Annotated[Optional[float], typer.Option(help="One-channel (binary) models: foreground where the "
+                                                    "probability exceeds this (default 0.5).", rich_help_panel=PANEL_SPEC)]
+
 
 def build_spec(spec: Optional[Path], height: int = 0, width: int = 0, layout: Optional[Layout] = None,
                channel_order: Optional[ChannelOrder] = None, scale: Optional[float] = None,
                mean: Optional[str] = None, std: Optional[str] = None, resize: Optional[ResizePolicy] = None,
-               classes: Optional[str] = None, output_kind: Optional[OutputKind] = None, dynamic: Optional[str] = None):
+               classes: Optional[str] = None, output_kind: Optional[OutputKind] = None, dynamic: Optional[str] = None,
+               output_layout: Optional[Layout] = None, threshold: Optional[float] = None):
     from aspp_deploy.spec import spec_from_flags
 
     return spec_from_flags(spec, height=height, width=width, dynamic=dynamic,
                            layout=layout.value if layout else None,
                            channel_order=channel_order.value if channel_order else None, scale=scale,
                            mean=mean, std=std, resize=resize.value if resize else None, classes=classes,
-                           output=output_kind.value if output_kind else None)
+                           output=output_kind.value if output_kind else None,
+                           output_layout=output_layout.value if output_layout else None, threshold=threshold)

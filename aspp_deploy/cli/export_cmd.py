@@ -130,6 +130,8 @@ def register(app: typer.Typer) -> None:
         resize: M.Resize = None,
         classes: M.Classes = None,
         output_kind: M.OutputKindOpt = None,
+        output_layout: M.OutputLayoutOpt = None,
+        threshold: M.Threshold = None,
         out: Annotated[Path, typer.Option(help="Output folder (MODEL.onnx + manifest.json).")] = Path("artifacts"),
         name: Annotated[str, typer.Option(help="File stem of the ONNX model (a plain name).")] = "model",
         batch: Annotated[int, typer.Option(help="Batch size (the static or the reference one).")] = 1,
@@ -151,7 +153,7 @@ def register(app: typer.Typer) -> None:
         from aspp_deploy.model.sources import load_source
 
         model_spec = M.build_spec(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
-                                  output_kind)
+                                  output_kind, output_layout=output_layout, threshold=threshold)
         dyn = None if dynamic is None else frozenset(d.strip() for d in dynamic.split(",") if d.strip())
         opts = ExportOptions(None, None, batch, dyn, opset, simplify, degenerate_atrous, pool_broadcast, argmax,
                              argmax_dtype.value, name)
@@ -177,6 +179,8 @@ def register(app: typer.Typer) -> None:
         resize: M.Resize = None,
         classes: M.Classes = None,
         output_kind: M.OutputKindOpt = None,
+        output_layout: M.OutputLayoutOpt = None,
+        threshold: M.Threshold = None,
         out: Annotated[Path, typer.Option(help="Output folder (MODEL.onnx + manifest.json).")] = Path("artifacts"),
         name: Annotated[str, typer.Option(help="File stem of the adopted ONNX (a plain name).")] = "model",
         batch: Annotated[int, typer.Option(help="Batch size: the reference one, or the static one a pinned dynamic batch takes.")] = 1,
@@ -197,7 +201,7 @@ def register(app: typer.Typer) -> None:
         from aspp_deploy.export.onnx_import import onnx_from_foreign
 
         model_spec = M.build_spec(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
-                                  output_kind, dynamic)
+                                  output_kind, dynamic, output_layout, threshold)
         opts = ExportOptions(None, None, batch, None, 17, simplify, degenerate_atrous, pool_broadcast, argmax,
                              argmax_dtype.value, name)
         with working("importing"):

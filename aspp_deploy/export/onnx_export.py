@@ -278,15 +278,17 @@ def run_parity(reference: Callable[[np.ndarray], np.ndarray], graph: onnx.ModelP
 
 
 def describe_parity(parity: ParityReport) -> str:
-    return (f"parity: max abs {parity.max_abs:.2e}, mean abs {parity.mean_abs:.2e}, "
+    return (f"parity: max abs {parity.max_abs:.2e} ({parity.max_rel:.1e} of the output's scale "
+            f"{parity.scale:.3g}), mean abs {parity.mean_abs:.2e}, "
             f"argmax agreement {parity.argmax_agreement:.6f} over {len(parity.cases)} case(s)")
 
 
 def require_parity(parity: ParityReport, against: str) -> None:
     if not parity:
-        raise ParityError(f"ONNX Runtime disagrees with {against}: max abs {parity.max_abs:.3g} "
-                          f"(tolerance {parity.max_abs_tol}), argmax agreement "
-                          f"{parity.argmax_agreement:.6f} (need {parity.min_agreement}); nothing written")
+        raise ParityError(f"ONNX Runtime disagrees with {against}: argmax agreement "
+                          f"{parity.argmax_agreement:.6f} (need {parity.min_agreement}), max abs {parity.max_abs:.3g} = "
+                          f"{parity.max_rel:.2g} of the output's scale {parity.scale:.3g} (tolerance "
+                          f"{parity.max_rel_tol:g}); nothing written")
 
 
 def onnx_from_source(source: ModelSource, spec: ModelSpec, out_dir: Path, opts: ExportOptions,

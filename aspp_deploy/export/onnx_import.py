@@ -3,10 +3,15 @@
 The same steps as an export (``onnx_export.finish_graph``): onnx.checker, onnxsim, ASPP detection
 by graph structure, the exact passes, the offline TensorRT check and the manifest every later command
 reads; parity is measured against the original file in ONNX Runtime. What the graph shows (input
-layout and size, dynamic axes, class count, output kind) is read from it; the rest comes from the
-spec, or is assumed and said. Output adaptations, each recorded: extra outputs are dropped (the
-first is the segmentation map), and low-resolution output is upsampled to the input size in the graph
-(Resize, linear with half_pixel = ``align_corners=False``; nearest for class ids).
+layout and size, dynamic axes, class count, output kind and layout) is read from it; the rest comes
+from the spec, or is assumed and said; a shape that allows two readings stops the command and names
+the flag. Adaptations, each recorded, after which every adopted graph returns one NCHW map at the
+input size: a uint8 image input takes float pixels (rounded and cast in the graph); extra outputs
+are dropped (the first is the segmentation map); an NHWC output is transposed; a class-id channel
+axis is squeezed; one score channel (sigmoid probability or logit) becomes two, background and
+foreground, whose argmax is ``probability > threshold``; a low-resolution output is upsampled to
+the input size (Resize, linear with half_pixel = ``align_corners=False``; nearest, asymmetric, for
+class ids: output pixel i takes source cell floor(i / stride), as PyTorch's nearest does).
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ from aspp_deploy.export.onnx_export import (ExportOptions, ExportResult, finish_
                                             describe_parity, verification_shapes, validate_options,
                                             write_artifact, MIN_SIDE)
 from aspp_deploy.io import ensure_writable, fingerprint, sha256_file
-from aspp_deploy.spec import GraphFacts, ModelSpec, resolve, resolve_input
+from aspp_deploy.spec import GraphFacts, ModelSpec, read_output_layout, resolve, resolve_input
 
 FLOAT_TYPES = (TensorProto.FLOAT,)
+INPUT_TYPES = (TensorProto.FLOAT, TensorProto.UINT8)
+# ops a sigmoid output may pass through on its way out and still be a probability
+PASS_THROUGH = {"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Resize", "Cast", "Flatten"}
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
@@ -90,13 +98,114 @@ def _upsample(model: onnx.ModelProto, layout: str, ids: bool, opset: int) -> Non
         dtype = out.type.tensor_type.elem_type
         nodes += [helper.make_node("Cast", [low], [f"{p}_f"], to=TensorProto.FLOAT, name=f"{p}_to_float"),
                   helper.make_node("Resize", [f"{p}_f", "", "", f"{p}_sizes"], [f"{p}_r"], mode="nearest",
-                                   coordinate_transformation_mode="half_pixel", nearest_mode="floor",
+                                   coordinate_transformation_mode="asymmetric", nearest_mode="floor",
                                    name=f"{p}_resize"),
                   helper.make_node("Cast", [f"{p}_r"], [out.name], to=dtype, name=f"{p}_to_ids")]
     else:
         nodes.append(helper.make_node("Resize", [low, "", "", f"{p}_sizes"], [out.name], mode="linear",
                                       coordinate_transformation_mode="half_pixel", name=f"{p}_resize"))
     g.node.extend(nodes)
+
+
+def _rename_output(model: onnx.ModelProto, suffix: str) -> tuple[str, str]:
+    """Point the first output's producer (and readers) at a new internal name; returns (internal, output)."""
+    out = model.graph.output[0]
+    inner = f"{out.name}__{suffix}"
+    for node in model.graph.node:
+        for i, name in enumerate(node.output):
+            if name == out.name:
+                node.output[i] = inner
+        for i, name in enumerate(node.input):
+            if name == out.name:
+                node.input[i] = inner
+    return inner, out.name
+
+
+def _float_input(model: onnx.ModelProto) -> None:
+    """A uint8 image input becomes a float32 one, clipped to 0..255, rounded and cast in the graph."""
+    g = model.graph
+    inp = next(i for i in g.input if i.name not in {t.name for t in g.initializer})
+    raw = f"{inp.name}__uint8"
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name == inp.name:
+                node.input[i] = raw
+    p = f"{inp.name}__in"
+    g.initializer.extend([numpy_helper.from_array(np.asarray(0, np.float32), f"{p}_lo"),
+                          numpy_helper.from_array(np.asarray(255, np.float32), f"{p}_hi")])
+    nodes = [helper.make_node("Clip", [inp.name, f"{p}_lo", f"{p}_hi"], [f"{p}_clip"], name=f"{p}_clip"),
+             helper.make_node("Round", [f"{p}_clip"], [f"{p}_round"], name=f"{p}_round"),
+             helper.make_node("Cast", [f"{p}_round"], [raw], to=TensorProto.UINT8, name=f"{p}_to_uint8")]
+    for k, node in enumerate(nodes):
+        g.node.insert(k, node)
+    inp.type.tensor_type.elem_type = TensorProto.FLOAT
+
+
+def _squeeze_ids(model: onnx.ModelProto, axis: int) -> None:
+    inner, name = _rename_output(model, "with_channel")
+    g = model.graph
+    g.initializer.append(numpy_helper.from_array(np.asarray([axis], np.int64), f"{name}__squeeze_axes"))
+    g.node.append(helper.make_node("Squeeze", [inner, f"{name}__squeeze_axes"], [name], name=f"{name}__squeeze"))
+    del g.output[0].type.tensor_type.shape.dim[axis]
+
+
+def _to_nchw(model: onnx.ModelProto) -> None:
+    inner, name = _rename_output(model, "nhwc")
+    model.graph.node.append(helper.make_node("Transpose", [inner], [name], perm=[0, 3, 1, 2], name=f"{name}__to_nchw"))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    if len(dims) == 4:
+        copies = [onnx.TensorShapeProto.Dimension() for _ in range(4)]
+        for k, src in enumerate((0, 3, 1, 2)):
+            copies[k].CopyFrom(dims[src])
+        del dims[:]
+        dims.extend(copies)
+
+
+def _binary(model: onnx.ModelProto, kind: str, threshold: float) -> None:
+    """One score channel -> [background, foreground] whose argmax is ``probability > threshold``:
+    probabilities p -> [2t - p, p] (= [1 - p, p] at t = 0.5); logits z -> [logit(t), z], true logits
+    (their softmax is sigmoid(z - logit(t)))."""
+    inner, name = _rename_output(model, "one_channel")
+    g = model.graph
+    p = f"{name}__binary"
+    if kind == "probabilities":
+        g.initializer.append(numpy_helper.from_array(np.asarray(2 * threshold, np.float32), f"{p}_2t"))
+        nodes = [helper.make_node("Sub", [f"{p}_2t", inner], [f"{p}_bg"], name=f"{p}_background")]
+    else:
+        g.initializer.append(numpy_helper.from_array(
+            np.full((1, 1, 1, 1), np.log(threshold / (1 - threshold)), np.float32), f"{p}_c"))
+        nodes = [helper.make_node("Shape", [inner], [f"{p}_shape"], name=f"{p}_shape"),
+                 helper.make_node("Expand", [f"{p}_c", f"{p}_shape"], [f"{p}_bg"], name=f"{p}_background")]
+    nodes.append(helper.make_node("Concat", [f"{p}_bg", inner], [name], axis=1, name=f"{p}_concat"))
+    g.node.extend(nodes)
+    dims = g.output[0].type.tensor_type.shape.dim
+    if len(dims) == 4:
+        dims[1].Clear()
+        dims[1].dim_value = 2
+
+
+def _binary_np(y: np.ndarray, kind: str, threshold: float) -> np.ndarray:
+    if kind == "probabilities":
+        bg = np.float32(2 * threshold) - y
+    else:
+        bg = np.full_like(y, np.float32(np.log(threshold / (1 - threshold))))
+    return np.concatenate([bg, y], axis=1)
+
+
+def _sigmoid_output(model: onnx.ModelProto) -> bool:
+    """Does the first output come from a Sigmoid (through layout-only ops)?"""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    name = model.graph.output[0].name
+    for _ in range(16):
+        node = producer.get(name)
+        if node is None:
+            return False
+        if node.op_type in ("Sigmoid", "HardSigmoid"):
+            return True
+        if node.op_type not in PASS_THROUGH or not node.input:
+            return False
+        name = node.input[0]
+    return False
 
 
 def _torch_upsample(y: np.ndarray, size: tuple[int, int], ids: bool) -> np.ndarray:
@@ -109,6 +218,22 @@ def _torch_upsample(y: np.ndarray, size: tuple[int, int], ids: bool) -> np.ndarr
         r = F.interpolate((t[:, None] if lead else t).float(), size=size, mode="nearest")
         return (r[:, 0] if lead else r).to(t.dtype).numpy()
     return F.interpolate(t.float(), size=size, mode="bilinear", align_corners=False).numpy()
+
+
+def _one_channel_kind(y: np.ndarray, from_sigmoid: bool, said: str | None) -> str:
+    """Probabilities (a sigmoid's output) or logits, for a one-channel score map."""
+    if said == "class_ids":
+        raise InputError("the spec contradicts the model: output class_ids given, the model returns float scores")
+    if said:
+        if said == "logits" and from_sigmoid:
+            raise InputError("the spec contradicts the model: output logits given, the output comes from a Sigmoid")
+        return said
+    if from_sigmoid:
+        return "probabilities"
+    if float(y.min()) < 0 or float(y.max()) > 1:
+        return "logits"
+    raise InputError("the model has one score channel whose values all lie in 0..1 and no Sigmoid at its end: give "
+                     "--output-kind probabilities (a sigmoid output) or logits")
 
 
 def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOptions,
@@ -133,9 +258,11 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
     if not g.output:
         raise InputError(f"{path.name} has no outputs")
     inp = inputs[0]
-    if inp.type.tensor_type.elem_type not in FLOAT_TYPES:
-        raise InputError(f"input {inp.name} is {onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)}:"
-                         " only float32 image inputs are supported")
+    input_type = inp.type.tensor_type.elem_type
+    if input_type not in INPUT_TYPES:
+        raise InputError(f"input {inp.name} is {onnx.helper.tensor_dtype_to_np_dtype(input_type)}:"
+                         " only float32 and uint8 image inputs are supported")
+    uint8_input = input_type == TensorProto.UINT8
     dims = _dims(inp)
     if len(dims) != 4:
         raise InputError(f"input {inp.name} has shape {dims}: an image model takes a 4-D batch")
@@ -148,6 +275,13 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
     notes: list[str] = []
     model = onnx.ModelProto()
     model.CopyFrom(original)
+    if uint8_input:
+        _float_input(model)
+        notes.append(f"input {inp.name} is uint8: the graph takes float32 pixels and rounds them to uint8 itself")
+        said = spec.given()
+        if not {"scale", "mean", "std"} & set(said):
+            spec = spec.merged(scale=1.0, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+            notes.append("uint8 input: pixels are fed as 0..255 (scale 1, mean 0, std 1); the model normalises them")
     if spec.dynamic is not None and set(spec.dynamic) != set(dynamic):
         extra = set(spec.dynamic) - set(dynamic)
         if extra:
@@ -183,26 +317,51 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
         raise InputError(f"ONNX Runtime cannot run {path.name} on a {list(pre0.input_shape(batch))} input: "
                          f"{str(exc).strip().splitlines()[0][:300]}") from None
     ids = y.dtype.kind in "iu"
+    in_hw = (pre0.height, pre0.width)
+    out_layout, squeeze_axis, binary = "NCHW", None, False
     if ids:
-        if y.ndim == 4 and y.shape[1] == 1:
-            raise InputError(f"class ids of shape {list(y.shape)}: squeeze the channel axis (N x H x W) before import")
+        if y.ndim == 4 and (y.shape[1] == 1 or y.shape[3] == 1):
+            squeeze_axis = 1 if y.shape[1] == 1 else 3
+            out_layout = "NCHW" if squeeze_axis == 1 else "NHWC"
+            y = y.squeeze(squeeze_axis)
         if y.ndim != 3:
-            raise InputError(f"the model outputs integers of shape {list(y.shape)}: class ids must be N x H x W")
+            raise InputError(f"the model outputs integers of shape {list(y.shape)}: class ids must be N x H x W "
+                             "(or N x 1 x H x W, N x H x W x 1)")
         num_classes, kind, out_hw = None, "class_ids", tuple(y.shape[1:])
     else:
-        if y.ndim != 4 or y.shape[-2:] == (1, 1):
+        if y.ndim != 4 or (y.shape[1:3] == (1, 1) or y.shape[2:4] == (1, 1)):
             raise InputError(f"the model outputs {list(y.shape)} for a {list(pre0.input_shape(batch))} input: not a "
-                             "segmentation map (a classifier?); expected N x C x H x W")
+                             "segmentation map (a classifier?); expected N x C x H x W or N x H x W x C")
+        out_layout = read_output_layout(y.shape, in_hw, spec.output_layout)
+        if out_layout == "NHWC":
+            y = y.transpose(0, 3, 1, 2)
         num_classes, out_hw = int(y.shape[1]), tuple(y.shape[2:])
-        sums = y.sum(axis=1)
-        kind = "probabilities" if y.shape[1] > 1 and y.min() >= 0 and y.max() <= 1 and \
-            np.allclose(sums, 1.0, atol=1e-3) else "logits"
+        binary = num_classes == 1
+        if binary:
+            kind = _one_channel_kind(y, _sigmoid_output(model), spec.output)
+            num_classes = 2
+        else:
+            sums = y.sum(axis=1)
+            kind = "probabilities" if y.min() >= 0 and y.max() <= 1 and np.allclose(sums, 1.0, atol=1e-3) else "logits"
     facts.num_classes, facts.output_kind = num_classes, kind
+    facts.output_layout, facts.binary = out_layout, binary
     resolved = resolve(spec, facts)
     pre = resolved.preprocess
     validate_options(opts, pre.height, pre.width, None)
     if opts.argmax and ids:
         raise InputError("--argmax: the model already outputs class ids")
+    if squeeze_axis is not None:
+        _squeeze_ids(model, squeeze_axis)
+        notes.append(f"class ids with a channel axis ({out_layout}): axis {squeeze_axis} squeezed in the graph")
+    if out_layout == "NHWC" and not ids:
+        _to_nchw(model)
+        notes.append("output is NHWC: transposed to NCHW in the graph")
+    threshold = resolved.threshold
+    if binary:
+        assert threshold is not None
+        _binary(model, kind, threshold)
+        notes.append(f"one {'probability' if kind == 'probabilities' else 'logit'} channel: a binary model; the graph "
+                     f"returns background and foreground scores whose argmax is probability > {threshold:g}")
     upsample = out_hw != (pre.height, pre.width)
     if upsample:
         _upsample(model, layout, ids, opset)
@@ -217,7 +376,13 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
     done = finish_graph(model, opts, log, out_dims, what=f"the imported {path.name}")
 
     def reference(arr: np.ndarray) -> np.ndarray:
-        out = session.run(None, {inp.name: arr})[0]
+        out = session.run(None, {inp.name: arr})[0]  # the probe graph: uint8 inputs already wrapped
+        if squeeze_axis is not None:
+            out = out.squeeze(squeeze_axis)
+        if out_layout == "NHWC" and not ids:
+            out = out.transpose(0, 3, 1, 2)
+        if binary:
+            out = _binary_np(out, kind, threshold)
         if upsample:
             h, w = arr.shape[hi], arr.shape[wi]
             out = _torch_upsample(out, (h, w), ids)
@@ -232,7 +397,8 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
     model_record = {"source": "onnx", "label": path.name, "config": None, "output_adaptations": notes,
                     "source_notes": [], "original_io": {"input": inp.name, "input_shape": dims,
                                                         "outputs": [o.name for o in original.graph.output],
-                                                        "opset": opset}}
+                                                        "input_dtype": "uint8" if uint8_input else "float32",
+                                                        "output_layout": out_layout, "opset": opset}}
     src_record = {"kind": "onnx", "file": str(path), "file_sha256": original_sha}
     fp = fingerprint(src_record, resolved.to_dict())
     export_record = {"exporter": "import", "dynamic": sorted(dynamic), "batch": batch,

@@ -17,6 +17,8 @@ Every adaptation is recorded as a note.
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 import importlib
 import importlib.util
@@ -347,14 +349,27 @@ class OutputPlan:
     resize: bool = False               # output size differs from the input: resize in the graph
     kind: str = "logits"               # logits | probabilities | class_ids
     num_classes: int | None = None
+    nhwc_out: bool = False             # N x H x W x C scores: transposed to NCHW
+    binary: bool = False               # one score channel: made [background, foreground]
+    background: float = 0.0            # probabilities: 2 * threshold; logits: logit(threshold)
+    output_layout: str = "NCHW"
     notes: list[str] = field(default_factory=list)
 
 
-def finish_output(y: torch.Tensor, x: torch.Tensor, resize: bool, squeeze: bool, ids: bool) -> torch.Tensor:
-    """Squeeze a class-id channel, and resize the map to the (NCHW) input's size: bilinear with
+def finish_output(y: torch.Tensor, x: torch.Tensor, resize: bool, squeeze: bool, ids: bool,
+                  nhwc_out: bool = False, binary: bool = False, probabilities: bool = False,
+                  background: float = 0.0) -> torch.Tensor:
+    """Squeeze a class-id channel, move an NHWC score map's channels first, make one score channel
+    [background, foreground] (argmax = probability > threshold: ``[2t - p, p]`` for probabilities,
+    ``[logit(t), z]`` for logits), and resize the map to the (NCHW) input's size: bilinear with
     ``align_corners=False`` for scores, nearest for class ids. TorchScript-compatible."""
     if squeeze:
         y = y[:, 0]
+    if nhwc_out:
+        y = y.permute(0, 3, 1, 2)
+    if binary:
+        bg = background - y if probabilities else torch.full_like(y, background)
+        y = torch.cat([bg, y], dim=1)
     if resize:
         size = [x.shape[-2], x.shape[-1]]
         if ids:
@@ -379,7 +394,9 @@ class SegmentationAdapter(nn.Module):
         y = self.model(x)
         if self.plan.pick is not None:
             y = y[self.plan.pick]
-        return finish_output(y, x, self.plan.resize, self.plan.squeeze_channel, self.plan.kind == "class_ids")
+        plan = self.plan
+        return finish_output(y, x, plan.resize, plan.squeeze_channel, plan.kind == "class_ids", plan.nhwc_out,
+                             plan.binary, plan.kind == "probabilities", plan.background)
 
 
 class ScriptedAdapter(nn.Module):
@@ -387,22 +404,30 @@ class ScriptedAdapter(nn.Module):
     exporter cannot trace into a loaded TorchScript module from a Python wrapper, but it exports a
     scripted wrapper. TorchScript models must return a tensor (logits or class ids) to be adapted."""
 
-    def __init__(self, model: nn.Module, nhwc: bool, resize: bool, squeeze: bool, ids: bool) -> None:
+    def __init__(self, model: nn.Module, nhwc: bool, plan: OutputPlan) -> None:
         super().__init__()
         self.model = model
         self.nhwc = nhwc
-        self.resize = resize
-        self.squeeze = squeeze
-        self.ids = ids
+        self.resize = plan.resize
+        self.squeeze = plan.squeeze_channel
+        self.ids = plan.kind == "class_ids"
+        self.nhwc_out = plan.nhwc_out
+        self.binary = plan.binary
+        self.probabilities = plan.kind == "probabilities"
+        self.background = float(plan.background)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.nhwc:
             x = x.permute(0, 3, 1, 2)
-        return finish_output(self.model(x), x, self.resize, self.squeeze, self.ids)
+        return finish_output(self.model(x), x, self.resize, self.squeeze, self.ids, self.nhwc_out, self.binary,
+                             self.probabilities, self.background)
 
 
-def plan_output(model: nn.Module, x: torch.Tensor) -> OutputPlan:
-    """Run ``model`` once on ``x`` (N x 3 x H x W) and decide how to read a segmentation map from it."""
+def plan_output(model: nn.Module, x: torch.Tensor, spec: "ModelSpec | None" = None) -> OutputPlan:
+    """Run ``model`` once on ``x`` (N x 3 x H x W) and decide how to read a segmentation map from it
+    (the spec settles what the shape cannot: output layout, probabilities or logits, threshold)."""
+    from aspp_deploy.spec import read_output_layout
+
     try:
         with torch.inference_mode():
             y = model(x)
@@ -443,14 +468,35 @@ def plan_output(model: nn.Module, x: torch.Tensor) -> OutputPlan:
         if y.dim() != 4 or y.shape[0] != n:
             raise InputError(f"the model returns {shape} for a {tuple(x.shape)} input: not a segmentation map "
                              "(a classifier?); expected N x C x H x W")
-        if y.shape[-2:] == (1, 1) or y.shape[1] < 1:
+        if y.shape[-2:] == (1, 1) or y.shape[1:3] == (1, 1) or y.shape[1] < 1:
             raise InputError(f"the model returns {shape}: one value per class for the whole image is a "
                              "classifier's output, not a segmentation map")
+        plan.output_layout = read_output_layout(tuple(y.shape), (h, w), spec.output_layout if spec else None)
+        if plan.output_layout == "NHWC":
+            plan.nhwc_out = True
+            plan.notes.append("output is NHWC: transposed to NCHW in the graph")
+            y = y.permute(0, 3, 1, 2)
         plan.num_classes = int(y.shape[1])
         v = y.float()
         sums = v.sum(1)
-        if y.shape[1] > 1 and float(v.min()) >= 0 and float(v.max()) <= 1 and \
-                torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+        said = spec.output if spec else None
+        if plan.num_classes == 1:
+            plan.binary, plan.num_classes = True, 2
+            if said == "class_ids":
+                raise InputError("the spec contradicts the model: output class_ids given, the model returns float scores")
+            if said:
+                plan.kind = said
+            elif float(v.min()) < 0 or float(v.max()) > 1:
+                plan.kind = "logits"
+            else:
+                raise InputError("the model has one score channel whose values all lie in 0..1: give --output-kind "
+                                 "probabilities (a sigmoid output) or logits")
+            t = float(spec.threshold) if spec is not None and spec.threshold is not None else 0.5
+            plan.background = 2 * t if plan.kind == "probabilities" else math.log(t / (1 - t))
+            plan.notes.append(f"one {'probability' if plan.kind == 'probabilities' else 'logit'} channel: a binary "
+                              f"model; the graph returns background and foreground scores whose argmax is "
+                              f"probability > {t:g}")
+        elif float(v.min()) >= 0 and float(v.max()) <= 1 and torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
             plan.kind = "probabilities"
     if tuple(y.shape[-2:]) != (h, w):
         fy, fx = h / y.shape[-2], w / y.shape[-1]
@@ -461,13 +507,15 @@ def plan_output(model: nn.Module, x: torch.Tensor) -> OutputPlan:
     return plan
 
 
-def adapt(source: ModelSource, pre: Preprocess, batch: int = 1) -> tuple[nn.Module, OutputPlan]:
+def adapt(source: ModelSource, pre: Preprocess, batch: int = 1,
+          spec: "ModelSpec | None" = None) -> tuple[nn.Module, OutputPlan]:
     """The module to export and to run as the PyTorch reference: takes the spec's layout, returns one
     segmentation map at the input size. Our own checkpoints need no wrapper (node names stay ours)."""
     x = torch.zeros(batch, 3, pre.height, pre.width)
-    plan = plan_output(source.module, x)
+    plan = plan_output(source.module, x, spec)
     nhwc = pre.layout == "NHWC"
-    trivial = plan.pick is None and not plan.squeeze_channel and not plan.resize and not nhwc
+    trivial = plan.pick is None and not plan.squeeze_channel and not plan.resize and not nhwc \
+        and not plan.nhwc_out and not plan.binary
     if nhwc:
         plan.notes.append("input NHWC: transposed to NCHW inside the graph")
     if trivial:
@@ -476,7 +524,7 @@ def adapt(source: ModelSource, pre: Preprocess, batch: int = 1) -> tuple[nn.Modu
         if plan.pick is not None:
             raise InputError(f"the TorchScript model returns a {'dict' if isinstance(plan.pick, str) else 'tuple'}: "
                              "save it returning the segmentation tensor to adapt it (or export to ONNX and import)")
-        scripted = ScriptedAdapter(source.module, nhwc, plan.resize, plan.squeeze_channel, plan.kind == "class_ids")
+        scripted = ScriptedAdapter(source.module, nhwc, plan)
         return torch.jit.script(scripted.eval()), plan
     return SegmentationAdapter(source.module, plan, nhwc).eval(), plan
 
@@ -487,7 +535,8 @@ def resolve_for_source(source: ModelSource, spec: "ModelSpec", batch: int = 1) -
     from aspp_deploy.spec import GraphFacts, resolve, resolve_input
 
     pre0 = resolve_input(spec, GraphFacts(), source.preprocess)[0]
-    module, plan = adapt(source, pre0, batch)
-    resolved = resolve(spec, GraphFacts(num_classes=plan.num_classes, output_kind=plan.kind),
+    module, plan = adapt(source, pre0, batch, spec)
+    resolved = resolve(spec, GraphFacts(num_classes=plan.num_classes, output_kind=plan.kind,
+                                        output_layout=plan.output_layout, binary=plan.binary),
                        source.preprocess, source.classes, source.palette)
     return resolved, module, plan
