@@ -1,4 +1,4 @@
-"""``aspp-deploy data``: make the synthetic dataset and calibration images."""
+"""``aspp-deploy data``: make the synthetic dataset and calibration images, or write real photos."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from aspp_deploy.data.synthetic import write_calibration_folder, write_synthetic
 from aspp_deploy.errors import InputError
 from aspp_deploy.io import ensure_writable
 
-app = typer.Typer(cls=Group, help="Generate data: `synth` (the synthetic VOC-style dataset) and `calib` (calibration images from a disjoint seed stream).", no_args_is_help=True)
+app = typer.Typer(cls=Group, help="Generate data: `synth` (the synthetic VOC-style dataset), `calib` (calibration images from a disjoint seed stream) and `photos` (real photos that installed packages ship).", no_args_is_help=True)
 
 
 @app.command("synth", cls=Command)
@@ -56,3 +56,24 @@ def calib(
         write_calibration_folder(out, count, seed, progress=lambda s, i, n: bar.update(task, completed=i))
     console.print(f"wrote {count} images to {out}", highlight=False)
     write_json(json_out, {"command": "data calib", "out": str(out), "seed": seed, "images": count})
+
+
+@app.command("photos", cls=Command)
+@handle_errors
+def photos(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the photos to.")] = Path("data/photos"),
+    max_side: Annotated[int, typer.Option(help="Longest side of each photo in pixels.")] = 512,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write what was written as JSON.")] = None,
+) -> None:
+    """Write real photos shipped by installed packages (matplotlib; scikit-image when installed), with their
+    sources and licences in PHOTOS.md: images without masks, to calibrate on and to measure agreement with."""
+    from aspp_deploy.data.photos import skimage_available, write_photos
+
+    if max_side < 32:
+        raise InputError(f"--max-side {max_side} is too small: use 32 or more")
+    paths = write_photos(out, max_side)
+    console.print(f"wrote {len(paths)} photos to {out} (sources and licences: {out / 'PHOTOS.md'})", highlight=False)
+    if not skimage_available():
+        console.print("note: scikit-image is not installed; with it (pip install scikit-image) there are more",
+                      highlight=False)
+    write_json(json_out, {"command": "data photos", "out": str(out), "images": [str(p) for p in paths]})

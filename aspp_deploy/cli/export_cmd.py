@@ -41,6 +41,8 @@ def parity_images(data: Optional[Path]) -> list[Path]:
         return image_files(SHIPPED_CALIBRATION)[:4]
     from aspp_deploy.data.voc import VOCSegmentation
 
+    if Path(data).is_dir() and not (Path(data) / "ImageSets").exists():
+        return image_files(Path(data))[:4]  # a folder of images (no masks)
     return [s.image for s in VOCSegmentation(data, "val").samples[:4]]
 
 
@@ -65,9 +67,16 @@ def print_export(result, verb: str = "wrote") -> None:
                       f"{rep['flops_removed'] / 1e6:.1f}", ops)
     out_console.print(table)
     par = entry["parity"]
-    against = "the original ONNX" if entry["export"].get("exporter") == "import" else "PyTorch"
-    out_console.print(f"parity vs {against}: max abs {par['max_abs']:.2e}, mean abs {par['mean_abs']:.2e}, "
+    against = "PyTorch"
+    if entry["export"].get("exporter") == "import":
+        against = "the TFLite file converted to ONNX" if entry["model"].get("source") == "tflite" else "the original ONNX"
+    scale = f" ({par['max_rel']:.1e} of the output's scale)" if "max_rel" in par else ""
+    out_console.print(f"parity vs {against}: max abs {par['max_abs']:.2e}{scale}, mean abs {par['mean_abs']:.2e}, "
                       f"argmax agreement {par['argmax_agreement']:.6f} over {len(par['cases'])} cases", highlight=False)
+    check = entry["model"].get("tflite_runtime_check")
+    if check and check.get("checked"):
+        out_console.print(f"vs the TFLite runtime ({check['runtime']}): argmax agreement {check['argmax_agreement']:.6f}, "
+                          f"max abs {check['max_abs']:.2e} over {len(check['cases'])} cases", highlight=False)
     pre = entry["preprocess"]
     out_console.print(f"spec: {pre['layout']} {pre['channel_order']} {pre['height']}x{pre['width']} "
                       f"{pre['policy']}, {len(entry['classes'])} classes, output {entry['output_kind']}", highlight=False)
@@ -167,7 +176,8 @@ def register(app: typer.Typer) -> None:
     @app.command("import", cls=Command)
     @handle_errors
     def import_command(
-        model: Annotated[Path, typer.Argument(help="An ONNX segmentation model made elsewhere.")],
+        model: Annotated[Path, typer.Argument(help="A segmentation model made elsewhere: ONNX, or TFLite (.tflite; "
+                                                    "pip install 'aspp-deploy[tflite]').")],
         spec: M.Spec = None,
         height: M.Height = 0,
         width: M.Width = 0,
@@ -192,10 +202,12 @@ def register(app: typer.Typer) -> None:
                                                      help="Pass 2: Resize of the 1x1 pooled map -> Expand.")] = True,
         argmax: Annotated[bool, typer.Option("--argmax/--no-argmax", help="Pass 3: output class ids instead of logits.")] = False,
         argmax_dtype: Annotated[ArgmaxDtype, typer.Option(help="Class-id dtype with --argmax.")] = ArgmaxDtype.int32,
-        data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val images join the parity check (default: shipped calibration images).")] = None,
+        output_name: Annotated[Optional[str], typer.Option(help="The output that is the segmentation map, when the "
+                                                             "model has several (default: the first).")] = None,
+        data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val images, or folder of images whose first four, join the parity check (default: shipped calibration images).")] = None,
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the manifest entry as JSON.")] = None,
     ) -> None:
-        """Adopt a foreign ONNX: checker, onnxsim, ASPP passes, parity against the original, TensorRT
+        """Adopt a foreign ONNX or TFLite model: checker, onnxsim, ASPP passes, parity against the original, TensorRT
         pre-flight and the manifest every later command reads."""
         from aspp_deploy.export.onnx_export import ExportOptions
         from aspp_deploy.export.onnx_import import onnx_from_foreign
@@ -206,7 +218,7 @@ def register(app: typer.Typer) -> None:
                              argmax_dtype.value, name)
         with working("importing"):
             result = onnx_from_foreign(model, model_spec, out, opts, parity_images(data),
-                                       log=lambda m: console.print(m, highlight=False))
+                                       log=lambda m: console.print(m, highlight=False), output_name=output_name)
         print_export(result, "adopted as")
         write_json(json_out, result.entry)
 

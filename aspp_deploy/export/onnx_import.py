@@ -35,6 +35,7 @@ from aspp_deploy.spec import GraphFacts, ModelSpec, read_output_layout, resolve,
 
 FLOAT_TYPES = (TensorProto.FLOAT,)
 INPUT_TYPES = (TensorProto.FLOAT, TensorProto.UINT8)
+TFLITE_MIN_AGREEMENT = 0.999  # masks of the converted graph vs the TFLite runtime's, per case
 # ops a sigmoid output may pass through on its way out and still be a probability
 PASS_THROUGH = {"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Resize", "Cast", "Flatten"}
 
@@ -236,13 +237,73 @@ def _one_channel_kind(y: np.ndarray, from_sigmoid: bool, said: str | None) -> st
                      "--output-kind probabilities (a sigmoid output) or logits")
 
 
+def _pick_output(model: onnx.ModelProto, name: str, path: Path) -> None:
+    """Make output ``name`` the first (the segmentation map); the others are dropped after."""
+    names = [o.name for o in model.graph.output]
+    if name not in names:
+        raise InputError(f"--output-name {name}: {path.name} has no such output (its outputs: {', '.join(names)})")
+    k = names.index(name)
+    if k:
+        chosen = onnx.ValueInfoProto()
+        chosen.CopyFrom(model.graph.output[k])
+        del model.graph.output[k]
+        model.graph.output.insert(0, chosen)
+
+
+def _load_original(path: Path) -> tuple[onnx.ModelProto, str]:
+    """The model as ONNX, and what it was: an ONNX file, or a TFLite file converted here."""
+    if path.suffix.lower() == ".tflite":
+        from aspp_deploy.export.tflite_import import tflite_to_onnx
+
+        if not path.is_file():
+            raise InputError(f"model not found: {path}")
+        return tflite_to_onnx(path), "tflite"
+    return load_onnx(path), "onnx"
+
+
+def _tflite_check(path: Path, original: onnx.ModelProto, output_index: int, post: Callable[[np.ndarray], np.ndarray],
+                  cases: list[tuple[str, np.ndarray]], ids: bool, log: Callable[[str], None]) -> dict:
+    """The converted graph against the TFLite file run by a real TFLite runtime (LiteRT), on the parity
+    inputs, read through the same output adaptations; refuses a conversion that disagrees."""
+    from aspp_deploy.errors import MissingDependencyError
+    from aspp_deploy.export.parity import ParityReport, compare_outputs
+
+    try:
+        from aspp_deploy.export.tflite_import import tflite_reference
+
+        run_tflite = tflite_reference(path)
+    except MissingDependencyError as exc:
+        log(f"note: not checked against a TFLite runtime ({exc})")
+        return {"checked": False, "why": str(exc)}
+    session = _session(original)
+    name = session.get_inputs()[0].name
+    results = []
+    for case, arr in cases:
+        ours = post(session.run(None, {name: arr})[0])
+        theirs = post(np.asarray(run_tflite(arr)[output_index]))
+        results.append(compare_outputs(case, theirs, ours, reference_ids=ids))
+    # Another runtime (XNNPACK kernels, its own summation order): the masks decide, the scores are reported
+    report = ParityReport(results, max_rel_tol=float("inf"), min_agreement=TFLITE_MIN_AGREEMENT)
+    log(f"against the TFLite runtime: argmax agreement {report.argmax_agreement:.6f}, max abs {report.max_abs:.2e} "
+        f"({report.max_rel:.1e} of the output's scale) over {len(results)} case(s)")
+    if not report.ok:
+        raise InputError(f"the ONNX converted from {path.name} disagrees with the TFLite runtime: argmax agreement "
+                         f"{report.argmax_agreement:.6f}, max abs {report.max_abs:.3g}; nothing written")
+    return {"checked": True, "runtime": "ai-edge-litert", **report.to_dict()}
+
+
 def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOptions,
                       images: list[Path] | None = None,
-                      log: Callable[[str], None] = lambda m: None) -> ExportResult:
+                      log: Callable[[str], None] = lambda m: None, output_name: str | None = None) -> ExportResult:
     t0 = time.perf_counter()
     path = Path(path)
     spec = spec.merged(height=opts.height, width=opts.width)
-    original = load_onnx(path)
+    original, source_kind = _load_original(path)
+    output_index = 0  # of the segmentation map, in the file's own output order
+    if output_name is not None:
+        _pick_output(original, output_name, path)
+        output_index = [o.name for o in _load_original(path)[0].graph.output].index(output_name) \
+            if source_kind == "tflite" else 0
     original_sha = sha256_file(path)
     try:
         onnx.checker.check_model(original, full_check=True)
@@ -317,6 +378,7 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
         raise InputError(f"ONNX Runtime cannot run {path.name} on a {list(pre0.input_shape(batch))} input: "
                          f"{str(exc).strip().splitlines()[0][:300]}") from None
     ids = y.dtype.kind in "iu"
+    probed_shape = list(y.shape)
     in_hw = (pre0.height, pre0.width)
     out_layout, squeeze_axis, binary = "NCHW", None, False
     if ids:
@@ -369,20 +431,24 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
                      f"input size in the graph ({'nearest' if ids else 'bilinear, align_corners=False'})")
     ensure_writable(out_dir)
     log(f"importing {path.name}: input {inp.name} {dims} ({layout}), output {model.graph.output[0].name} "
-        f"{list(y.shape)} ({kind}), opset {opset}")
+        f"{probed_shape} ({kind}{', ' + out_layout if not ids else ''}), opset {opset}")
     for note in notes:
         log(f"adapted: {note}")
     out_dims: list[int | str] = [dims[0]] + ([] if ids else [num_classes or "classes"]) + [dims[hi], dims[wi]]
     done = finish_graph(model, opts, log, out_dims, what=f"the imported {path.name}")
 
-    def reference(arr: np.ndarray) -> np.ndarray:
-        out = session.run(None, {inp.name: arr})[0]  # the probe graph: uint8 inputs already wrapped
+    def post(out: np.ndarray) -> np.ndarray:
+        """The original output read as the adopted graph returns it (before any upsampling)."""
         if squeeze_axis is not None:
             out = out.squeeze(squeeze_axis)
         if out_layout == "NHWC" and not ids:
             out = out.transpose(0, 3, 1, 2)
         if binary:
             out = _binary_np(out, kind, threshold)
+        return out
+
+    def reference(arr: np.ndarray) -> np.ndarray:
+        out = post(session.run(None, {inp.name: arr})[0])  # the probe graph: uint8 inputs already wrapped
         if upsample:
             h, w = arr.shape[hi], arr.shape[wi]
             out = _torch_upsample(out, (h, w), ids)
@@ -391,15 +457,18 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
     stride = 32
     shapes = verification_shapes(batch, dynamic, pre.height, pre.width, stride)
     shapes = [(n, max(MIN_SIDE, h), max(MIN_SIDE, w)) for n, h, w in shapes]
-    parity = run_parity(reference, done.graph, done.final, parity_inputs(pre, shapes, images or []), reference_ids=ids)
+    cases = parity_inputs(pre, shapes, images or [])
+    tflite = _tflite_check(path, original, output_index, post, cases[:1] + cases[len(shapes):], ids, log) \
+        if source_kind == "tflite" else None
+    parity = run_parity(reference, done.graph, done.final, cases, reference_ids=ids)
     log(describe_parity(parity))
-    require_parity(parity, f"the original {path.name}")
-    model_record = {"source": "onnx", "label": path.name, "config": None, "output_adaptations": notes,
+    require_parity(parity, f"the original {path.name}" + (" (converted to ONNX)" if tflite is not None else ""))
+    model_record = {"source": source_kind, "label": path.name, "tflite_runtime_check": tflite, "config": None, "output_adaptations": notes,
                     "source_notes": [], "original_io": {"input": inp.name, "input_shape": dims,
                                                         "outputs": [o.name for o in original.graph.output],
                                                         "input_dtype": "uint8" if uint8_input else "float32",
                                                         "output_layout": out_layout, "opset": opset}}
-    src_record = {"kind": "onnx", "file": str(path), "file_sha256": original_sha}
+    src_record = {"kind": source_kind, "file": str(path), "file_sha256": original_sha}
     fp = fingerprint(src_record, resolved.to_dict())
     export_record = {"exporter": "import", "dynamic": sorted(dynamic), "batch": batch,
                      "simplify": done.simplify_note, "aspp": done.aspp, "passes": [r.to_dict() for r in done.reports],
