@@ -26,11 +26,12 @@ from aspp_deploy.bench.result_cache import Cached, ResultCache, samples_digest
 from aspp_deploy.bench.stats import latency_stats
 from aspp_deploy.bench.timing import BenchResult, bench_runner
 from aspp_deploy.data.preprocess import Preprocess
-from aspp_deploy.data.voc import VOCSegmentation, image_size, load_image, load_mask
+from aspp_deploy.data.images import DataSource, open_data
+from aspp_deploy.data.voc import image_size, load_image, load_mask
 from aspp_deploy.errors import AsppDeployError
 from aspp_deploy.eval.boundary import BoundaryF
 from aspp_deploy.eval.evaluate import to_mask_size
-from aspp_deploy.eval.metrics import ConfusionMatrix
+from aspp_deploy.eval.metrics import ConfusionMatrix, image_score
 
 KEPT_PREDICTIONS = 8   # masks a non-reference row keeps (the report's overlays use the first few)
 
@@ -63,6 +64,11 @@ class Row:
     boundary_f: float | None = None
     max_abs_logit_diff: float | None = None
     per_class_iou: dict[str, float | None] = field(default_factory=dict)
+    labels: str = "masks"            # "masks": vs the dataset's masks; "fp32": vs the reference row's masks
+    foreground_iou: float | None = None  # binary (2-class) models: IoU of class 1
+    image_scores: list[float] = field(default_factory=list, repr=False)  # the task metric per image
+    worst_image: float | None = None     # the task metric on the image that lost most against the reference
+    worst_image_name: str | None = None
     bench: BenchResult | None = None
     speedup: float | None = None
     predictions: list[np.ndarray] = field(default_factory=list, repr=False)
@@ -79,6 +85,8 @@ class Row:
                 "p50_ms": lat.p50 if lat else None, "p99_ms": lat.p99 if lat else None,
                 "throughput": lat.throughput if lat else None, "speedup": self.speedup,
                 "latency_unstable": lat.unstable if lat else None, "reused": list(self.reused),
+                "labels": self.labels, "foreground_iou": self.foreground_iou, "worst_image": self.worst_image,
+                "worst_image_name": self.worst_image_name,
                 "per_class_iou": self.per_class_iou, "latency": self.bench.to_dict() if self.bench else None}
 
 
@@ -100,16 +108,23 @@ class _Streamed(Sequence):
 
 class ValidationSet:
     """The validation images, shared by every row and streamed: each row decodes and preprocesses them
-    as it goes (about 3 MB a 512x512 input: a whole split is not held)."""
+    as it goes (about 3 MB a 512x512 input: a whole split is not held). ``data``: a VOC folder (masks),
+    or a folder of images without masks (``masks`` then yields None: every row is scored against the
+    reference row's masks, ``labels`` "fp32")."""
 
-    def __init__(self, data: Path, pre: Preprocess, num_classes: int, limit: int | None) -> None:
-        ds = VOCSegmentation(data, "val")
+    def __init__(self, data: "Path | DataSource", pre: Preprocess, num_classes: int, limit: int | None) -> None:
+        ds = open_data(data, "val")
+        self.labelled, self.labels = ds.labelled, ds.labels
         self.samples = ds.samples[:limit] if limit else ds.samples
         self.split_size = len(ds.samples)  # the whole split, of which ``samples`` are the first
         self.inputs = _Streamed(self.samples, lambda s: pre(load_image(s.image))[None])
-        self.masks = _Streamed(self.samples, lambda s: load_mask(s.mask, num_classes))
+        self.masks = _Streamed(self.samples, lambda s: None if s.mask is None else load_mask(s.mask, num_classes))
+        self.sizes = _Streamed(self.samples, lambda s: image_size(s.image))  # (width, height), from the header
         for s in self.samples:  # fail now on a missing, mislabelled or missized mask, not after the first rows
-            load_mask(s.mask, num_classes, image_size(s.image))
+            if s.mask is None:
+                image_size(s.image)
+            else:
+                load_mask(s.mask, num_classes, image_size(s.image))
         self.pre = pre
         self.num_classes = num_classes
         self._digest: str | None = None
@@ -162,14 +177,29 @@ def measure_accuracy(row: Row, runner, val: ValidationSet, classes: list[str], r
     bf = BoundaryF()
     agree = total = 0
     max_diff: float | None = None
+    row.labels, row.image_scores = val.labels, []
+    worst: tuple[float, float, str] | None = None  # (drop against the reference, score, name)
     for i, (x, mask) in enumerate(zip(val.inputs, val.masks)):
         t0 = time.perf_counter_ns()
         out = runner.infer(x)
         if timings is not None:
             runner.synchronize()
             timings.append((time.perf_counter_ns() - t0) / 1e6)
-        pred = to_mask_size(class_ids(out, runner.info.outputs_class_ids)[0], mask.shape, val.pre).astype(np.uint8)
+        if mask is None:
+            w, h = val.sizes[i]
+            shape = (h, w)
+        else:
+            shape = mask.shape
+        pred = to_mask_size(class_ids(out, runner.info.outputs_class_ids)[0], shape, val.pre).astype(np.uint8)
+        if mask is None:  # no labels: the reference row's masks are the truth (its own, for the reference)
+            mask = pred if reference is None else reference.predictions[i]
         cm.update(mask, pred)
+        score = image_score(mask, pred, len(classes))
+        row.image_scores.append(score)
+        ref_score = reference.image_scores[i] if reference is not None and i < len(reference.image_scores) else 1.0
+        drop = ref_score - score if reference is not None else 1.0 - score
+        if worst is None or (drop, -score) > (worst[0], -worst[1]):
+            worst = (drop, score, val.samples[i].name)
         if reference is None or i < KEPT_PREDICTIONS:  # the reference keeps all: every row is compared with it
             row.predictions.append(pred)
         if reference is not None:
@@ -188,6 +218,8 @@ def measure_accuracy(row: Row, runner, val: ValidationSet, classes: list[str], r
     iou = cm.iou()
     row.miou = cm.miou()
     row.per_class_iou = {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, iou)}
+    row.foreground_iou = cm.foreground_iou()
+    row.worst_image, row.worst_image_name = (worst[1], worst[2]) if worst else (None, None)
     if reference is not None:
         row.pixel_agreement = agree / total if total else None
         row.boundary_f = bf.score()
@@ -195,7 +227,8 @@ def measure_accuracy(row: Row, runner, val: ValidationSet, classes: list[str], r
         row.max_abs_logit_diff = max_diff
 
 
-ACCURACY_FIELDS = ("miou", "per_class_iou", "delta_miou", "pixel_agreement", "boundary_f", "max_abs_logit_diff")
+ACCURACY_FIELDS = ("miou", "per_class_iou", "delta_miou", "pixel_agreement", "boundary_f", "max_abs_logit_diff",
+                   "labels", "foreground_iou", "image_scores", "worst_image", "worst_image_name")
 
 
 def _store_accuracy(cache: ResultCache, key: dict, row: Row) -> None:

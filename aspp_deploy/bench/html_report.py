@@ -7,8 +7,9 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from aspp_deploy.bench.report import RESULT_COLUMNS as COLUMNS
-from aspp_deploy.bench.report import _fmt, images_text, reference_label, result_cells, unstable_labels
+from aspp_deploy.bench.report import RESULT_COLUMNS as COLUMNS  # noqa: F401  (the default columns)
+from aspp_deploy.bench.report import (_fmt, accuracy_kind, images_text, is_binary, reference_label, result_cells,
+                                      result_columns, unstable_labels)
 
 UNSTABLE_NOTE = "(unstable: high run-to-run spread; rerun with more --iters)"
 
@@ -35,28 +36,31 @@ def _row_name(r: dict) -> str:
     return f"{r['backend']} {r['precision']} ({r['device']})"
 
 
-def _results_table(rows: list[dict]) -> list[str]:
-    out = ['<table id="results">', "<thead><tr>" + "".join(f"<th>{escape(c)}</th>" for c in COLUMNS)
+def _results_table(rows: list[dict], settings: dict | None = None) -> list[str]:
+    columns, binary = result_columns(rows, settings), is_binary(rows)
+    out = ['<table id="results">', "<thead><tr>" + "".join(f"<th>{escape(c)}</th>" for c in columns)
            + "</tr></thead>", "<tbody>"]
     for r in rows:
         head = "".join(f"<td>{_text(r[k])}</td>" for k in ("backend", "precision", "device"))
         if r["status"] != "ok":
-            out.append(f'<tr class="not-ok">{head}<td colspan="{len(COLUMNS) - 3}">'
+            out.append(f'<tr class="not-ok">{head}<td colspan="{len(columns) - 3}">'
                        f"{_text(r['status'])}: {_text(r['reason'])}</td></tr>")
             continue
-        cells = [_text(c) for c in result_cells(r)]
+        cells = [_text(c) for c in result_cells(r, binary)]
         if r.get("latency_unstable"):
-            cells[6] += f' <span class="unstable">{escape(UNSTABLE_NOTE)}</span>'
+            cells[columns.index("p50 ms") - 3] += f' <span class="unstable">{escape(UNSTABLE_NOTE)}</span>'
         out.append(f"<tr>{head}" + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>")
     return out + ["</tbody>", "</table>"]
 
 
-def _per_class_table(rows: list[dict]) -> list[str]:
+def _per_class_table(rows: list[dict], settings: dict | None = None) -> list[str]:
     ok = [r for r in rows if r["status"] == "ok" and r.get("per_class_iou")]
     names = list(dict.fromkeys(name for r in ok for name in r["per_class_iou"]))
     if not names:
         return []
-    out = ["<h2>Per-class IoU</h2>", '<table id="per-class">',
+    title = "Per-class IoU" + (" vs the reference's masks (no labels)" if (settings or {}).get("labels") == "fp32"
+                               else "")
+    out = [f"<h2>{escape(title)}</h2>", '<table id="per-class">',
            "<thead><tr><th>row</th>" + "".join(f"<th>{_text(n)}</th>" for n in names) + "</tr></thead>", "<tbody>"]
     for r in ok:
         ious = r["per_class_iou"]
@@ -80,6 +84,7 @@ def html_report(rows: list[dict], machine: dict, settings: dict, plots: list[tup
     height, width = settings["input"]
     reference = reference_label(rows, settings)
     facts = [f"accuracy on {images_text(settings)} at {height}x{width}",
+             f"accuracy shown: {accuracy_kind(settings, rows)}",
              f"latency: batch 1, {settings['warmup']} warm-up + {settings['iters']} timed runs"]
     if settings.get("threads"):
         facts.append(f"{settings['threads']} threads")
@@ -93,13 +98,13 @@ def html_report(rows: list[dict], machine: dict, settings: dict, plots: list[tup
              f"<p>Machine: {_text(machine['cpu'])} ({_text(machine['cores'])} cores), "
              f"GPU: {_text(machine['gpu'] or 'none')}</p>",
              f"<p>{'; '.join(_text(f) for f in facts)}.</p>",
-             "<h2>Results</h2>", *_results_table(rows)]
+             "<h2>Results</h2>", *_results_table(rows, settings)]
     if unstable:
         parts.append(f"<p class=\"unstable\">Unstable latency (high run-to-run spread): "
                      f"{_text(', '.join(unstable))}.</p>")
     if plots:
         parts += ["<h2>Plots</h2>", *_figures(plots)]
-    parts += _per_class_table(rows)
+    parts += _per_class_table(rows, settings)
     if overlays:
         parts += ["<h2>Overlays</h2>", *_figures(overlays)]
     parts += [f"<footer><p>Deltas, agreement, boundary F-score and the max logit difference (the largest "

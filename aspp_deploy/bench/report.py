@@ -16,8 +16,8 @@ from PIL import Image
 from aspp_deploy.bench.stats import signed
 from aspp_deploy.io import atomic_write_bytes, atomic_write_text, json_text
 
-CSV_COLUMNS = ["backend", "precision", "device", "status", "reason", "size_bytes", "miou", "delta_miou",
-               "pixel_agreement", "boundary_f", "max_abs_logit_diff", "p50_ms", "p99_ms", "throughput",
+CSV_COLUMNS = ["backend", "precision", "device", "status", "reason", "size_bytes", "labels", "miou", "delta_miou",
+               "foreground_iou", "worst_image", "worst_image_name", "pixel_agreement", "boundary_f", "max_abs_logit_diff", "p50_ms", "p99_ms", "throughput",
                "speedup", "latency_unstable", "artifact"]
 OVERLAY_IMAGES = 3
 
@@ -61,19 +61,51 @@ def _fmt(v, spec: str = ".4f") -> str:
     return "" if v is None else format(v, spec)
 
 
-def result_cells(r: dict) -> list[str]:
+def is_binary(rows: list[dict]) -> bool:
+    """A binary (2-class) model: its rows carry a foreground IoU, shown in a column of its own."""
+    return any(r.get("status") == "ok" and r.get("foreground_iou") is not None for r in rows)
+
+
+def result_cells(r: dict, foreground: bool = False) -> list[str]:
     """The figures of an ok row after backend/precision/device, formatted as summary.md formats them
-    (deltas signed, never -0.0000; no "x" without a speed-up)."""
+    (deltas signed, never -0.0000; no "x" without a speed-up); ``foreground``: with the foreground
+    IoU after the mIoU (binary models)."""
     size = _fmt(r["size_bytes"] / 1e6 if r["size_bytes"] else None, ".1f")
     delta = "" if r["delta_miou"] is None else signed(r["delta_miou"])
     speedup = "" if r["speedup"] is None else f"{_fmt(r['speedup'], '.2f')}x"
-    return [size, _fmt(r["miou"]), delta, _fmt(r["pixel_agreement"]), _fmt(r["boundary_f"]),
+    fg = [_fmt(r.get("foreground_iou"))] if foreground else []
+    return [size, _fmt(r["miou"]), delta, *fg, _fmt(r["pixel_agreement"]), _fmt(r["boundary_f"]),
             _fmt(r["max_abs_logit_diff"], ".3g"), _fmt(r["p50_ms"], ".1f"), _fmt(r["p99_ms"], ".1f"),
             _fmt(r["throughput"], ".1f"), speedup]
 
 
 RESULT_COLUMNS = ["backend", "precision", "device", "size (MB)", "mIoU", "delta mIoU", "pixel agr.", "boundary F",
                   "max logit diff", "p50 ms", "p99 ms", "img/s", "speed-up"]  # summary.md and report.html
+LABEL_TEXT = {"masks": "mIoU vs labels", "fp32": "agreement with FP32 (no labels)"}
+
+
+def result_columns(rows: list[dict], settings: dict | None = None) -> list[str]:
+    """RESULT_COLUMNS, with "mIoU vs FP32" for images without masks and a foreground IoU column for
+    binary models (the columns ``result_cells(r, is_binary(rows))`` fills)."""
+    cols = list(RESULT_COLUMNS)
+    if (settings or {}).get("labels") == "fp32":
+        cols[cols.index("mIoU")] = "mIoU vs FP32"
+    if is_binary(rows):
+        cols.insert(cols.index("delta mIoU") + 1, "fg IoU")
+    return cols
+
+
+def accuracy_kind(settings: dict, rows: list[dict] | None = None) -> str:
+    """"mIoU vs labels" or "agreement with FP32 (no labels)", with the foreground IoU named for a
+    binary model: what the accuracy figures of a compare report are."""
+    text = LABEL_TEXT.get(settings.get("labels", "masks"), "mIoU vs labels")
+    if rows is not None and is_binary(rows):
+        text += "; binary model: foreground IoU"
+        if settings.get("labels") == "fp32":
+            text += " against the reference's foreground"
+    if settings.get("labels") == "fp32":
+        text += f" (the reference row's masks, {settings.get('reference') or 'FP32'}, are the truth)"
+    return text
 
 
 def unstable_labels(rows: list[dict]) -> list[str]:
@@ -88,24 +120,29 @@ def reference_label(rows: list[dict], settings: dict) -> str:
 
 
 def images_text(settings: dict) -> str:
-    """"64 of 200 validation images" (the first N of the split), or "200 validation images"."""
+    """"64 of 200 validation images" (the first N of the split), or "200 validation images"; "images"
+    without "validation" for a folder of images without masks."""
     n, total = settings["images"], settings.get("split_images")
-    return f"the first {n} of {total} validation images" if total and total > n else f"{n} validation images"
+    what = "images without masks" if settings.get("labels") == "fp32" else "validation images"
+    return f"the first {n} of {total} {what}" if total and total > n else f"{n} {what}"
 
 
 def markdown_summary(rows: list[dict], machine: dict, settings: dict) -> str:
+    columns, binary = result_columns(rows, settings), is_binary(rows)
     lines = ["# aspp-deploy compare", "",
              f"Machine: {machine['cpu']} ({machine['cores']} cores), GPU: {machine['gpu'] or 'none'}; "
              f"accuracy on {images_text(settings)} at {settings['input'][0]}x{settings['input'][1]}; "
              f"latency: batch 1, {settings['warmup']} warm-up + {settings['iters']} timed runs.", "",
-             "| " + " | ".join(RESULT_COLUMNS) + " |",
-             "|---|---|---|" + "---:|" * (len(RESULT_COLUMNS) - 3)]
+             f"Accuracy shown: {accuracy_kind(settings, rows)}.", "",
+             "| " + " | ".join(columns) + " |",
+             "|---|---|---|" + "---:|" * (len(columns) - 3)]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | {r['status']}: {r['reason']} "
-                         "| | | | | | | | | |")
+                         + "| " * (len(columns) - 4) + "|")
             continue
-        lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | " + " | ".join(result_cells(r)) + " |")
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | "
+                     + " | ".join(result_cells(r, binary)) + " |")
     unstable = unstable_labels(rows)
     if unstable:
         lines += ["", f"Unstable latency (high run-to-run spread): {', '.join(unstable)}."]
@@ -187,7 +224,7 @@ def plot_miou_vs_latency(rows: list[dict], path: Path, settings: dict | None = N
     ax.set_xlim(0, max(r["p50_ms"] for r in ok) * 1.1)
     ax.set_xlabel("p50 latency, batch 1 (ms; lower is better)")
     images = f" on {images_text(settings)}" if "images" in settings else ""
-    ax.set_ylabel(f"mIoU{images} (0..1)")
+    ax.set_ylabel(f"{'mIoU vs FP32' if settings.get('labels') == 'fp32' else 'mIoU'}{images} (0..1)")
     ax.set_title("Accuracy vs latency (axis spans at least 0.10 mIoU)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
@@ -204,7 +241,8 @@ def colourise(ids: np.ndarray, palette: list[list[int]]) -> np.ndarray:
 
 
 def overlay_panel(image: np.ndarray, truth: np.ndarray, preds: list[tuple[str, np.ndarray]],
-                  reference: np.ndarray, palette: list[list[int]], classes: list[str] | None = None) -> Image.Image:
+                  reference: np.ndarray, palette: list[list[int]], classes: list[str] | None = None,
+                  truth_label: str = "ground truth") -> Image.Image:
     """One picture per validation image, readable when scaled down.
 
     Top row: the image, then the ground truth and each row's mask blended over the image (the
@@ -221,7 +259,7 @@ def overlay_panel(image: np.ndarray, truth: np.ndarray, preds: list[tuple[str, n
     size = max(14, w // 24)
     font, band, pad = _font(size), size + 10, size // 2
     ref_label = preds[0][0] if preds else "the reference"
-    top = [("image", image), ("ground truth", np.asarray(overlay(image, truth, palette, 0.55)))]
+    top = [("image", image), (truth_label, np.asarray(overlay(image, truth, palette, 0.55)))]
     top += [(label, np.asarray(overlay(image, p, palette, 0.55))) for label, p in preds]
     thick = 3 if max(h, w) <= 512 else 5
     bottom = []
@@ -292,10 +330,11 @@ def write_report(folder: Path, rows: list[dict], machine: dict, settings: dict, 
         labels = list(predictions)
         reference = predictions[labels[0]]
         for i, s in enumerate(samples[:OVERLAY_IMAGES]):
-            truth = load_mask(s.mask, len(palette))
+            # no mask (a folder of images): the reference's masks are what the rows are scored against
+            truth = reference[i] if s.mask is None else load_mask(s.mask, len(palette))
             image = np.asarray(load_image(s.image).resize((truth.shape[1], truth.shape[0])))
             panel = overlay_panel(image, truth, [(k, predictions[k][i]) for k in labels], reference[i], palette,
-                                  classes)
+                                  classes, "ground truth" if s.mask is not None else f"no mask: {labels[0]}")
             path = folder / "overlays" / f"{s.name}.png"
             buf = io.BytesIO()
             panel.save(buf, format="PNG")

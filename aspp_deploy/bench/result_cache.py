@@ -46,10 +46,13 @@ def digest_of(key: dict) -> str:
 
 def samples_digest(samples: Iterable, num_classes: int) -> str:
     """The data's identity: every sample's image and mask file names and contents (sha256), in
-    order, and the number of classes the masks are read with."""
+    order, and the number of classes the masks are read with. A sample without a mask (a folder of
+    images) is marked as such, so the same images with and without masks never share a digest."""
     h = hashlib.sha256(f"classes={num_classes}\n".encode())
     for s in samples:
-        for p in (Path(s.image), Path(s.mask)):
+        if getattr(s, "mask", None) is None:
+            h.update(b"no mask\n")
+        for p in (Path(s.image),) if getattr(s, "mask", None) is None else (Path(s.image), Path(s.mask)):
             h.update(p.name.encode())
             h.update(b"\0")
             h.update(sha256_file(p).encode())

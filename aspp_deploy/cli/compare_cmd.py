@@ -17,14 +17,18 @@ from aspp_deploy.cli._common import progress as progress_display
 DEFAULT_LIMIT = 64
 
 
-def _table(rows: list[dict], reference: str = "torch fp32") -> tuple[Table, list[str]]:
+def _table(rows: list[dict], reference: str = "torch fp32", labels: str = "masks") -> tuple[Table, list[str]]:
     """The table, and the footnotes that say why a row did not run (one per distinct reason)."""
-    from aspp_deploy.bench.report import result_cells
+    from aspp_deploy.bench.report import is_binary, result_cells
 
     notes: list[str] = []
-    t = Table(title=f"aspp-deploy compare (deltas vs {reference})")
-    for col in ("backend", "precision", "device", "MB", "mIoU", "ΔmIoU", "pix agr", "bndry F",
-                "max Δlogit", "p50 ms", "p99 ms", "img/s", "speed-up"):
+    binary = is_binary(rows)
+    kind = "mIoU vs labels" if labels == "masks" else "agreement with FP32, no labels"
+    t = Table(title=f"aspp-deploy compare ({kind}; deltas vs {reference})")
+    cols = ["backend", "precision", "device", "MB", "mIoU" if labels == "masks" else "mIoU vs FP32", "ΔmIoU",
+            *(["fg IoU"] if binary else []), "pix agr", "bndry F", "max Δlogit", "p50 ms", "p99 ms", "img/s",
+            "speed-up"]
+    for col in cols:
         t.add_column(col, justify="left" if col in ("backend", "precision", "device") else "right")
     for r in rows:
         if r["status"] != "ok":
@@ -33,7 +37,7 @@ def _table(rows: list[dict], reference: str = "torch fp32") -> tuple[Table, list
             t.add_row(r["backend"], r["precision"], r["device"],
                       f"[dim]{r['status']} [{notes.index(r['reason']) + 1}][/]")
             continue
-        t.add_row(r["backend"], r["precision"], r["device"], *result_cells(r))
+        t.add_row(r["backend"], r["precision"], r["device"], *result_cells(r, binary))
     return t, [f"[{i + 1}] {reason}" for i, reason in enumerate(notes)]
 
 
@@ -59,7 +63,7 @@ def register(app: typer.Typer) -> None:
         classes: M.Classes = None,
         output_kind: M.OutputKindOpt = None,
         artifacts: Annotated[Path, typer.Option(help="Folder of artifacts: reused when up to date, made when missing.")] = Path("artifacts"),
-        data: Annotated[Optional[Path], typer.Option(help="VOC-style folder (default: the synthetic validation split).")] = None,
+        data: Annotated[Optional[Path], typer.Option(help="VOC-style folder with masks, or a folder of images without masks (every row is then scored against the reference row's masks: agreement with FP32). Default: the synthetic validation split, for the shipped model only.")] = None,
         calib: Annotated[Optional[Path], typer.Option(help="Calibration image folder for the INT8 rows (default: the shipped calibration/ images; use your own for your model).")] = None,
         limit: Annotated[int, typer.Option(help="Measure accuracy on the first N validation images (0: the whole split). "
                                            "64 keeps a cold compare of the shipped model within 3 minutes on 2 CPU cores; "
@@ -85,7 +89,7 @@ def register(app: typer.Typer) -> None:
         from aspp_deploy.bench.rows import default_row_specs
         from aspp_deploy.data.preprocess import Preprocess
         from aspp_deploy.errors import InputError
-        from aspp_deploy.eval.evaluate import ensure_default_data
+        from aspp_deploy.eval.evaluate import default_data_for
         from aspp_deploy.export.ensure import ensure_fp32
 
         if limit < 0 or iters < 1 or warmup < 0 or threads < 0:
@@ -97,7 +101,12 @@ def register(app: typer.Typer) -> None:
         log = lambda m: console.print(escape(m), highlight=False)  # noqa: E731  (paths may hold [brackets])
         from aspp_deploy.cli.export_cmd import parity_images
 
-        images = parity_images(data)  # real images join the parity check, as in `export`
+        if data is not None:  # real images join the parity check, as in `export` (masks or not)
+            from aspp_deploy.data.images import open_data
+
+            images = [s.image for s in open_data(data).samples[:4]]
+        else:
+            images = parity_images(None)
         fp32 = ensure_fp32(artifacts, model_spec, checkpoint=checkpoint, arch=arch, arch_args=arch_args,
                            weights=weights, onnx=onnx, images=images, log=log)
         entry = fp32.entry
@@ -117,7 +126,8 @@ def register(app: typer.Typer) -> None:
 
         with progress_display() as progress:  # a bar on a terminal, plain lines in a log
             gen = progress.add_task("generating the synthetic validation split", total=None, visible=False)
-            root = data if data is not None else ensure_default_data(
+            root = data if data is not None else default_data_for(
+                class_names, entry.get("source"), "compare",
                 lambda s, i, n: progress.update(gen, completed=i, total=n, visible=True))
             progress.update(gen, visible=False)
             specs = default_row_specs(torch_model, artifacts, export_fn, _quantizer(root, calib, threads),
@@ -143,20 +153,23 @@ def register(app: typer.Typer) -> None:
         dicts = [r.to_dict() for r in rows]
         reference = next((r for r in rows if r.status == "ok"), None)
         ref_label = f"{reference.spec.backend} {reference.spec.precision}" if reference else "nothing"
-        table, notes = _table(dicts, ref_label)
+        table, notes = _table(dicts, ref_label, val.labels)
         out_console.print(table)
         for note in notes:
             out_console.print(escape(note), highlight=False, soft_wrap=True)  # reasons hold [extras]: not markup
         settings = {"images": len(val.inputs), "split_images": val.split_size, "data": str(root),
+                    "labels": val.labels,
                     "input": [pre.height, pre.width], "warmup": warmup, "iters": iters,
                     "threads": threads or torch.get_num_threads(),
                     "model": (entry.get("model") or {}).get("label"), "reference": ref_label,
                     "checkpoint": str(torch_model) if torch_model else None}
-        from aspp_deploy.bench.report import images_text
+        from aspp_deploy.bench.report import accuracy_kind, images_text
 
+        settings["accuracy"] = accuracy_kind(settings, dicts)
         out_console.print(f"accuracy on {images_text(settings)}"
                           + (" (--limit 0 measures them all)" if val.split_size > len(val.inputs) else ""),
                           highlight=False)
+        out_console.print(f"accuracy shown: {settings['accuracy']}", highlight=False, soft_wrap=True)
         if report is not None:
             preds = {f"{r.spec.backend} {r.spec.precision}": r.predictions for r in rows if r.status == "ok"}
             written = write_report(report, dicts, machine, settings, samples=val.samples,
@@ -200,8 +213,8 @@ def _row_keys(fp32, pre, class_names: list[str], val, threads: int):
             from aspp_deploy.backends.openvino_backend import INFERENCE_PRECISION
 
             settings["inference_precision"] = INFERENCE_PRECISION
-        return {"artifact": artifact, "data": val.digest, "preprocess": pre.to_dict(), "classes": class_names,
-                "settings": settings}
+        return {"artifact": artifact, "data": val.digest, "labels": val.labels, "preprocess": pre.to_dict(),
+                "classes": class_names, "settings": settings}
 
     return key
 

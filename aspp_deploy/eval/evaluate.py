@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from aspp_deploy.backends.base import Runner, class_ids
 from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.data.voc import VOCSegmentation, load_image, load_mask
 from aspp_deploy.eval.metrics import ConfusionMatrix
+
+if TYPE_CHECKING:
+    from aspp_deploy.data.images import DataSource
 
 DEFAULT_VAL_IMAGES = 200
 DEFAULT_SEED = 0
@@ -61,23 +64,44 @@ class EvalResult:
     num_images: int
     miou: float
     pixel_accuracy: float
-    per_class_iou: dict[str, float]
+    per_class_iou: dict[str, float | None]
     confusion: list[list[int]] = field(repr=False, default_factory=list)
+    # "masks": against the dataset's masks; "fp32": against a reference FP32 model's masks (no labels)
+    labels: str = "masks"
+    foreground_iou: float | None = None  # binary (2-class) models: IoU of class 1
+    worst_image: float | None = None     # the task metric on the image that scored lowest
+    worst_image_name: str | None = None
+
+    @property
+    def metric(self) -> str:
+        return "foreground IoU" if self.foreground_iou is not None else "mIoU"
+
+    @property
+    def accuracy_kind(self) -> str:
+        from aspp_deploy.data.images import LABEL_TEXT
+
+        return LABEL_TEXT[self.labels]
 
     def to_dict(self) -> dict:
-        return {"num_images": self.num_images, "miou": self.miou, "pixel_accuracy": self.pixel_accuracy,
+        return {"num_images": self.num_images, "labels": self.labels, "accuracy_kind": self.accuracy_kind,
+                "metric": self.metric, "miou": self.miou, "pixel_accuracy": self.pixel_accuracy,
+                "foreground_iou": self.foreground_iou, "worst_image": self.worst_image,
+                "worst_image_name": self.worst_image_name,
                 "per_class_iou": self.per_class_iou, "confusion": self.confusion}
 
 
-def iter_batches(ds: VOCSegmentation, pre: Preprocess, num_classes: int, batch: int = 1,
-                 limit: int | None = None) -> Iterator[tuple[np.ndarray, list[np.ndarray], list[str]]]:
-    """(input batch, original-size masks, names), in split order."""
+def iter_batches(ds: "DataSource | VOCSegmentation", pre: Preprocess, num_classes: int, batch: int = 1,
+                 limit: int | None = None
+                 ) -> Iterator[tuple[np.ndarray, list[np.ndarray | None], list[str], list[tuple[int, int]]]]:
+    """(input batch, original-size masks (None for an image without one), names, (width, height)
+    of each image), in order."""
     samples = ds.samples[:limit] if limit else ds.samples
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
         images = [load_image(s.image) for s in chunk]
         x = np.stack([pre(im) for im in images])
-        yield x, [load_mask(s.mask, num_classes, im.size) for s, im in zip(chunk, images)], [s.name for s in chunk]
+        masks = [None if s.mask is None else load_mask(s.mask, num_classes, im.size) for s, im in zip(chunk, images)]
+        yield x, masks, [s.name for s in chunk], [im.size for im in images]
 
 
 def to_mask_size(pred: np.ndarray, shape: tuple[int, int], pre: Preprocess) -> np.ndarray:
@@ -86,21 +110,78 @@ def to_mask_size(pred: np.ndarray, shape: tuple[int, int], pre: Preprocess) -> n
     return pre.restore(pred, (shape[1], shape[0]))
 
 
-def evaluate(runner: Runner, data: Path, pre: Preprocess, classes: list[str], split: str = "val",
+def evaluate(runner: Runner, data: "Path | DataSource", pre: Preprocess, classes: list[str], split: str = "val",
              batch: int = 1, limit: int | None = None,
-             progress: Callable[[int, int], None] | None = None) -> EvalResult:
-    ds = VOCSegmentation(data, split)
+             progress: Callable[[int, int], None] | None = None, reference: Runner | None = None) -> EvalResult:
+    """Accuracy of ``runner`` on ``data``: against its masks, or, for a folder of images without
+    masks, against ``reference``'s masks (an FP32 model; required then)."""
+    from aspp_deploy.data.images import open_data
+    from aspp_deploy.errors import DatasetError
+    from aspp_deploy.eval.metrics import image_score
+
+    ds = open_data(data, split)
+    if not ds.labelled and reference is None:
+        raise DatasetError(f"{ds} has images but no masks: accuracy needs labels (a VOC-style folder with masks) "
+                           "or an FP32 reference model to agree with (--reference FP32.onnx)")
     total = min(len(ds), limit) if limit else len(ds)
     cm = ConfusionMatrix(len(classes))
     done = 0
-    for x, masks, _ in iter_batches(ds, pre, len(classes), batch, limit):
+    worst: tuple[float, str] | None = None
+    for x, masks, names, sizes in iter_batches(ds, pre, len(classes), batch, limit):
         preds = class_ids(runner.infer(x), runner.info.outputs_class_ids)
-        for pred, mask in zip(preds, masks):
-            cm.update(mask, to_mask_size(pred, mask.shape, pre))
+        refs = None if ds.labelled or reference is None else class_ids(reference.infer(x),
+                                                                       reference.info.outputs_class_ids)
+        for k, (pred, mask, name, (w, h)) in enumerate(zip(preds, masks, names, sizes)):
+            truth = mask if mask is not None else to_mask_size(refs[k], (h, w), pre)  # type: ignore[index]
+            p = to_mask_size(pred, truth.shape, pre)
+            cm.update(truth, p)
+            score = image_score(truth, p, len(classes))
+            if worst is None or score < worst[0]:
+                worst = (score, name)
         done += len(masks)
         if progress:
             progress(done, total)
     iou = cm.iou()
     return EvalResult(total, cm.miou(), cm.pixel_accuracy(),
                       {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, iou)},
-                      cm.matrix.tolist())
+                      cm.matrix.tolist(), ds.labels, cm.foreground_iou(),
+                      worst[0] if worst else None, worst[1] if worst else None)
+
+
+def shipped_checkpoint_sha256() -> str | None:
+    """The shipped checkpoint's sha256 (from its models/*.json record, else hashed); None without it."""
+    from aspp_deploy.io import read_json_object, sha256_file
+    from aspp_deploy.model.checkpoint import DEFAULT_CHECKPOINT
+
+    record = DEFAULT_CHECKPOINT.with_suffix(".json")
+    if record.is_file():
+        try:
+            sha = read_json_object(record, "").get("sha256")
+            if isinstance(sha, str) and sha:
+                return sha
+        except Exception:  # an unreadable record: hash the file instead
+            pass
+    return sha256_file(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.is_file() else None
+
+
+def is_shipped_model(classes: list[str], source: dict | None) -> bool:
+    """True for the shipped model (or an artifact made from it): the synthetic dataset's classes and
+    the shipped checkpoint's sha256 as its source. Only that model is measured on the synthetic split
+    by default: its labels mean nothing to any other model."""
+    from aspp_deploy.data.synthetic import CLASSES
+
+    sha = (source or {}).get("checkpoint_sha256")
+    return list(classes) == list(CLASSES) and bool(sha) and sha == shipped_checkpoint_sha256()
+
+
+def default_data_for(classes: list[str], source: dict | None, what: str,
+                     progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """``--data``'s default: the synthetic split for the shipped model; for any other model one
+    InputError line naming --data (``what``: the command, for the message)."""
+    from aspp_deploy.errors import InputError
+
+    if not is_shipped_model(classes, source):
+        raise InputError(f"{what} needs --data for this model: a VOC-style folder with masks, or a folder of "
+                         "images (accuracy is then agreement with the FP32 model); the built-in synthetic split "
+                         "is labelled for the shipped model only")
+    return ensure_default_data(progress)

@@ -36,3 +36,27 @@ class ConfusionMatrix:
     def pixel_accuracy(self) -> float:
         total = self.matrix.sum()
         return float(np.trace(self.matrix) / total) if total else float("nan")
+
+    def foreground_iou(self) -> float | None:
+        """Binary (2-class) models: IoU of class 1, the foreground (1.0 when neither the targets nor
+        the predictions have any); None for other models."""
+        if self.num_classes != 2:
+            return None
+        v = self.iou()[1]
+        return 1.0 if np.isnan(v) else float(v)
+
+
+def image_score(target: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
+    """One image's task metric: foreground IoU for binary models (1.0 when both have no foreground),
+    else the mean IoU over the classes present in either (1.0 when nothing is scored)."""
+    keep = target != IGNORE_INDEX
+    t, p = target[keep].astype(np.int64), pred[keep].astype(np.int64)
+    if num_classes == 2:
+        tf, pf = t == 1, p == 1
+        union = int((tf | pf).sum())
+        return 1.0 if union == 0 else int((tf & pf).sum()) / union
+    m = np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, -1)
+    tp = np.diag(m).astype(np.float64)
+    union = m.sum(0) + m.sum(1) - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean()) if present.any() else 1.0
