@@ -26,6 +26,20 @@ each ASPP branch found by structure lies in a name group of its own. Otherwise s
 
 Groups without a convolution or matrix product are dropped (keeping them would cost nothing).
 A node is listed by its name, or ``<op_type>_<position>`` when it has none (as before).
+
+``budget_groups`` is what the budget loop uses: these groups, or one group per convolution /
+matrix product (``layer.<node>``, with the elementwise and pooling nodes that follow it up to the
+next one) when the groups are few (under ``MIN_GROUPS``) or coarse (one holds more than half the
+FLOPs) and the layers are not too many (``MAX_LAYER_GROUPS``: each costs one quantization and one
+evaluation in the sensitivity pass).
+
+A MobileNetV3-style graph (no ASPP; inverted residual blocks closed by Adds; squeeze-excitation
+as GlobalAveragePool -> Conv -> Relu -> Conv -> HardSigmoid -> Mul; HardSwish as HardSigmoid ->
+Mul, or one HardSwish node) is cut by the structure rule into ``graph.stem`` and one
+``graph.blockN`` per residual block; an SE block's gating Mul and the HardSwish Muls fall into the
+block that holds the convolutions around them, so keeping a block keeps its gating too. A
+stretch without a residual Add (a stride-2 block, the decoder, an attention layer's MatMuls
+before its Add) is a piece of its own (checked in tests/precision/test_int8_survival.py).
 """
 
 from __future__ import annotations
@@ -43,6 +57,8 @@ from aspp_deploy.export.graph import initializers, is_static, static_shapes
 QUANTIZED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "MaxPool", "AveragePool",
                  "GlobalAveragePool", "Concat", "Resize"}
 SCHEME_ROOTS = ("backbone", "aspp", "head")
+MIN_GROUPS = 4  # fewer groups than this: per-layer sensitivity (when the layers are more)
+MAX_LAYER_GROUPS = 48  # more layers than this: groups whatever their size
 MAX_PARTS = 8  # pieces of a part without residual blocks
 BIG_BLOCK = 4  # a block above 1/BIG_BLOCK of the FLOPs is cut into pieces of 1/MAX_PARTS
 
@@ -78,7 +94,7 @@ def layer_groups(model: onnx.ModelProto) -> list[LayerGroup]:
     inits = initializers(model)
     index = GraphIndex(model)
     matches = find_aspp_in(index)
-    node_flops = {i: _conv_flops(n, shapes, inits) for i, n in enumerate(index.nodes) if n.op_type == "Conv"}
+    node_flops = {i: _conv_flops(n, shapes, inits) for i, n in enumerate(index.nodes) if n.op_type in COMPUTE_OPS}
     if _names_follow_scheme(index, matches):
         assign = {i: group_of(_node_id(n, i)) for i, n in enumerate(index.nodes)}
     else:
@@ -94,6 +110,44 @@ def layer_groups(model: onnx.ModelProto) -> list[LayerGroup]:
         compute[g] = compute.get(g, False) or node.op_type in COMPUTE_OPS
         flops[g] = flops.get(g, 0) + node_flops.get(i, 0)
     return [LayerGroup(g, names, flops[g]) for g, names in nodes.items() if compute[g]]
+
+
+def layer_by_layer(model: onnx.ModelProto) -> list[LayerGroup]:
+    """One group per convolution / matrix product (``layer.<node>``), holding the quantized nodes
+    after it up to the next one (its activation, an SE gating Mul, a residual Add, a pooling)."""
+    shapes = _shapes(model)
+    inits = initializers(model)
+    index = GraphIndex(model)
+    live = {i for i, n in enumerate(index.nodes) if not all(o in index.static for o in n.output)}
+    compute = set(_compute_nodes(index))
+    out: list[LayerGroup] = []
+    pending: list[str] = []  # quantized nodes before the first layer join it
+    for i, node in enumerate(index.nodes):
+        if i not in live or node.op_type not in QUANTIZED_OPS:
+            continue
+        name = _node_id(node, i)
+        if i in compute:
+            out.append(LayerGroup(f"layer.{name}", pending + [name], _conv_flops(node, shapes, inits)))
+            pending = []
+        elif out:
+            out[-1].nodes.append(name)
+        else:
+            pending.append(name)
+    return out
+
+
+def budget_groups(model: onnx.ModelProto) -> tuple[list[LayerGroup], str]:
+    """The groups the budget loop measures and keeps, and their granularity (``"groups"`` or
+    ``"layers"``): see the module docstring."""
+    groups = layer_groups(model)
+    total = sum(g.flops for g in groups)
+    coarse = len(groups) < MIN_GROUPS or (total > 0 and max(g.flops for g in groups) * 2 > total)
+    if not coarse:
+        return groups, "groups"
+    layers = layer_by_layer(model)
+    if len(groups) < len(layers) <= MAX_LAYER_GROUPS:
+        return layers, "layers"
+    return groups, "groups"
 
 
 def grouping_rule(model: onnx.ModelProto) -> str:
@@ -271,6 +325,10 @@ def _chunk(seq: list[int], weights: dict[int, int], parts: int) -> list[list[int
 
 
 def _conv_flops(node: onnx.NodeProto, shapes: dict, inits: dict) -> int:
+    """FLOPs of a Conv (weights known, output shape static) or of a MatMul / Gemm (both input shapes
+    static, or the weight known); 0 where they cannot be told."""
+    if node.op_type in ("MatMul", "Gemm"):
+        return _matmul_flops(node, shapes, inits)
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
         return 0
     out = shapes.get(node.output[0])
@@ -280,3 +338,21 @@ def _conv_flops(node: onnx.NodeProto, shapes: dict, inits: dict) -> int:
     for d in inits[node.input[1]].dims:
         macs *= d
     return 2 * macs * out[0] * out[2] * out[3]  # type: ignore[index, operator]
+
+
+def _matmul_flops(node: onnx.NodeProto, shapes: dict, inits: dict) -> int:
+    def dims(name: str):
+        if name in inits:
+            return [int(d) for d in inits[name].dims]
+        shape = shapes.get(name)
+        return list(shape) if is_static(shape) else None  # type: ignore[arg-type]
+
+    if len(node.input) < 2:
+        return 0
+    a, b = dims(node.input[0]), dims(node.input[1])
+    out = shapes.get(node.output[0])
+    if a is None or b is None or len(a) < 2 or len(b) < 2 or not is_static(out):  # type: ignore[arg-type]
+        return 0
+    trans_a = any(x.name == "transA" and x.i for x in node.attribute)
+    k = a[-2] if trans_a else a[-1]
+    return 2 * k * math.prod(out)  # type: ignore[arg-type]

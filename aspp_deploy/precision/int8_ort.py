@@ -5,11 +5,12 @@ Two recipes from the same machinery, because the best Q/DQ placement differs by 
 - ``CPU_RECIPE`` (``--target cpu``): what runs fastest in ONNX Runtime's CPU provider: ORT's
   pre-processing first (``quant_pre_process``: shape inference and graph optimisation), then
   QDQ with uint8 activations (asymmetric; after ReLU the whole range is used), int8 symmetric
-  per-channel weights, every operator ORT has a quantized kernel for, so that consecutive
+  per-channel weights, every operator ORT has a quantized kernel for (MatMul and Gemm included:
+  transformer blocks are quantized too), so that consecutive
   QLinearConv / QLinearAdd / quantized pooling and concat run without float round trips.
 - ``TRT_RECIPE`` (``--target trt`` without ModelOpt): TensorRT's explicit-quantization rules:
   int8 symmetric activations (zero point 0) per tensor, int8 per-channel weights (axis 0), float
-  biases, Q/DQ only on the *inputs* of Conv, MaxPool, GlobalAveragePool and Add, and on an
+  biases, Q/DQ only on the *inputs* of Conv, MatMul, Gemm, MaxPool, GlobalAveragePool and Add, and on an
   Add only on its residual input (the other input comes straight from a Conv, so TensorRT fuses
   Conv+BN+ReLU+Add into one INT8 kernel). Same placement as ModelOpt's, checked in the tests.
 
@@ -52,7 +53,9 @@ from aspp_deploy.precision.calibration import CalibrationData, ort_reader
 
 DEFAULT_PERCENTILE = 99.999
 METHODS = ("entropy", "minmax", "percentile")
-TRT_OP_TYPES = ("Conv", "Add", "MaxPool", "GlobalAveragePool")
+# MatMul and Gemm (transformer blocks, attention, the Linear layers of a head): TensorRT runs them in
+# INT8 with Q/DQ on both inputs, as ModelOpt places them.
+TRT_OP_TYPES = ("Conv", "Add", "MaxPool", "GlobalAveragePool", "MatMul", "Gemm")
 # Images per calibration chunk: intermediate tensors of one chunk are in memory at once (about
 # 200 MB per 512x512 image for the shipped model), so the chunk is sized from a byte budget.
 CHUNK_BUDGET_BYTES = 512 * 2**20
@@ -102,6 +105,7 @@ class OrtInt8Builder:
 
             self.model_path = work / "ort-preprocessed.onnx"
             quant_pre_process(str(fp32), str(self.model_path))
+        self.model_path = name_every_node(self.model_path, work / "ort-named.onnx")
         # Without a persistent cache, still calibrate once per run (a file in the work folder).
         self.cache_file: Path | None = None
         if ort_supports_calibration_cache():
@@ -146,7 +150,29 @@ class OrtInt8Builder:
             keep_residual_qdq_only(model)
         if exclude:
             keep_inputs_float(model, self.graph(), set(exclude))
+            keep_outputs_float(model, self.graph(), set(exclude))
         onnx.save(model, str(out))
+
+
+def name_every_node(src: Path, out: Path) -> Path:
+    """``src``, or a copy at ``out`` where every unnamed node has a unique name: the quantizer excludes
+    nodes by name, so a node without one (ORT's pre-processing inlines a HardSwish into two unnamed
+    nodes) could never be kept in higher precision. Returns the path to quantize."""
+    model = onnx.load(str(src))
+    taken = {n.name for n in model.graph.node if n.name}
+    unnamed = [n for n in model.graph.node if not n.name]
+    if not unnamed:
+        return src
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name, k = f"{node.op_type}_{i}", 0
+            while name in taken:
+                k += 1
+                name = f"{node.op_type}_{i}_{k}"
+            node.name = name
+            taken.add(name)
+    onnx.save(model, str(out))
+    return out
 
 
 def chunk_batches(calib: CalibrationData, budget: int = CHUNK_BUDGET_BYTES) -> int:
@@ -323,6 +349,48 @@ def keep_inputs_float(model: onnx.ModelProto, original: onnx.ModelProto, names: 
     return rewired
 
 
+def keep_outputs_float(model: onnx.ModelProto, original: onnx.ModelProto, names: set[str]) -> int:
+    """Hand the outputs of the nodes in ``names`` on in float, bypassing the Q/DQ pair behind them.
+
+    A node kept in higher precision still had its output quantized wherever a quantized node reads
+    it (ORT puts a Q/DQ pair on every input of a quantized node): keeping the last layer of a binary
+    segmenter (its logits, ahead of a Sigmoid) in FP32 recovered nothing, because the logits were
+    rounded to 8 bits on their way out anyway. Each reader gets what it read in the original graph:
+    the float tensor, or a ReLU of it where ORT folded that ReLU into the quantization. Returns how
+    many inputs were rewired."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    orig_nodes = {n.name: n for n in original.graph.node if n.name}
+    orig_producer = {o: n for n in original.graph.node for o in n.output}
+    kept_outputs = {o for n in g.node if n.name in names for o in n.output}
+    rewired = 0
+    producer = {o: n for n in g.node for o in n.output}
+    for node in list(g.node):
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.name in names:
+            continue
+        before = orig_nodes.get(node.name)
+        if before is None:
+            continue
+        for k, t in enumerate(node.input):
+            dq = producer.get(t)
+            if dq is None or dq.op_type != "DequantizeLinear" or k >= len(before.input):
+                continue
+            q = producer.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits or q.input[0] not in kept_outputs:
+                continue
+            x, read = q.input[0], before.input[k]
+            if read != x:
+                relu = orig_producer.get(read)
+                if relu is None or relu.op_type != "Relu" or relu.input[0] != x:
+                    continue  # the reader read something else in the original: leave it
+                x = _restore_relu(g, x, producer.get(x))
+                producer = {o: n for n in g.node for o in n.output}
+            node.input[k] = x
+            rewired += 1
+    _drop_dead_qdq(g)
+    return rewired
+
+
 def _restore_relu(g: onnx.GraphProto, x: str, producer: onnx.NodeProto | None) -> str:
     out = f"{x}_float_relu"
     if any(out in n.output for n in g.node):
@@ -340,9 +408,12 @@ def _drop_dead_qdq(g: onnx.GraphProto) -> None:
         dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
                 and not any(o in used for o in n.output)]
         if not dead:
-            return
+            break
         for n in dead:
             g.node.remove(n)
+    used = {i for n in g.node for i in n.input}
+    for t in [t for t in g.initializer if t.name not in used and t.name not in outputs]:
+        g.initializer.remove(t)
 
 
 def work_dir(parent: Path | None = None) -> tempfile.TemporaryDirectory:

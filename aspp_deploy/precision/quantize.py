@@ -34,12 +34,15 @@ from aspp_deploy.io import ensure_writable, sha256_file
 from aspp_deploy.precision.budget import BudgetResult, run_budget
 from aspp_deploy.precision.cache import CacheKey, CacheLookup, CalibrationCache
 from aspp_deploy.precision.calibration import (DEFAULT_CALIB_SIZE, SHIPPED_CALIBRATION, CalibrationData,
-                                               calibration_files, check_disjoint_from_val, data_digest)
+                                               check_disjoint_from_val, choose_data, data_digest)
+from aspp_deploy.data.images import LABEL_TEXT, DataSource
 
 PRECISIONS = ("fp16", "int8")
 TARGETS = ("trt", "cpu")
 BACKENDS = ("auto", "modelopt", "ort")
-DEFAULT_METHOD = {"trt": "entropy", "cpu": "minmax"}
+DEFAULT_METHOD = {"trt": "entropy", "cpu": "auto"}  # auto: measured (see _choose_method)
+AUTO_TRIALS = (("minmax", None), ("entropy", None), ("percentile", 99.99), ("percentile", 99.999))
+MODELOPT_AUTO_TRIALS = (("entropy", None), ("minmax", None))
 DEFAULT_MAX_MIOU_DROP = 0.5
 DEFAULT_BUDGET_IMAGES = 8
 FP16_AUTOCAST_IMAGES = 8
@@ -66,6 +69,9 @@ class QuantizeOptions:
     backend: str = "auto"
     high_precision: str = "fp32"  # trt target: precision of the parts left unquantized
     threads: int = 0
+    max_worst_drop: float = 7.0  # points of the task metric on the worst budget image (0: unchecked)
+    speed: bool = False  # int8: time FP32 against INT8 (and FP16) here; cpu target: refuse a slower INT8
+    allow_slower: bool = False  # cpu target: write the INT8 file even when it is not faster than FP32
 
 
 @dataclass
@@ -94,11 +100,11 @@ def validate(opts: QuantizeOptions) -> str:
     if opts.high_precision not in ("fp32", "fp16"):
         raise InputError(f"--high-precision {opts.high_precision} is not supported: use fp32 or fp16")
     method = opts.method or DEFAULT_METHOD[opts.target]
-    if method not in METHODS:
-        raise InputError(f"--method {method} is not supported: use {', '.join(METHODS)}")
+    if method not in METHODS + ("auto",):
+        raise InputError(f"--method {method} is not supported: use auto, {', '.join(METHODS)}")
     if not 0 < opts.percentile <= 100:
         raise InputError(f"--percentile {opts.percentile} is impossible: use a value in (0, 100]")
-    for name, value in (("--max-miou-drop", opts.max_miou_drop), ("--budget-images", opts.budget_images),
+    for name, value in (("--max-drop", opts.max_miou_drop), ("--max-worst-drop", opts.max_worst_drop), ("--budget-images", opts.budget_images),
                         ("--eval-images", opts.eval_images), ("--calib-size", opts.calib_size)):
         if value < 0:
             raise InputError(f"{name} {value} is impossible: it must be 0 or more")
@@ -162,8 +168,6 @@ def choose_backend(opts: QuantizeOptions, method: str) -> str:
 
 def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
                              log: Callable[[str], None] = lambda m: None) -> QuantizeResult:
-    from aspp_deploy.eval.evaluate import ensure_default_data
-
     t0 = time.perf_counter()
     src = Path(src)
     method = validate(opts)
@@ -177,12 +181,12 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
         raise InputError(f"--out {out} is the source model: choose another file name")
     ensure_writable(out.parent)
     backend = choose_backend(opts, method)
-    data_root = Path(opts.data) if opts.data else ensure_default_data()
-
     calib_folder = Path(opts.calib) if opts.calib else SHIPPED_CALIBRATION
     limit = FP16_AUTOCAST_IMAGES if opts.precision == "fp16" else opts.calib_size
-    files = calibration_files(calib_folder, limit)
+    # --data (masks or plain images); else the synthetic split (shipped model) or held-out calib images
+    files, data_root, data_notes = choose_data(opts.data, calib_folder, limit, classes, fp32_entry.get("source"))
     check_disjoint_from_val(files, data_root)
+    log(f"accuracy: {LABEL_TEXT[data_root.labels]}, on {data_root}")
     input_name, batch = _batch_and_input(model)
     calib = CalibrationData(files, pre, input_name, batch).load()
     log(f"calibration: {len(files)} image(s) from {calib_folder}, preprocessed to {pre.height}x{pre.width}")
@@ -197,33 +201,44 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
     results = ResultCache(out.parent / RESULTS_FOLDER if opts.use_cache else None)
     cache = CalibrationCache(cache_dir)
     payload_suffix = ".trt-cache.txt" if backend == "modelopt" else ".ort.json"
-    lookup = cache.lookup(key, payload_suffix) if opts.precision == "int8" else CacheLookup(key, None, False, "fp16: no calibration ranges")
-    if opts.precision == "int8":
+    if opts.precision == "int8" and method != "auto":
+        lookup = cache.lookup(key, payload_suffix)
         log(f"calibration cache: {lookup.reason}")
+    else:  # --method auto: one cache entry per method tried (_choose_method)
+        lookup = CacheLookup(key, None, False, "fp16: no calibration ranges" if opts.precision == "fp16"
+                             else "one entry per calibration method tried")
 
     from aspp_deploy.precision.accuracy import LazyReference, cached_compare_on_val
-    from aspp_deploy.precision.groups import layer_groups
+    from aspp_deploy.precision.groups import budget_groups
     from aspp_deploy.precision.int8_ort import work_dir
 
-    notes: list[str] = []
+    notes: list[str] = list(data_notes)
     with work_dir() as tmp:
         work = Path(tmp)
         if lookup.payload is not None:
             lookup.payload.parent.mkdir(parents=True, exist_ok=True)
-        builder = _builder(backend, opts, src, work, calib, method, lookup)
-        groups = layer_groups(builder.graph())
         reference = None
         if opts.budget_images:
             reference = LazyReference(src, src_sha, data_root, pre, classes, opts.budget_images,
                                       threads=opts.threads, cache=results)
-        candidate, budget = run_budget(builder, reference, groups, opts.max_miou_drop, work, log)
+        method_choice, first = None, None
+        if method == "auto" and opts.precision == "int8":
+            method, lookup, builder, first, method_choice = _choose_method(
+                backend, opts, src, work, calib, reference, cache, payload_suffix, src_sha, files, out.name,
+                pre, input_name, batch, log)
+        else:
+            builder = _builder(backend, opts, src, work, calib, method, lookup)
+        groups, granularity = budget_groups(builder.graph())
+        candidate, budget = run_budget(builder, reference, groups, opts.max_miou_drop, work, log,
+                                       worst_points=opts.max_worst_drop, first=first, granularity=granularity)
         if lookup.payload is not None:
             cache.commit(lookup)
+        speed_report = _speed_and_verdict(opts, src, candidate, calib, budget, work, log)
         notes += getattr(builder, "notes", [])
         if budget.met is False:
             notes.append(f"accuracy budget missed: {budget.final_drop:.2f} points > {opts.max_miou_drop:g} "
                          "even with every helpful layer group kept in higher precision")
-        log("measuring accuracy on the validation split")
+        log(f"measuring accuracy ({LABEL_TEXT[data_root.labels]}) on {data_root}")
         accuracy = cached_compare_on_val(results, src, src_sha, candidate, data_root, pre, classes,
                                          opts.eval_images or None, threads=opts.threads)
         from aspp_deploy.precision.modelopt_backend import canonical_tensors
@@ -232,6 +247,7 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
     checks = {v: check_for_trt(result_model, v).to_dict() for v in TRT_VERSIONS}
     entry = _entry(fp32_entry, src, out, result_model, opts, method, backend, files, calib_folder, lookup,
                    budget, accuracy.to_dict(), checks, data_root, notes, time.perf_counter() - t0)
+    _survival_entry(entry, result_model, opts, method_choice, speed_report)
     embed(result_model, entry)
     manifest_path = write_with_entry(out, result_model.SerializeToString(), entry)
     return QuantizeResult(out, manifest_path, entry, notes)
@@ -282,7 +298,7 @@ def _key_settings(opts: QuantizeOptions, method: str, backend: str, pre, input_n
 
 def _entry(fp32_entry: dict, src: Path, out: Path, model: onnx.ModelProto, opts: QuantizeOptions, method: str,
            backend: str, files: list[Path], calib_folder: Path, lookup: CacheLookup, budget: BudgetResult,
-           accuracy: dict, checks: dict, data_root: Path, notes: list[str], seconds: float) -> dict:
+           accuracy: dict, checks: dict, data_root: DataSource, notes: list[str], seconds: float) -> dict:
     from aspp_deploy.export.onnx_export import _io
 
     tool = {"modelopt": "nvidia-modelopt (ModelOpt ONNX PTQ)" if opts.precision == "int8"
@@ -309,10 +325,131 @@ def _entry(fp32_entry: dict, src: Path, out: Path, model: onnx.ModelProto, opts:
                 "data_sha256": lookup.key.data_sha256, "cache": lookup.to_dict()},
             "budget": budget.to_dict(),
         },
-        "accuracy": {**accuracy, "data": str(data_root), "split": "val"},
+        "accuracy": {**accuracy, "data": str(data_root), "split": data_root.split,
+                     "held_out_from_calibration": opts.data is None and not data_root.labelled},
         "trt_check": checks,
         "trt_versions": [v for v, c in checks.items() if c["ok"]],
         "notes": notes, "seconds": round(seconds, 2),
         "tools": tool_versions("nvidia-modelopt", "onnxconverter-common"),
     })
     return entry
+
+
+# --- INT8 that survives real networks: the method chosen by measurement, the speed verdict ----------
+
+
+def _choose_method(backend: str, opts: QuantizeOptions, src: Path, work: Path, calib: CalibrationData, reference,
+                   cache: CalibrationCache, payload_suffix: str, src_sha: str, files: list[Path], label: str,
+                   pre, input_name: str, batch: int, log: Callable[[str], None]):
+    """``--method auto``: quantize everything with each calibration method (minmax, entropy, percentile
+    99.99 and 99.999; ModelOpt: entropy and minmax), measure each by the task metric on the budget
+    images and keep the best. Each method has its own calibration cache entry (its key names the
+    method), so a rerun recalibrates nothing. Without a budget loop (``--budget-images 0``) nothing
+    can be measured: the target's usual method is used and the manifest says so.
+
+    Returns (method, its cache lookup, its builder, (its all-quantized candidate, comparison) or None,
+    the record for the manifest)."""
+    import dataclasses
+
+    from aspp_deploy.precision.budget import Budget, MethodTrial, choose_method
+
+    fixed = "entropy" if opts.target == "trt" or backend == "modelopt" else "minmax"
+    trials = [MethodTrial(m if p is None else f"{m} {p:g}", m, p)
+              for m, p in (MODELOPT_AUTO_TRIALS if backend == "modelopt" else AUTO_TRIALS)]
+    made: dict[str, tuple] = {}
+
+    def make(t: MethodTrial):
+        o = dataclasses.replace(opts, method=t.method, percentile=t.percentile or opts.percentile)
+        key = CacheKey(src_sha, data_digest(files), _key_settings(o, t.method, backend, pre, input_name, batch),
+                       label=label)
+        lookup = cache.lookup(key, payload_suffix)
+        if lookup.payload is not None:
+            lookup.payload.parent.mkdir(parents=True, exist_ok=True)
+        folder = work / f"method-{len(made)}"  # each method its own files (ranges, preprocessed copy)
+        folder.mkdir()
+        made[t.label] = (lookup, _builder(backend, o, src, folder, calib, t.method, lookup), folder)
+        log(f"method {t.label}: calibration cache: {lookup.reason}")
+        return made[t.label]
+
+    if reference is None:
+        t = next(t for t in trials if t.method == fixed)
+        lookup, builder, _ = make(t)
+        return fixed, lookup, builder, None, {
+            "requested": "auto", "chosen": t.label, "why": "no budget images to measure on (--budget-images 0): "
+                                                            f"the {opts.target} target's usual method", "tried": []}
+
+    def build_all(t: MethodTrial) -> Path:
+        from aspp_deploy.precision.budget import quietly
+
+        lookup, builder, folder = make(t)
+        out = folder / "all-quantized.onnx"
+        quietly(builder.build, [], out)
+        if lookup.payload is not None:
+            cache.commit(lookup)
+        return out
+
+    best, path, cmp, why = choose_method(trials, build_all, reference, Budget(opts.max_miou_drop, opts.max_worst_drop),
+                                         log)
+    lookup, builder, _ = made[best.label]
+    return best.method, lookup, builder, (path, cmp), {
+        "requested": "auto", "chosen": best.label, "percentile": best.percentile, "why": why,
+        "tried": [t.to_dict() for t in trials]}
+
+
+def _speed_and_verdict(opts: QuantizeOptions, src: Path, candidate: Path, calib: CalibrationData, budget: BudgetResult,
+                       work: Path, log: Callable[[str], None]):
+    """Time FP32 against the chosen INT8 mix (and FP16) when ``opts.speed``; on the cpu target, refuse
+    (``NoWorthwhileInt8``, nothing written) a mix that misses the budget, keeps everything in higher
+    precision, or is not faster than FP32 (unless ``opts.allow_slower``). Returns the timing or None."""
+    from aspp_deploy.precision.speed import NoWorthwhileInt8, fp16_variant, measure, verdict
+
+    if opts.precision != "int8":
+        return None
+    budget_text = f"{opts.max_miou_drop:g} points on average" + (
+        f", {opts.max_worst_drop:g} on the worst image" if opts.max_worst_drop > 0 else "")
+    report = None
+    if opts.speed and budget.met is not False and not budget.everything_kept:
+        variants = {"fp32": src, "int8": candidate}
+        fp16 = fp16_variant(src, work / "speed-fp16.onnx")
+        if fp16 is not None:
+            variants["fp16"] = fp16
+        log("timing FP32 against INT8" + (" and FP16" if fp16 else "") + " (interleaved rounds)")
+        report = measure(variants, calib.batch(0), threads=opts.threads, log=log)
+        log(f"speed: {report.summary()}")
+    if opts.target == "cpu" and budget.met is not None:  # judged only where the budget loop ran
+        why_not = verdict(budget.met, budget.everything_kept, None if opts.allow_slower else report,
+                          budget.metric, budget_text)
+        if why_not:
+            raise NoWorthwhileInt8(why_not)
+    return report
+
+
+def _survival_entry(entry: dict, model: onnx.ModelProto, opts: QuantizeOptions, method_choice: dict | None,
+                    speed_report) -> None:
+    """The manifest's record of how the method was chosen, the speed against FP32/FP16, and whether
+    matrix products (transformer blocks) were quantized."""
+    if opts.precision != "int8":
+        return
+    q = entry["quantization"]
+    if q.get("calibration"):
+        q["calibration"]["method_choice"] = method_choice or {
+            "requested": opts.method or DEFAULT_METHOD[opts.target], "chosen": q["calibration"]["method"],
+            "why": "given with --method" if opts.method else f"the {opts.target} target's default", "tried": []}
+        if q["calibration"]["method"] == "percentile":
+            q["calibration"]["percentile"] = (method_choice or {}).get("percentile") or opts.percentile
+    q["speed"] = speed_report.to_dict() if speed_report is not None else None
+    from aspp_deploy.precision.speed import slower_note
+
+    note = slower_note(speed_report)
+    if note:
+        entry["notes"].append(note)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    mm = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    if mm:
+        quantized = [n for n in mm if any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                                          for i in n.input)]
+        q["matmul"] = {"total": len(mm), "quantized": len(quantized)}
+        if len(quantized) < len(mm):
+            entry["notes"].append(f"{len(mm) - len(quantized)} of {len(mm)} MatMul/Gemm node(s) left in higher "
+                                  "precision (kept by the accuracy budget, or the quantizer's own rules: ModelOpt "
+                                  "leaves small matrix products unquantized)")
