@@ -63,6 +63,7 @@ def calib(
 def photos(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the photos to.")] = Path("data/photos"),
     max_side: Annotated[int, typer.Option(help="Longest side of each photo in pixels.")] = 512,
+    people: Annotated[bool, typer.Option("--people", help="Only the photos that show a person (for person segmenters).")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write what was written as JSON.")] = None,
 ) -> None:
     """Write real photos shipped by installed packages (matplotlib; scikit-image when installed), with their
@@ -71,7 +72,7 @@ def photos(
 
     if max_side < 32:
         raise InputError(f"--max-side {max_side} is too small: use 32 or more")
-    paths = write_photos(out, max_side)
+    paths = write_photos(out, max_side, people)
     console.print(f"wrote {len(paths)} photos to {out} (sources and licences: {out / 'PHOTOS.md'})", highlight=False)
     if not skimage_available():
         console.print("note: scikit-image is not installed; with it (pip install scikit-image) there are more",

@@ -92,6 +92,14 @@ VIEWS: list[tuple[str, str, tuple[float, float, float, float], bool]] = [
     ("hopper-small", "hopper", (0.05, 0.0, 0.95, 0.8), False),
     ("astronaut-shoulders", "astronaut", (0.0, 0.2, 0.8, 1.0), False),
     ("camera-mirror", "camera", (0, 0, 1, 1), True),
+    ("hopper-right", "hopper", (0.25, 0.05, 1.0, 0.9), True),
+    ("astronaut-top", "astronaut", (0.0, 0.0, 0.9, 0.55), False),
+    ("camera-top", "camera", (0.1, 0.0, 0.9, 0.55), False),
+    ("hopper-tight", "hopper", (0.25, 0.05, 0.75, 0.5), True),
+    ("astronaut-center", "astronaut", (0.15, 0.05, 0.85, 0.75), True),
+    ("camera-wide", "camera", (0.0, 0.2, 1.0, 0.9), False),
+    ("hopper-low", "hopper", (0.0, 0.3, 1.0, 1.0), False),
+    ("astronaut-left", "astronaut", (0.0, 0.0, 0.6, 1.0), False),
 ]
 
 
@@ -101,9 +109,11 @@ def skimage_available() -> bool:
     return importlib.util.find_spec("skimage") is not None
 
 
-def write_photos(folder: Path, max_side: int = 512) -> list[Path]:
+def write_photos(folder: Path, max_side: int = 512, people_only: bool = False) -> list[Path]:
     """Write every view that the installed packages allow as ``NN-stem.png`` (longest side at most
-    ``max_side``) and ``PHOTOS.md`` (sources and licences); returns the image paths in name order."""
+    ``max_side``; only those showing a person with ``people_only``: the domain of a person segmenter,
+    which on a cat or a cup answers near its threshold, where agreement means little) and
+    ``PHOTOS.md`` (sources and licences); returns the image paths in name order."""
     from aspp_deploy.io import atomic_write_bytes, atomic_write_text, ensure_writable
 
     folder = Path(folder)
@@ -112,7 +122,8 @@ def write_photos(folder: Path, max_side: int = 512) -> list[Path]:
     cache: dict[str, Image.Image] = {}
     written, lines = [], ["# Real photos", "", "Written by `aspp-deploy data photos` from installed packages.", "",
                           "| file | package | source | licence | person |", "|---|---|---|---|---|"]
-    order = [v for v in VIEWS if have_skimage or SOURCES[v[1]][0].package != "scikit-image"]
+    order = [v for v in VIEWS if (have_skimage or SOURCES[v[1]][0].package != "scikit-image")
+             and (SOURCES[v[1]][0].person or not people_only)]
     for i, (stem, src, box, mirror) in enumerate(order):
         photo, load = SOURCES[src]
         if src not in cache:

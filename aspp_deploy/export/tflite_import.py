@@ -536,7 +536,14 @@ def tflite_operators(path: Path) -> dict[str, int]:
 def tflite_to_onnx(path: Path) -> onnx.ModelProto:
     """Convert a float TFLite model to an equivalent ONNX graph (opset 17, NHWC boundary)."""
     path = Path(path)
-    return _Converter(path, _read(path)).convert()
+    buf = _read(path)
+    try:
+        return _Converter(path, buf).convert()
+    except (InputError, MissingDependencyError):
+        raise
+    except Exception as exc:  # a corrupt or truncated flatbuffer fails anywhere inside the schema reader
+        raise InputError(f"{path.name} is not a readable TFLite model (corrupt or truncated: "
+                         f"{type(exc).__name__})") from None
 
 
 def tflite_reference(path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
@@ -548,8 +555,8 @@ def tflite_reference(path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
     except ImportError as exc:
         raise MissingDependencyError("running .tflite files needs ai-edge-litert: pip install ai-edge-litert"
                                      ) from exc
-    interpreter = Interpreter(model_path=str(path))
     try:
+        interpreter = Interpreter(model_path=str(path))
         interpreter.allocate_tensors()
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

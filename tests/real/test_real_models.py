@@ -100,3 +100,22 @@ def test_predict_labels_people_not_everything_one_class(selfie, real_photos, tmp
 
     fractions = [float((np.asarray(Image.open(p)) == 1).mean()) for p in sorted((tmp_path / "masks").glob("*.png"))]
     assert fractions and max(fractions) > 0.1 and min(fractions) < 0.05, fractions
+
+
+@pytest.mark.parametrize("damage", ["truncated", "scrambled"])
+def test_corrupt_tflite_is_one_line_nothing_written(real_tflite, tmp_path, damage):
+    data = real_tflite("selfie").read_bytes()
+    if damage == "truncated":
+        data = data[: len(data) // 3]
+    else:
+        rng = np.random.default_rng(0)
+        body = bytearray(data)
+        for i in rng.integers(8, 4096, 400):
+            body[i] = int(rng.integers(0, 256))
+        data = bytes(body)
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(data)
+    r = cli("import", bad, "--out", tmp_path / "art", *NORMALISE)
+    assert r.exit_code != 0 and "bad.tflite" in r.output and "Traceback" not in r.output, r.output
+    assert len([line for line in r.output.splitlines() if line.startswith("error:")]) == 1
+    assert not (tmp_path / "art" / "model.onnx").exists()
