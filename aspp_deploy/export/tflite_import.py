@@ -22,8 +22,11 @@ default).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -546,6 +549,20 @@ def tflite_to_onnx(path: Path) -> onnx.ModelProto:
                          f"{type(exc).__name__})") from None
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null for the duration (C libraries write there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def tflite_reference(path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
     """``run(x)`` -> the TFLite file's outputs, in its output order, computed by ai-edge-litert."""
     path = Path(path)
@@ -556,8 +573,9 @@ def tflite_reference(path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
         raise MissingDependencyError("running .tflite files needs ai-edge-litert: pip install ai-edge-litert"
                                      ) from exc
     try:
-        interpreter = Interpreter(model_path=str(path))
-        interpreter.allocate_tensors()
+        with _quiet_stderr():  # LiteRT announces its XNNPACK delegate on the C stderr
+            interpreter = Interpreter(model_path=str(path))
+            interpreter.allocate_tensors()
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path.name}: the LiteRT interpreter cannot run this model: {first}") from exc
