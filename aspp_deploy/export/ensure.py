@@ -59,24 +59,35 @@ def _spec_matches(spec: ModelSpec, recorded: dict | None) -> bool:
     return True
 
 
+# What a manifest's source record may rebuild by itself: data only. A factory names code to import and
+# call, a TorchScript file is a program, a torch.export archive unpickles: the user names those on the
+# command line, never a file they were handed.
+CODE_SOURCES = {"factory": "--arch {arch} --weights {weights}", "torchscript": "--checkpoint {file}",
+                "torch.export": "--checkpoint {file}"}
+
+
 def source_from_record(record: dict) -> ModelSource:
-    """Load the PyTorch model a manifest's ``source`` record names, checking its files' sha256."""
+    """The PyTorch model a manifest's ``source`` record names, when it is one of our checkpoints (plain
+    tensors, read with ``weights_only=True``, sha256 checked); a record that names code is refused
+    with the flag that would run it, so nothing read from a file chooses code to run."""
+    from aspp_deploy.model.sources import _archive_kind, _checkpoint_source
+
     kind = record.get("kind")
-    if kind == "checkpoint":
-        path, sha = Path(record.get("checkpoint") or ""), record.get("checkpoint_sha256")
-    elif kind in ("torchscript", "torch.export"):
-        path, sha = Path(record.get("file") or ""), record.get("file_sha256")
-    elif kind == "factory":
-        path, sha = Path(record.get("weights") or ""), record.get("weights_sha256")
-    else:
+    if kind in CODE_SOURCES:
+        how = CODE_SOURCES[kind].format(**{k: record.get(k) or "?" for k in ("arch", "weights", "file")})
+        raise InputError(f"the model was made from code ({kind}), which is never run because a manifest "
+                         f"names it: give {how} to run the PyTorch rows")
+    if kind != "checkpoint":
         raise InputError(f"the model came as {kind or 'an unknown source'}: no PyTorch model to run")
+    path, sha = Path(record.get("checkpoint") or ""), record.get("checkpoint_sha256")
     if not path.is_file():
         raise InputError(f"the PyTorch model it was made from is gone ({path})")
     if sha256_file(path) != sha:
         raise InputError(f"{path} changed since the ONNX was made from it")
-    if kind == "factory":
-        return load_source(arch=record.get("arch"), arch_args=record.get("arch_args") or {}, weights=path)
-    return load_source(path)
+    if _archive_kind(path) != "checkpoint":
+        raise InputError(f"{path} is a TorchScript or torch.export archive, not a checkpoint: give --checkpoint "
+                         f"{path} to run it")
+    return _checkpoint_source(path)
 
 
 def ensure_fp32(artifacts: Path, spec: ModelSpec, *, checkpoint: Path | None = None, arch: str | None = None,
