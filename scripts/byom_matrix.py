@@ -60,8 +60,8 @@ def sources(work: Path, h: int, w: int) -> list[tuple[str, list[str] | None, str
     rows = [("our checkpoint (shipped, 512 -> given size)", [], ""),
             ("factory FILE.py:build + nested state dict", ["--arch", f"{MODELS_FILE}:build", "--arch-args",
                                                            '{"num_classes": 3}', "--weights", weights], ""),
-            ("TorchScript (.ts)", ["--checkpoint", work / "tiny.ts"], ""),
-            ("torch.export (.pt2)", ["--checkpoint", work / "tiny.pt2"], ""),
+            ("TorchScript (.ts)", ["--checkpoint", work / "tiny.ts", "--trust-code"], ""),
+            ("torch.export (.pt2)", ["--checkpoint", work / "tiny.pt2", "--trust-code"], ""),
             ("foreign ONNX, NHWC BGR, 1/8-res logits", None, str(foreign))]
     try:
         from tests.thirdparty import import_smp, import_torchvision

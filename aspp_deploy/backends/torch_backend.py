@@ -24,9 +24,10 @@ class TorchRunner(Runner):
     def __init__(self, checkpoint: Path | str | None = None, device: str = "cpu",
                  precision: str = "fp32", channels_last: bool | None = None,
                  source: "ModelSource | None" = None, preprocess: "Preprocess | None" = None,
-                 adapted: "tuple[Any, OutputPlan] | None" = None) -> None:
+                 adapted: "tuple[Any, OutputPlan] | None" = None, trust_code: bool | None = None) -> None:
         """``adapted``: the (module, plan) ``resolve_for_source`` already made for this source and
-        preprocessing, so the model is not probed a second time."""
+        preprocessing, so the model is not probed a second time. ``trust_code``: load a TorchScript or
+        torch.export ``checkpoint`` (``--trust-code``; None: as ``sources.code_trusted`` says)."""
         import torch
 
         from aspp_deploy.data.preprocess import Preprocess
@@ -38,7 +39,8 @@ class TorchRunner(Runner):
             raise MissingDependencyError(f"the PyTorch backend runs fp32 or fp16, not {precision}")
         if precision == "fp16" and not device.startswith("cuda"):
             raise MissingDependencyError("PyTorch fp16 inference needs a CUDA device")
-        self.source = source or load_source(Path(checkpoint) if checkpoint is not None else None)
+        self.source = source or load_source(Path(checkpoint) if checkpoint is not None else None,
+                                            trust_code=trust_code)
         self.preprocess = preprocess or self.source.preprocess or Preprocess()
         self.classes = self.source.classes
         module, plan = adapted or adapt(self.source, self.preprocess)
@@ -96,16 +98,17 @@ class TorchRunner(Runner):
 
 
 def open_torch_source(source_options: tuple, spec: "ModelSpec", device: str = "cpu",
-                      threads: int = 0) -> "tuple[TorchRunner, ResolvedSpec]":
+                      threads: int = 0, trust_code: bool | None = None) -> "tuple[TorchRunner, ResolvedSpec]":
     """The PyTorch runner for ``(checkpoint, arch, arch_args, weights)`` fed as ``spec`` resolves, and
-    that resolved spec (what eval and predict need to preprocess, name classes and colour masks)."""
+    that resolved spec (what eval and predict need to preprocess, name classes and colour masks).
+    ``trust_code``: as ``load_source`` takes it (``--trust-code``)."""
     import torch
 
     from aspp_deploy.model.sources import load_source, resolve_for_source
 
     if threads:
         torch.set_num_threads(threads)
-    source = load_source(*source_options)
+    source = load_source(*source_options, trust_code=trust_code)
     resolved, module, plan = resolve_for_source(source, spec)
     runner = TorchRunner(device=device, source=source, preprocess=resolved.preprocess, adapted=(module, plan))
     return runner, resolved

@@ -39,7 +39,14 @@ class OutputKind(str, Enum):
 
 
 Checkpoint = Annotated[Optional[Path], typer.Option(
-    help="Our checkpoint, a TorchScript file or a torch.export .pt2 archive (default: the shipped model).",
+    help="Our checkpoint, a TorchScript file or a torch.export .pt2 archive (default: the shipped model). "
+         "TorchScript and torch.export files are code: they load only with --trust-code.",
+    rich_help_panel=PANEL_MODEL)]
+TrustCode = Annotated[bool, typer.Option(
+    "--trust-code",
+    help="Load a --checkpoint that is TorchScript or torch.export (recognised by content, whatever its name): "
+         "such a file is code that runs when it is loaded (as --trust-remote-code elsewhere). Without this flag "
+         "it is refused; our checkpoints and --arch with --weights never need it.",
     rich_help_panel=PANEL_MODEL)]
 Arch = Annotated[Optional[str], typer.Option(
     help="Model factory: PACKAGE.MODULE:FUNCTION, FILE.py:FUNCTION or a preset "

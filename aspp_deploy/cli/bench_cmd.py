@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json, working
+from aspp_deploy.cli import _model_opts as M
 from aspp_deploy.cli.export_cmd import image_files
 from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
 from aspp_deploy.errors import InputError
@@ -23,13 +24,15 @@ class Backend(str, Enum):
     openvino = "openvino"
 
 
-def input_geometry(backend: str, model: Path | None, batch: int, height: int, width: int):
+def input_geometry(backend: str, model: Path | None, batch: int, height: int, width: int,
+                   trust_code: bool = False):
     """(preprocess, batch, H, W) for the artifact, refusing sizes a static model cannot take."""
     if backend == "torch":
         from aspp_deploy.data.preprocess import Preprocess
         from aspp_deploy.model.sources import load_source
 
-        pre = load_source(model).preprocess or Preprocess()  # TorchScript / .pt2 record none: 512 unless given
+        # TorchScript / .pt2 record no preprocessing: 512 unless given
+        pre = load_source(model, trust_code=trust_code).preprocess or Preprocess()
         return pre.with_size(height or pre.height, width or pre.width), batch
     if model is None:
         raise InputError(f"--backend {backend} needs --model")
@@ -94,6 +97,7 @@ def register(app: typer.Typer) -> None:
         backend: Annotated[Backend, typer.Option(help="Runtime to time.")] = Backend.torch,
         model: Annotated[Optional[Path], typer.Option("--model", "--onnx", "--checkpoint",
                                                       help="Artifact: checkpoint (torch), ONNX (onnxruntime, openvino), engine (trt). Default for torch: the shipped checkpoint.")] = None,
+        trust_code: M.TrustCode = False,
         precision: Annotated[Optional[str], typer.Option(help="torch: fp32 or fp16 (CUDA). Other backends: read from the artifact's manifest.")] = None,
         batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
         height: Annotated[int, typer.Option(help="Input height (0: the model's).")] = 0,
@@ -107,17 +111,18 @@ def register(app: typer.Typer) -> None:
         """Time one artifact: latency statistics, throughput, pre/post-processing, GPU phases."""
         from aspp_deploy.backends.registry import check_artifact_kind, open_runner, require_backend
         from aspp_deploy.bench.timing import bench_runner
+        from aspp_deploy.model.sources import code_trusted
 
         if batch < 1 or iters < 1 or warmup < 0:
             raise InputError("--batch and --iters must be >= 1, --warmup >= 0")
         if model is not None:
             check_artifact_kind(backend.value, model)
         require_backend(backend.value)
-        pre, n = input_geometry(backend.value, model, batch, height, width)
+        pre, n = input_geometry(backend.value, model, batch, height, width, trust_code)
         precision = precision or artifact_precision(backend.value, model)
         x, images = real_batch(pre, n)
         with working(f"timing {backend.value} ({warmup} warm-up + {iters} iterations)"):
-            with open_runner(backend.value, model, precision, device, threads) as runner:
+            with code_trusted(trust_code), open_runner(backend.value, model, precision, device, threads) as runner:
                 result = bench_runner(runner, x, warmup, iters, images, pre)
                 info = runner.info
         table = Table(title=f"{info.backend} {info.precision} on {info.device}: batch {n}, "

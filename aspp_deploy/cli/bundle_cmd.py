@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json, working
+from aspp_deploy.cli import _model_opts as M
 from aspp_deploy.errors import InputError
 
 TARGETS = ("jetson",)
@@ -49,7 +50,7 @@ def check_writable(out: Path) -> None:
                          else f"cannot write to {out.parent}: {why}")
 
 
-def _fp32_onnx(onnx: Optional[Path], checkpoint: Optional[Path], artifacts: Path) -> Path:
+def _fp32_onnx(onnx: Optional[Path], checkpoint: Optional[Path], artifacts: Path, trust_code: bool = False) -> Path:
     """The given ONNX, or ARTIFACTS/model.onnx exported from the checkpoint unless it is up to date."""
     if onnx is not None:
         if not onnx.is_file():
@@ -62,7 +63,7 @@ def _fp32_onnx(onnx: Optional[Path], checkpoint: Optional[Path], artifacts: Path
         from aspp_deploy.cli.export_cmd import parity_images
 
         made = ensure_fp32(artifacts, ModelSpec(), checkpoint=checkpoint, images=parity_images(None),
-                           log=lambda m: console.print(f"  {m}", highlight=False))
+                           log=lambda m: console.print(f"  {m}", highlight=False), trust_code=trust_code)
     console.print(f"{made.action} {made.path}", highlight=False)
     return made.path
 
@@ -119,6 +120,7 @@ def register(app: typer.Typer) -> None:
         target: Annotated[str, typer.Option(help="Deployment target (jetson).")] = "jetson",
         precision: Annotated[List[str], typer.Option(help="fp16 and/or int8: repeat the option or give a comma list.")] = ["fp16"],  # noqa: B006
         checkpoint: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint (default: the shipped one).")] = None,
+        trust_code: M.TrustCode = False,
         onnx: Annotated[Optional[Path], typer.Option("--onnx", "--model", help="An FP32 ONNX from `export` or `import` to bundle instead of exporting the checkpoint.")] = None,
         artifacts: Annotated[Path, typer.Option(help="Where the exported ONNX is reused from or written to.")] = Path("artifacts"),
         calib: Annotated[Optional[Path], typer.Option(help="Calibration images (default: the shipped calibration/).")] = None,
@@ -154,7 +156,7 @@ def register(app: typer.Typer) -> None:
             if not calib_cache.is_file() or not Path(str(calib_cache) + ".json").is_file():
                 raise InputError(f"calibration cache {calib_cache} (and its .json sidecar, written by "
                                  "`aspp-deploy build --legacy-int8`) not found")
-        fp32 = _fp32_onnx(onnx, checkpoint, artifacts)
+        fp32 = _fp32_onnx(onnx, checkpoint, artifacts, trust_code)
         from aspp_deploy.bundle.deepstream import _static_input
         from aspp_deploy.export.manifest import read_onnx_manifest
 

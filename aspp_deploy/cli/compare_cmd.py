@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def compare(
         checkpoint: M.Checkpoint = None,
+        trust_code: M.TrustCode = False,
         arch: M.Arch = None,
         arch_args: M.ArchArgs = None,
         weights: M.Weights = None,
@@ -108,14 +109,14 @@ def register(app: typer.Typer) -> None:
         else:
             images = parity_images(None)
         fp32 = ensure_fp32(artifacts, model_spec, checkpoint=checkpoint, arch=arch, arch_args=arch_args,
-                           weights=weights, onnx=onnx, images=images, log=log)
+                           weights=weights, onnx=onnx, images=images, log=log, trust_code=trust_code)
         entry = fp32.entry
         pre = Preprocess.from_dict(entry["preprocess"])
         class_names = list(entry["classes"])
 
         def export_fn() -> Path:
             return ensure_fp32(artifacts, model_spec, checkpoint=checkpoint, arch=arch, arch_args=arch_args,
-                               weights=weights, onnx=onnx, images=images, log=log).path
+                               weights=weights, onnx=onnx, images=images, log=log, trust_code=trust_code).path
 
         torch_model = fp32.source.files[0] if fp32.source and fp32.source.files else None
 

@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
     def eval_command(
         backend: Annotated[EvalBackend, typer.Option(help="Which runtime runs the model.")] = EvalBackend.torch,
         checkpoint: M.Checkpoint = None,
+        trust_code: M.TrustCode = False,
         arch: M.Arch = None,
         arch_args: M.ArchArgs = None,
         weights: M.Weights = None,
@@ -66,7 +67,7 @@ def register(app: typer.Typer) -> None:
             on_generate, on_eval = _progress_callbacks(bar, f"evaluating ({backend.value})")
             model_spec = M.build_spec(spec, height, width, classes=classes)
             runner, pre, class_names = _open_runner(backend, (checkpoint, arch, arch_args, weights), model_spec,
-                                                    model, device, threads)
+                                                    model, device, threads, trust_code)
             with runner:
                 entry = _model_entry(backend, model, runner)
                 root = data if data is not None else default_data_for(class_names, entry.get("source"), "eval",
@@ -100,11 +101,11 @@ def register(app: typer.Typer) -> None:
 
 
 def _open_runner(backend: EvalBackend, source_options: tuple, spec, model: Optional[Path],
-                 device: str, threads: int):
+                 device: str, threads: int, trust_code: bool = False):
     if backend is EvalBackend.torch:
         from aspp_deploy.backends.torch_backend import open_torch_source
 
-        runner, resolved = open_torch_source(source_options, spec, device, threads)
+        runner, resolved = open_torch_source(source_options, spec, device, threads, trust_code=trust_code)
         return runner, resolved.preprocess, resolved.classes
     from aspp_deploy.backends.registry import check_artifact_kind, open_runner, require_backend
     from aspp_deploy.errors import InputError

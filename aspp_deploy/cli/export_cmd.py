@@ -125,6 +125,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def export(
         checkpoint: M.Checkpoint = None,
+        trust_code: M.TrustCode = False,
         arch: M.Arch = None,
         arch_args: M.ArchArgs = None,
         weights: M.Weights = None,
@@ -167,7 +168,7 @@ def register(app: typer.Typer) -> None:
         opts = ExportOptions(None, None, batch, dyn, opset, simplify, degenerate_atrous, pool_broadcast, argmax,
                              argmax_dtype.value, name)
         with working("exporting"):
-            source = load_source(checkpoint, arch, arch_args, weights)
+            source = load_source(checkpoint, arch, arch_args, weights, trust_code=trust_code)
             result = onnx_from_source(source, model_spec, out, opts, parity_images(data),
                                       log=lambda m: console.print(m, highlight=False))
         print_export(result)

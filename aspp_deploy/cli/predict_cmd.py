@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="cpu or cuda (torch, onnxruntime).")] = "cpu",
         threads: Annotated[int, typer.Option(help="CPU threads (0: library default).")] = 0,
         checkpoint: M.Checkpoint = None,
+        trust_code: M.TrustCode = False,
         arch: M.Arch = None,
         arch_args: M.ArchArgs = None,
         weights: M.Weights = None,
@@ -65,7 +66,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
         spec_given = spec is not None or bool(height or width or classes)
         model_spec = M.build_spec(spec, height, width, classes=classes) if spec_given else None
-        with working("loading the model"):
+        from aspp_deploy.model.sources import code_trusted
+
+        with working("loading the model"), code_trusted(trust_code):
             opened = open_model(backend, model, (checkpoint, arch, arch_args, weights), model_spec, batch,
                                 device, threads)
         with opened:

@@ -62,8 +62,8 @@ def _spec_matches(spec: ModelSpec, recorded: dict | None) -> bool:
 # What a manifest's source record may rebuild by itself: data only. A factory names code to import and
 # call, a TorchScript file is a program, a torch.export archive unpickles: the user names those on the
 # command line, never a file they were handed.
-CODE_SOURCES = {"factory": "--arch {arch} --weights {weights}", "torchscript": "--checkpoint {file}",
-                "torch.export": "--checkpoint {file}"}
+CODE_SOURCES = {"factory": "--arch {arch} --weights {weights}", "torchscript": "--checkpoint {file} --trust-code",
+                "torch.export": "--checkpoint {file} --trust-code"}
 
 
 def source_from_record(record: dict) -> ModelSource:
@@ -92,7 +92,10 @@ def source_from_record(record: dict) -> ModelSource:
 
 def ensure_fp32(artifacts: Path, spec: ModelSpec, *, checkpoint: Path | None = None, arch: str | None = None,
                 arch_args: str | None = None, weights: Path | None = None, onnx: Path | None = None,
-                images: list[Path] | None = None, log: Callable[[str], None] = lambda m: None) -> Fp32Artifact:
+                images: list[Path] | None = None, log: Callable[[str], None] = lambda m: None,
+                trust_code: bool = False) -> Fp32Artifact:
+    """``trust_code`` (``--trust-code``) lets a named ``checkpoint`` that is TorchScript or torch.export load;
+    it never applies to a model a manifest names."""
     from aspp_deploy.export.onnx_export import onnx_from_source
     from aspp_deploy.export.onnx_import import onnx_from_foreign
     from aspp_deploy.model.sources import resolve_for_source
@@ -125,7 +128,7 @@ def ensure_fp32(artifacts: Path, spec: ModelSpec, *, checkpoint: Path | None = N
         log(f"using {fp32} ({(entry.get('model') or {}).get('label') or 'its recorded source'}); give "
             "--checkpoint, --arch or --onnx to compare another model")
         return Fp32Artifact(fp32, entry, source, reason, "reused")
-    source = load_source(checkpoint, arch, arch_args, weights)
+    source = load_source(checkpoint, arch, arch_args, weights, trust_code=trust_code)
     resolved, _, _ = resolve_for_source(source, spec)
     fingerprint = source.fingerprint(resolved.to_dict())
     if entry and (entry.get("source") or {}).get("fingerprint") == fingerprint:

@@ -10,7 +10,10 @@ exporter needs onnxscript, writes opset 18+ (beyond the 8.5/8.6 parsers) and add
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -98,21 +101,136 @@ def dynamic_axes(dynamic: frozenset[str] | set[str], layout: str, output_ids: bo
     return {"input": dims_in, "output": dims_out}
 
 
-def _export_torch(module, x, opts: ExportOptions, axes: dict, out_name: str) -> onnx.ModelProto:
+def _export_torch(module, x, opts: ExportOptions, axes: dict, out_name: str,
+                  size: tuple[int, int] | None = None, stride: int | None = None) -> onnx.ModelProto:
+    """``torch.onnx.export`` to an in-memory model; a failure is one line (``size``: the input's height and
+    width, named in it, with the sizes that would export when the failure is about the size)."""
     import torch
 
     named = {"input": axes["input"], out_name: axes["output"]} if axes else None
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode():
+    with warnings.catch_warnings(), torch.inference_mode(), _exporter_log_silenced():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(module, (x,), buf, opset_version=opts.opset, dynamo=False,
                               input_names=["input"], output_names=[out_name], dynamic_axes=named,
                               do_constant_folding=True)
         except Exception as exc:  # the exporter fails in many ways on user models: one line, no traceback
-            text = str(exc).strip().splitlines()
-            raise InputError(f"torch.onnx.export failed: {type(exc).__name__}: {text[0][:300] if text else ''}") from None
+            raise InputError(_export_failure(exc, module, x, size, stride)) from None
     return onnx.load_from_string(buf.getvalue())
+
+
+@contextlib.contextmanager
+def _exporter_log_silenced():
+    """Keep torch's exporter log off the console. The TorchScript exporter switches its C++ log on for every
+    export (``setup_onnx_logging`` tests ``_jit_is_onnx_log_enabled`` without calling it, so always), and
+    when a graph pass fails it writes the whole TorchScript IR there (``_jit_onnx_log("Torch IR graph at
+    exception: ", graph)``, straight to the process's stderr): hundreds of lines before our one error
+    line. The log call is a no-op during the export, and the log is left as it was found."""
+    import torch
+
+    c = torch._C
+    log = getattr(c, "_jit_onnx_log", None)
+    is_enabled = getattr(c, "_jit_is_onnx_log_enabled", None)
+    set_enabled = getattr(c, "_jit_set_onnx_log_enabled", None)
+    was = bool(is_enabled()) if callable(is_enabled) else None
+    if callable(log):
+        c._jit_onnx_log = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        if callable(log):
+            c._jit_onnx_log = log
+        if was is not None and callable(set_enabled):
+            set_enabled(was)
+
+
+# Where the exporter's message stops being about the failure: its plea for a pull request, the IR value
+# it blames (a TorchScript graph line), C++ provenance.
+_MESSAGE_TAILS = (" Please feel free to request support", "[Caused by the value", "(Triggered internally at")
+_ABOUT_SIZE = re.compile(r"size|shape|divisible|factor|dimension", re.IGNORECASE)
+
+
+def exporter_message(exc: BaseException) -> str:
+    """The first meaningful line of an exporter error, without the TorchScript IR it may carry."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    text = next((line for line in lines if line and not line.startswith(("%", "graph(", "Torch IR"))), "")
+    for tail in _MESSAGE_TAILS:
+        if tail in text:
+            text = text[:text.index(tail)]
+    text = text.strip().rstrip(".,;:") or type(exc).__name__
+    return text[:300]
+
+
+def _export_failure(exc: BaseException, module, x, size: tuple[int, int] | None, stride: int | None) -> str:
+    text = exporter_message(exc)
+    at = f" at {size[0]}x{size[1]}" if size else ""
+    line = f"torch.onnx.export failed{at}: {type(exc).__name__}: {text}"
+    if size and _ABOUT_SIZE.search(text):
+        line += f"; {pooling_size_hint(module, x, size) or _stride_hint(size, stride or 32)}"
+    return line
+
+
+def _stride_hint(size: tuple[int, int], stride: int) -> str:
+    return (f"try a height and width divisible by {stride} (the usual output stride), e.g. "
+            f"{_nearby(size, (stride, stride))}")
+
+
+def _nearby(size: tuple[int, int], multiple: tuple[int, int]) -> str:
+    """The sizes next to ``size`` whose sides are multiples of ``multiple`` ("48x48 or 96x96")."""
+    (h, w), (mh, mw) = size, multiple
+    low = (max(mh, h // mh * mh), max(mw, w // mw * mw))
+    high = (-(-h // mh) * mh, -(-w // mw) * mw)
+    return f"{low[0]}x{low[1]}" if low == high else f"{low[0]}x{low[1]} or {high[0]}x{high[1]}"
+
+
+def pooling_size_hint(module, x, size: tuple[int, int]) -> str | None:
+    """For a model with adaptive pooling (PSPNet's pyramid, ...): the input sizes its pooling can be
+    exported at. The exporter writes adaptive pooling as fixed windows, which needs each pooled feature map
+    to be a multiple of each output size; a forward pass at the failing size shows every pooling layer's
+    input, hence its stride from the input (input size / feature size), and the input then has to be a
+    multiple of stride x lcm(output sizes). None when the model has no adaptive pooling to measure."""
+    import torch
+    from torch import nn
+
+    pools = [m for m in module.modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))] \
+        if isinstance(module, nn.Module) and not isinstance(module, torch.jit.ScriptModule) else []
+    if not pools:
+        return None
+    seen: list[tuple[int, int, int, int]] = []  # feature h, w; pooled h, w
+
+    def hook(mod, inputs, output):
+        feat, out = inputs[0].shape[-2:], output.shape[-2:]
+        seen.append((int(feat[0]), int(feat[1]), int(out[0]), int(out[1])))
+
+    handles = [m.register_forward_hook(hook) for m in pools]
+    try:
+        with torch.inference_mode():
+            module(x)
+    except Exception:  # noqa: BLE001 - only a hint: without it the generic one is given
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    h, w = size
+    multiple = [1, 1]
+    bad: set[int] = set()
+    for fh, fw, oh, ow in seen:
+        for axis, (side, feat, out) in enumerate(((h, fh, oh), (w, fw, ow))):
+            if feat <= 0 or out <= 0:
+                continue
+            if feat % out:
+                bad.add(out)
+            stride = max(1, round(side / feat))
+            multiple[axis] = math.lcm(multiple[axis], stride * out)
+    if not bad:
+        return None
+    mh, mw = multiple
+    sizes = ", ".join(str(v) for v in sorted({o for *_, oh, ow in seen for o in (oh, ow)}))
+    which = f"a height and width divisible by {mh}" if mh == mw else \
+        f"a height divisible by {mh} and a width divisible by {mw}"
+    return (f"its adaptive pooling (to {sizes}) exports only when each pooled feature map is a multiple of those "
+            f"sizes: use {which}, e.g. {_nearby(size, (mh, mw))}")
 
 
 def set_io_shape(value: onnx.ValueInfoProto, dims: list[int | str]) -> None:
@@ -319,7 +437,7 @@ def onnx_from_source(source: ModelSource, spec: ModelSpec, out_dir: Path, opts: 
     log(f"exporting {source.label} at {'x'.join(map(str, x.shape))} ({pre.layout}), opset {opts.opset}")
     for note in plan.notes:
         log(f"adapted: {note}")
-    graph = _export_torch(module, x, opts, axes, out_name)
+    graph = _export_torch(module, x, opts, axes, out_name, (pre.height, pre.width), source.output_stride)
     done = finish_graph(graph, opts, log, declared_output_dims(pre, opts.batch, axes, plan.num_classes, ids))
 
     def reference(arr: np.ndarray) -> np.ndarray:

@@ -7,6 +7,10 @@ Sources (``load_source``):
   preset name) with ``--arch-args JSON`` and ``--weights STATE_DICT``. Pretrained-weight arguments are
   forced off (nothing is ever downloaded) and the weights file is required;
 - ``torchscript``: a ``torch.jit.save`` file; ``torch.export``: a ``torch.export.save`` archive (``.pt2``).
+  Both are code (a TorchScript file is a program that runs when loaded; ``torch.export.load`` unpickles
+  with ``weights_only=False`` and has no safe mode), recognised by content whatever their name, and
+  loaded only with ``trust_code`` (``--trust-code``); without it they are refused before anything is read
+  but the zip's list of members.
 
 ``SegmentationAdapter`` turns whatever the model returns into one ``N x C x H x W`` tensor at the input
 size (logits or probabilities) or ``N x H x W`` class ids: it picks ``out`` from a dict (dropping
@@ -21,6 +25,8 @@ import math
 
 import hashlib
 import importlib
+from contextlib import contextmanager
+from contextvars import ContextVar
 import importlib.util
 import inspect
 import json
@@ -28,7 +34,7 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -92,9 +98,42 @@ class ModelSource:
         return fingerprint(self.record, spec or {})
 
 
+TRUST_CODE_FLAG = "--trust-code"
+# Why each kind of file is code: said when it is refused, and noted when --trust-code runs it.
+CODE_FILES = {
+    "torchscript": ("a TorchScript program", "loading it runs the code it holds"),
+    "torch.export": ("a torch.export archive", "torch.export.load unpickles its sample inputs and constants "
+                     "with weights_only=False (it has no safe mode), which can run any code"),
+}
+# --trust-code for callers that reach ``load_source`` through code that does not pass it (``predict`` and
+# ``bench`` open their runner through the backend registry): set with ``code_trusted``, False by default.
+_TRUST_CODE: ContextVar[bool] = ContextVar("aspp_deploy_trust_code", default=False)
+
+
+@contextmanager
+def code_trusted(trust: bool = True) -> Iterator[None]:
+    """Within the block, ``load_source`` calls that do not say otherwise load TorchScript / torch.export
+    files when ``trust`` is True (the user gave ``--trust-code``)."""
+    token = _TRUST_CODE.set(bool(trust))
+    try:
+        yield
+    finally:
+        _TRUST_CODE.reset(token)
+
+
+def refuse_code(path: Path, kind: str) -> InputError:
+    """The one-line refusal for a --checkpoint that is code, given without --trust-code."""
+    what, why = CODE_FILES[kind]
+    return InputError(f"{path} is {what}: {why}, so it is not loaded; give {TRUST_CODE_FLAG} if you trust it "
+                      "to run as code (our checkpoints and --arch with --weights need no flag)")
+
+
 def load_source(checkpoint: Path | None = None, arch: str | None = None, arch_args: str | dict | None = None,
-                weights: Path | None = None) -> ModelSource:
-    """The one entry point behind every ``--checkpoint``/``--arch``/``--weights`` option."""
+                weights: Path | None = None, *, trust_code: bool | None = None) -> ModelSource:
+    """The one entry point behind every ``--checkpoint``/``--arch``/``--weights`` option.
+
+    ``trust_code``: load a ``checkpoint`` that is TorchScript or torch.export (``--trust-code``); None: as
+    ``code_trusted`` says (False outside it). Without it such a file is refused before it is loaded."""
     if arch is not None:
         if checkpoint is not None:
             raise InputError("give either --checkpoint or --arch with --weights, not both")
@@ -104,10 +143,14 @@ def load_source(checkpoint: Path | None = None, arch: str | None = None, arch_ar
                          f"{', '.join(PRESETS)})")
     if checkpoint is not None and Path(checkpoint).is_file():
         kind = _archive_kind(Path(checkpoint))
-        if kind == "torchscript":
-            return _torchscript_source(Path(checkpoint))
-        if kind == "torch.export":
-            return _exported_source(Path(checkpoint))
+        if kind in CODE_FILES:
+            if not (_TRUST_CODE.get() if trust_code is None else trust_code):
+                raise refuse_code(Path(checkpoint), kind)
+            source = _torchscript_source(Path(checkpoint)) if kind == "torchscript" \
+                else _exported_source(Path(checkpoint))
+            what, why = CODE_FILES[kind]
+            source.notes.append(f"{Path(checkpoint).name} is {what} and was run as code ({TRUST_CODE_FLAG}): {why}")
+            return source
     return _checkpoint_source(checkpoint)
 
 
@@ -141,6 +184,7 @@ def _checkpoint_source(path: Path | None) -> ModelSource:
 
 
 def _torchscript_source(path: Path) -> ModelSource:
+    """Runs the program in ``path``: only for a file the user named with --trust-code."""
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # TorchScript raises RuntimeError and friends for foreign archives
@@ -150,6 +194,7 @@ def _torchscript_source(path: Path) -> ModelSource:
 
 
 def _exported_source(path: Path) -> ModelSource:
+    """Unpickles ``path`` (``torch.export.load``): only for a file the user named with --trust-code."""
     try:
         program = torch.export.load(str(path))
         module = program.module()
@@ -223,6 +268,34 @@ def _import_factory(target: str):
     return factory
 
 
+MAX_ARGS_DEPTH = 32  # --arch-args nesting: json.loads recurses once per level (RecursionError near 1000)
+
+
+def _json_depth(text: str) -> int:
+    """How deeply ``[``/``{`` nest in JSON text (outside strings); stops counting past MAX_ARGS_DEPTH."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_ARGS_DEPTH:
+                    break
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def _parse_args(arch_args: str | dict | None) -> dict:
     if arch_args is None or arch_args == "":
         return {}
@@ -231,8 +304,14 @@ def _parse_args(arch_args: str | dict | None) -> dict:
     text = str(arch_args)
     if Path(text).suffix.lower() == ".json" and Path(text).is_file():
         text = Path(text).read_text()
+    depth = _json_depth(text)
+    if depth > MAX_ARGS_DEPTH:
+        raise InputError(f"--arch-args nests arrays/objects more than {MAX_ARGS_DEPTH} levels deep: factory "
+                         "arguments are a JSON object of plain values, lists and small objects")
     try:
         args = json.loads(text)
+    except RecursionError:  # the depth check above keeps json well within Python's limit; a safety net
+        raise InputError(f"--arch-args nests arrays/objects too deeply (at most {MAX_ARGS_DEPTH} levels)") from None
     except ValueError as exc:
         raise InputError(f"--arch-args is not valid JSON: {exc}") from None
     if not isinstance(args, dict):

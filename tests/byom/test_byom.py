@@ -113,7 +113,7 @@ def test_torchscript_and_torch_export_sources(weights, user_voc, user_calib, tmp
     torch.export.save(torch.export.export(wrapped, (x,)), str(pt2))
     for path, kind in ((ts, "torchscript"), (pt2, "torch.export")):
         out = tmp_path / kind
-        r = cli("export", "--checkpoint", path, *SIZE, "--out", out)
+        r = cli("export", "--checkpoint", path, "--trust-code", *SIZE, "--out", out)  # code: named as such
         assert r.exit_code == 0, r.output
         entry = json.loads((out / "manifest.json").read_text())["artifacts"]["model.onnx"]
         assert entry["source"]["kind"] == kind and entry["parity"]["ok"]
@@ -123,7 +123,8 @@ def test_torchscript_and_torch_export_sources(weights, user_voc, user_calib, tmp
                                                   mode="bilinear", align_corners=False).numpy()
         assert np.abs(y - ref).max() < 1e-4
         quantize_cpu(out / "model.onnx", user_voc, user_calib)
-        rows = compare_ok(tmp_path / f"c-{kind}", out, user_voc, user_calib, "--checkpoint", path, *SIZE)
+        rows = compare_ok(tmp_path / f"c-{kind}", out, user_voc, user_calib, "--checkpoint", path, "--trust-code",
+                          *SIZE)
         for key in [("torch", "fp32", "cpu"), ("onnxruntime", "fp32", "cpu"), ("onnxruntime", "int8 (cpu QDQ)", "cpu")]:
             assert rows[key]["status"] == "ok", rows[key]
 
