@@ -6,6 +6,10 @@ import hashlib
 import json
 import math
 import os
+import re
+import secrets
+import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,37 +69,365 @@ def clean_orphans(folder: Path | str) -> None:
                 pass
 
 
-@contextmanager
-def atomic_path(final: Path | str, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it over ``final`` only on success.
+# The output folders the user named in this process (``ensure_writable``), as absolute paths. A
+# write below one of them never passes through a link found inside it: the folder itself may be a
+# link (the user's choice), what lies inside it is not trusted.
+_output_roots: list = []
 
-    The temporary name is hidden, carries the writer's process id and ends in ``.tmp`` (never an
-    input's extension such as ``.jpg``, so no folder scan takes it for input; ``suffix`` is only for
-    writers that need a given extension, e.g. a video encoder). It is removed on any failure,
-    Ctrl-C included, and a killed writer's leftovers are removed by the next write to the folder.
-    The file gets the mode a plain ``open()`` would give it (0666 less the umask), not mkstemp's 0600.
-    """
+
+def add_output_root(folder: Path | str) -> None:
+    """Register ``folder`` as an output folder the user named (see ``atomic_path``)."""
+    key = os.path.abspath(folder)
+    if key not in _output_roots:
+        _output_roots.append(key)
+
+
+def _root_for(abs_path: str) -> str | None:
+    """The deepest registered output folder that ``abs_path`` lies strictly inside (lexically)."""
+    best = None
+    for root in _output_roots:
+        if abs_path != root and abs_path.startswith(root.rstrip(os.sep) + os.sep):
+            if best is None or len(root) > len(best):
+                best = root
+    return best
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def refuse_unsafe_destination(path: Path | str, st: os.stat_result | None = None, label: str = "cannot write") -> None:
+    """One InputError when ``path`` exists and is not a regular file: a symbolic link (never followed
+    nor replaced), a folder, a device, a FIFO or a socket. A missing path passes."""
+    from aspp_deploy.errors import InputError
+
+    if st is None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            return  # under a file: the write itself says so
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = f" (to {os.readlink(path)})"
+        except OSError:
+            target = ""
+        raise InputError(f"{label} {path}: it is a symbolic link{target}; a write never follows or replaces a "
+                         "link: give the path of a regular file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{label} {path}: it is {_kind(st.st_mode)}, not a regular file; nothing was replaced")
+
+
+def _open_folder_inside(root: str, parts: list, final: Path) -> int:
+    """An fd of ``root/parts...``, made where missing, never passing through a link below ``root``
+    (``root`` itself is followed: the user named it)."""
+    from aspp_deploy.errors import InputError
+
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    os.makedirs(root, exist_ok=True)
+    fd = os.open(root, flags)
+    here = root
+    try:
+        for part in parts:
+            here = os.path.join(here, part)
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise InputError(f"cannot write {final}: {here} is a symbolic link inside the output folder {root}; "
+                                 "links inside an output folder are never followed")
+            if not stat.S_ISDIR(st.st_mode):
+                raise InputError(f"cannot write {final}: {here} is {_kind(st.st_mode)}, not a folder")
+            child = os.open(part, flags | nofollow, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_folder(root: Path | str, rel: Path | str) -> Path:
+    """Make ``root/rel`` (and the folders on the way); a link inside ``root`` is refused, never
+    followed (``root`` itself may be one: the user named it)."""
+    from aspp_deploy.errors import InputError
+
+    path = Path(root) / rel
+    parts = [p for p in Path(rel).parts if p not in ("", ".")]
+    if ".." in parts or Path(rel).is_absolute():
+        raise InputError(f"cannot write {path}: it is outside the output folder {root}")
+    try:
+        os.close(_open_folder_inside(os.path.abspath(root), parts, path))
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise InputError(f"cannot write {path}: {exc.filename or root} is not a folder") from None
+    return path
+
+
+def _open_parent(final: Path, inside: Path | str | None) -> int:
+    """An fd of ``final``'s folder (made where missing). Below an output folder (``inside``, else the
+    deepest one registered by ``ensure_writable``) no component may be a link, and the folder must
+    resolve inside it."""
+    from aspp_deploy.errors import InputError
+
+    abs_final = os.path.abspath(final)
+    root = os.path.abspath(inside) if inside is not None else _root_for(abs_final)
+    if root is not None:
+        if abs_final == root or not abs_final.startswith(root.rstrip(os.sep) + os.sep):
+            raise InputError(f"cannot write {final}: it is outside the output folder {root}")
+        parts = os.path.relpath(os.path.dirname(abs_final), root).split(os.sep)
+        fd = _open_folder_inside(root, [p for p in parts if p not in ("", ".")], final)
+        real_root = os.path.realpath(root)
+        real_parent = os.path.realpath(os.path.dirname(abs_final))
+        if real_parent != real_root and not real_parent.startswith(real_root.rstrip(os.sep) + os.sep):
+            os.close(fd)
+            raise InputError(f"cannot write {final}: it resolves to {real_parent}, outside the output folder {root}")
+        return fd
+    parent = os.path.dirname(abs_final)
+    os.makedirs(parent, exist_ok=True)  # a folder the user named: links on the way are their choice
+    return os.open(parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+
+
+def _create_temp(final: Path, suffix: str | None, inside: Path | str | None) -> tuple:
+    """(folder fd, temp name, temp fd): an empty temporary file beside ``final``, created with
+    O_CREAT|O_EXCL|O_NOFOLLOW (never an existing file or a planted link), mode 0666 less the umask."""
     from aspp_deploy.errors import InputError
 
     final = Path(final)
-    if final.is_dir():
-        raise InputError(f"cannot write {final}: it is a folder")
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        clean_orphans(final.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=suffix or TMP_SUFFIX,
-                                   dir=final.parent)
+        refuse_unsafe_destination(final)  # before any folder is made for it
+        dfd = _open_parent(final, inside)
     except (FileExistsError, NotADirectoryError) as exc:
         raise InputError(f"cannot write {final}: {exc.filename or final.parent} is not a folder") from None
-    tmp_path = Path(tmp)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
-        os.close(fd)
-        yield tmp_path
-        os.replace(tmp_path, final)
+        try:
+            st = os.stat(final.name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            refuse_unsafe_destination(final, st)
+        clean_orphans(final.parent)
+        flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0))
+        for _ in range(100):
+            name = f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix or TMP_SUFFIX}"
+            try:
+                fd = os.open(name, flags, 0o666, dir_fd=dfd)  # the kernel applies the umask, as open() does
+                return dfd, name, fd
+            except FileExistsError:
+                continue
+        raise InputError(f"cannot write {final}: no free temporary name in {final.parent}")
+    except BaseException:
+        os.close(dfd)
+        raise
+
+
+def _commit(final: Path, dfd: int, name: str) -> None:
+    """Rename the temporary file ``name`` over ``final`` (both in the folder ``dfd``), checking again
+    that ``final`` did not become a link or a non-regular file meanwhile."""
+    try:
+        st = os.stat(Path(final).name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        refuse_unsafe_destination(final, st)
+    os.replace(name, Path(final).name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+
+def _discard(dfd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        os.close(dfd)
+
+
+@contextmanager
+def atomic_path(final: Path | str, suffix: str | None = None, *, inside: Path | str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it over ``final`` only on success. The one
+    write path: every file this tool writes goes through it (or ``atomic_file``).
+
+    The temporary name is hidden, carries the writer's process id and ends in ``.tmp`` (never an
+    input's extension such as ``.jpg``, so no folder scan takes it for input; ``suffix`` is only for
+    writers that need a given extension, e.g. a video encoder). It is created with
+    O_CREAT|O_EXCL|O_NOFOLLOW, removed on any failure, Ctrl-C included, and a killed writer's leftovers
+    are removed by the next write to the folder. The file gets the mode a plain ``open()`` would give
+    it (0666 less the umask).
+
+    Refused with one InputError: a ``final`` that is a symbolic link or exists and is not a regular
+    file (a folder, device, FIFO, socket: nothing is replaced), and, below an output folder (``inside``,
+    else the one ``ensure_writable`` registered), a folder on the way that is a link or resolves
+    outside it.
+    """
+    final = Path(final)
+    dfd, name, fd = _create_temp(final, suffix, inside)
+    os.close(fd)
+    tmp_path = final.parent / name
+    done = False
+    try:
+        yield tmp_path
+        _commit(final, dfd, name)
+        done = True
+    finally:
+        if done:
+            os.close(dfd)
+        else:
+            _discard(dfd, name)
+
+
+@contextmanager
+def atomic_file(final: Path | str, *, inside: Path | str | None = None) -> Iterator[Any]:
+    """``atomic_path``'s checks and rename, yielding the temporary file already open for binary
+    writing (no path is reopened: nothing can be swapped in between)."""
+    final = Path(final)
+    dfd, name, fd = _create_temp(final, None, inside)
+    done = False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        _commit(final, dfd, name)
+        done = True
+    finally:
+        if done:
+            os.close(dfd)
+        else:
+            _discard(dfd, name)
+
+
+# Temporary folders (quantization work, reference masks, calibration, a bundle or repository being
+# assembled) are named PREFIX + pid + "." or "-" + random + SUFFIX and hold an flock on themselves
+# while alive: a later run removes those whose writer is gone (killed with -9), and only those.
+_STALE_RANDOM = r"[A-Za-z0-9_]+"
+
+
+def _folder_owner(name: str, prefix: str, suffix: str) -> int | None:
+    m = re.fullmatch(re.escape(prefix) + r"(\d+)[.-]" + _STALE_RANDOM + re.escape(suffix), name)
+    return int(m.group(1)) if m else None
+
+
+def _lock_free(path: str) -> bool:
+    """True when no live process holds the folder's lock (checked without following a link)."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def stale_folders(parent: Path | str, prefix: str, suffix: str = "") -> list:
+    """Our temporary folders in ``parent`` whose creating process is gone: named PREFIX PID . RANDOM
+    SUFFIX, a real folder (not a link) owned by this user, the pid not alive and its lock free."""
+    found = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return found
+    for e in entries:
+        pid = _folder_owner(e.name, prefix, suffix)
+        if pid is None or pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            st = os.lstat(e.path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+            continue
+        if _lock_free(e.path):
+            found.append(Path(e.path))
+    return found
+
+
+def remove_folder(path: Path | str) -> None:
+    """Remove a folder we made; a link is never followed (only a real folder is removed)."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, ignore_errors=True)  # rmtree never follows links inside
+    except OSError:
+        pass
+
+
+def clean_stale_folders(parent: Path | str, prefix: str, suffix: str = "") -> None:
+    for path in stale_folders(parent, prefix, suffix):
+        remove_folder(path)
+
+
+class TempFolder:
+    """A temporary folder ``PREFIX<pid>-RANDOM`` (in ``parent``, else the system's temporary folder),
+    locked while this object lives and removed with it; making one first removes the folders of the
+    same prefix that a killed run left. Used like ``tempfile.TemporaryDirectory`` (``name``,
+    ``cleanup()``, ``with ... as name``)."""
+
+    def __init__(self, prefix: str, parent: Path | str | None = None, suffix: str = "", sep: str = "-") -> None:
+        import weakref
+
+        parent = str(parent) if parent is not None else tempfile.gettempdir()
+        clean_stale_folders(parent, prefix, suffix)
+        self.name = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}{sep}", suffix=suffix, dir=parent)
+        self._lock = _hold_lock(self.name)
+        self._finalizer = weakref.finalize(self, _release, self.name, self._lock)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.name)
+
+    def cleanup(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> str:
+        return self.name
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cleanup()
+
+
+def _hold_lock(path: str) -> int | None:
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass
+    return fd
+
+
+def _release(path: str, lock: int | None) -> None:
+    if lock is not None:
+        try:
+            os.close(lock)
+        except OSError:
+            pass
+    remove_folder(path)
 
 
 @contextmanager
@@ -139,13 +471,13 @@ def signals_deferred() -> Iterator[None]:
             signal.raise_signal(held[0])  # delivered now, to the handler that was there before
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+def atomic_write_bytes(path: Path | str, data: bytes, *, inside: Path | str | None = None) -> None:
+    with atomic_file(path, inside=inside) as f:
+        f.write(data)
 
 
-def atomic_write_text(path: Path | str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path | str, text: str, *, inside: Path | str | None = None) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), inside=inside)
 
 
 def json_safe(value: Any) -> Any:
@@ -166,15 +498,15 @@ def json_text(payload: Any, **kwargs: Any) -> str:
     return json.dumps(json_safe(payload), allow_nan=False, **kwargs) + "\n"
 
 
-def atomic_save_image(image, path: Path | str, **kwargs) -> None:
+def atomic_save_image(image, path: Path | str, *, inside: Path | str | None = None, **kwargs) -> None:
     """Save a PIL image atomically; the format comes from the final name's extension (the temporary
     file ends in ``.tmp``, so the format is passed explicitly)."""
     from PIL import Image
 
     path = Path(path)
     kwargs.setdefault("format", Image.registered_extensions().get(path.suffix.lower()))
-    with atomic_path(path) as tmp:
-        image.save(tmp, **kwargs)
+    with atomic_file(path, inside=inside) as f:
+        image.save(f, **kwargs)
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -195,18 +527,27 @@ def fingerprint(record: Dict[str, Any], spec: Dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+PROBE_NAME = ".aspp-deploy-write-test"
+
+
 def ensure_writable(folder: Path | str) -> None:
-    """Create ``folder`` if needed and prove a file can be written there (one clear error if not)."""
+    """Create ``folder`` if needed and prove a file can be written there (one clear error if not).
+    The probe is a new file of a unique name (O_CREAT|O_EXCL|O_NOFOLLOW: never a planted file or
+    link), removed at once. ``folder`` becomes an output folder: writes below it never pass through
+    a link found inside it (see ``atomic_path``)."""
     from aspp_deploy.errors import InputError
 
     folder = Path(folder)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".aspp-deploy-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # .NAME.PID.RANDOM.tmp: a killed run's probe is removed by clean_orphans like any leftover
+        probe = folder / f"{PROBE_NAME}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        os.close(os.open(probe, flags, 0o600))
+        os.unlink(probe)
     except OSError as exc:
         raise InputError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    add_output_root(folder)
 
 
 def read_json_object(path: Path | str, missing_hint: str) -> Dict[str, Any]:

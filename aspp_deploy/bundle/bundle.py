@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,9 +58,10 @@ def copy_runtime(root: Path) -> None:
 
 
 def _entry(path: Path) -> Dict[str, Any]:
-    from aspp_deploy.export.manifest import read_onnx_manifest
+    from aspp_deploy.export.manifest import read_onnx_manifest, refuse_external_data
 
     entry = dict(read_onnx_manifest(path).entry)
+    refuse_external_data(path, "the bundle")  # it ships and rewrites models/<file> alone
     entry["onnx_sha256"] = sha256_file(path)
     entry["file"] = path.name
     return entry
@@ -284,22 +284,31 @@ def replace_folder(out: Path, assemble: Callable[[Path], Any]) -> Any:
     """Run ``assemble(tmp)`` on a temporary sibling of ``out``, then rename it into place: ``out`` is
     the old folder or the complete new one, never a half-written one (the caller checks that ``out``
     may be replaced). Returns what ``assemble`` returned."""
+    from aspp_deploy.io import TempFolder, remove_folder, stale_folders
+
     ensure_writable(out.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old: Optional[Path] = None
+    # .NAME.<pid>.RANDOM.tmp / .old, locked while we live: a killed run's are removed here (a previous
+    # folder a run was killed in the middle of swapping comes back first)
+    for stale in stale_folders(out.parent, f".{out.name}.", ".old"):
+        if not os.path.lexists(out) and (stale / "previous").is_dir() and not (stale / "previous").is_symlink():
+            os.replace(stale / "previous", out)
+        remove_folder(stale)
+    building = TempFolder(f".{out.name}.", out.parent, suffix=".tmp", sep=".")
+    tmp = building.path
+    old: Optional[TempFolder] = None
     try:
         info = assemble(tmp)
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the result gets the usual mode
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "previous")
+            old = TempFolder(f".{out.name}.", out.parent, suffix=".old", sep=".")
+            os.replace(out, old.path / "previous")
         os.replace(tmp, out)
     except BaseException:
-        if old is not None and (old / "previous").exists() and not out.exists():
-            os.replace(old / "previous", out)  # put the previous folder back
+        if old is not None and (old.path / "previous").exists() and not out.exists():
+            os.replace(old.path / "previous", out)  # put the previous folder back
         raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        building.cleanup()  # the lock goes; the folder is gone already when it became ``out``
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            old.cleanup()
     return info

@@ -258,9 +258,11 @@ def _check_can_create_under(path: Path, flag: str, start: Path | None = None) ->
 def check_output_file(path: Path, flag: str) -> None:
     """One InputError unless a file can be written at ``path`` (not a folder, not under a file)."""
     from aspp_deploy.errors import InputError
+    from aspp_deploy.io import refuse_unsafe_destination
 
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         raise InputError(f"{flag} {path} is a folder: give a file name")
+    refuse_unsafe_destination(path, label=flag)  # a link, device, FIFO or socket is never replaced
     _check_can_create_under(path, flag, start=path.parent)
 
 

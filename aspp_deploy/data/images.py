@@ -8,10 +8,11 @@ the file's stem (its whole name where two files share a stem: ``a.jpg`` and ``a.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aspp_deploy.data.voc import IMAGE_FORMATS, VOCSegmentation, is_image_file
+from aspp_deploy.data.voc import IMAGE_FORMATS, VOCSegmentation, check_inside, is_image_file
 from aspp_deploy.errors import DatasetError
 
 MASKS = "masks"  # scored against the dataset's masks
@@ -61,8 +62,13 @@ class DataSource:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files directly in ``folder``, in name order (hidden files never count)."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_file(p))
+    """The image files directly in ``folder``, in name order (hidden files never count). One
+    DatasetError naming the file when one is a link that resolves outside ``folder``."""
+    files = sorted(p for p in Path(folder).iterdir() if is_image_file(p) and p.is_file())
+    real_root = os.path.realpath(folder)
+    for p in files:
+        check_inside(p, Path(folder), real_root)
+    return files
 
 
 def _samples(files: list[Path]) -> list[ImageSample]:
@@ -75,6 +81,9 @@ def from_images(files: list[Path], root: Path, description: str = "") -> DataSou
     files = [Path(p) for p in files]
     if not files:
         raise DatasetError(f"no images to measure accuracy on in {root}")
+    real_root = os.path.realpath(root)
+    for p in files:
+        check_inside(p, Path(root), real_root)
     return DataSource(Path(root), "images", _samples(files), None, description)
 
 

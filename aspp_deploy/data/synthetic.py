@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from aspp_deploy.data.voc import voc_palette, write_split_list
-from aspp_deploy.io import atomic_write_text
+from aspp_deploy.io import atomic_write_text, make_folder
 
 CLASSES = ("background", "disc", "square", "triangle", "cross", "ring")
 GENERATOR_VERSION = 1
@@ -155,10 +155,12 @@ def generate_sample(seed: int, split: str, index: int, cfg: SynthConfig = SynthC
 
 def write_synthetic_voc(root: Path, splits: dict[str, int], seed: int = 0,
                         cfg: SynthConfig = SynthConfig(), progress=None) -> Path:
-    """Write ``splits`` (name -> count) under ``root`` in the VOC layout; returns ``root``."""
+    """Write ``splits`` (name -> count) under ``root`` in the VOC layout; returns ``root``. ``root``
+    may be a link (the caller's choice); a link inside it (``JPEGImages`` -> elsewhere) is refused
+    before anything is written."""
     root = Path(root)
-    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        make_folder(root, sub)
     palette = voc_palette()
     for split, count in splits.items():
         ids = [f"{split}_{i:05d}" for i in range(count)]
@@ -171,7 +173,7 @@ def write_synthetic_voc(root: Path, splits: dict[str, int], seed: int = 0,
     meta = {"classes": list(CLASSES), "palette": [list(c) for c in palette[: len(CLASSES)]],
             "generator": "aspp_deploy.data.synthetic", "generator_version": GENERATOR_VERSION,
             "seed": seed, "splits": splits, "image_size": cfg.size}
-    atomic_write_text(root / "dataset.json", json.dumps(meta, indent=2))
+    atomic_write_text(root / "dataset.json", json.dumps(meta, indent=2), inside=root)
     return root
 
 
@@ -179,10 +181,10 @@ def write_pair(root: Path, name: str, image: np.ndarray, mask: np.ndarray,
                palette: list[tuple[int, int, int]]) -> None:
     from aspp_deploy.io import atomic_save_image
 
-    atomic_save_image(Image.fromarray(image), root / "JPEGImages" / f"{name}.jpg", quality=95)
+    atomic_save_image(Image.fromarray(image), root / "JPEGImages" / f"{name}.jpg", inside=root, quality=95)
     m = Image.fromarray(mask, mode="P")
     m.putpalette([v for c in palette for v in c])
-    atomic_save_image(m, root / "SegmentationClass" / f"{name}.png")
+    atomic_save_image(m, root / "SegmentationClass" / f"{name}.png", inside=root)
 
 
 def write_calibration_folder(folder: Path, count: int, seed: int = 0, cfg: SynthConfig = SynthConfig(),
@@ -194,7 +196,7 @@ def write_calibration_folder(folder: Path, count: int, seed: int = 0, cfg: Synth
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         image, _ = generate_sample(seed, "calib", i, cfg)
-        atomic_save_image(Image.fromarray(image), folder / f"calib_{i:05d}.jpg", quality=95)
+        atomic_save_image(Image.fromarray(image), folder / f"calib_{i:05d}.jpg", inside=folder, quality=95)
         if progress is not None:
             progress("calib", i + 1, count)
     return folder

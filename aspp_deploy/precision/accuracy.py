@@ -193,14 +193,15 @@ class Reference:
 
     def __init__(self, fp32_onnx: Path, data: Path | DataSource, pre: Preprocess, classes: list[str],
                  limit: int, split: str = "val", threads: int = 0, folder: Path | None = None) -> None:
-        import tempfile
         import weakref
 
         from aspp_deploy.backends.onnxruntime_backend import OrtRunner
 
         self.classes, self.threads, self.pre = classes, threads, pre
         if folder is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="aspp-reference-")
+            from aspp_deploy.io import TempFolder
+
+            self._tmp = TempFolder("aspp-reference-")  # with our pid: a killed run's is removed by the next
             weakref.finalize(self, self._tmp.cleanup)
             folder = Path(self._tmp.name)
         self.folder = Path(folder)
