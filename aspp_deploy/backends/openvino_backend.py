@@ -98,8 +98,9 @@ class OpenVinoRunner(Runner):
         try:
             self.compiled = core.compile_model(str(path), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable models
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"OpenVINO cannot load {path}: {first}") from None
+            from aspp_deploy.runtime.ov_segmenter import openvino_message
+
+            raise InputError(f"OpenVINO cannot load {path}: {openvino_message(exc)}") from None
         self.request = self.compiled.create_infer_request()
         out_type = str(self.compiled.output(0).get_element_type())
         extra = {

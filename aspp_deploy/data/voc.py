@@ -41,47 +41,26 @@ def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
 def write_split_list(root: Path, split: str, ids: list[str]) -> None:
     from aspp_deploy.io import atomic_write_text
 
-    atomic_write_text(Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt", "\n".join(ids) + "\n")
+    atomic_write_text(Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt", "\n".join(ids) + "\n",
+                      inside=root)
 
 
 def load_image(path: Path | str) -> Image.Image:
-    """Open an image as RGB, with one clear error for a missing or undecodable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return _to_rgb(im, path)
-    except Image.DecompressionBombError:
-        raise InputError(f"cannot read image {path}: it is too large to decode safely "
-                         f"(over {Image.MAX_IMAGE_PIXELS} pixels)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
+    """Open an image as 8-bit RGB, as displayed (EXIF orientation applied), with one clear error line
+    naming the file for a missing, undecodable, floating-point or too large image: a thin wrapper over
+    ``aspp_deploy.runtime.images.decode_image``, the decoder the bundle's runtime and the Triton
+    service use too (the rules for 16-bit, palette, alpha and float images are written there)."""
+    from aspp_deploy.runtime.images import decode_image  # imported here: runtime.images imports this module
 
-
-def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
-    """RGB 8-bit. Greyscale of more than 8 bits is scaled to 0..255 (``convert`` would clip every
-    value above 255 to white); float images have no agreed range and are refused."""
-    if im.mode.startswith("I;16") or im.mode == "I":
-        arr = np.asarray(im).astype(np.int64)
-        if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise InputError(f"cannot read image {path}: {im.mode} values outside 0..65535")
-        grey = ((arr * 255 + 32767) // 65535).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    if im.mode == "F":
-        raise InputError(f"cannot read image {path}: floating-point images are not supported; "
-                         "save it as 8-bit RGB")
-    return im.convert("RGB")
+    return decode_image(Path(path))
 
 
 def image_size(path: Path | str) -> tuple[int, int]:
-    """(width, height) of an image from its header (no pixels decoded); InputError when unreadable."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
+    """(width, height) of an image as ``load_image`` returns it (EXIF orientation applied), from its
+    header (no pixels decoded); InputError when unreadable."""
+    from aspp_deploy.runtime.images import decoded_size
+
+    return decoded_size(Path(path))
 
 
 def load_mask(path: Path | str, num_classes: int, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -117,6 +96,29 @@ def is_plain_name(name: str) -> bool:
     return bool(name) and not any(c in name for c in "/\\\0") and not name.startswith(".") and ":" not in name
 
 
+def check_inside(path: Path, root: Path, real_root: str | None = None) -> None:
+    """One DatasetError unless ``path`` resolves (links followed) inside the dataset folder ``root``:
+    a link in a dataset never makes a command read a file from elsewhere. ``root`` itself may be a
+    link (the user named it)."""
+    import os
+
+    real_root = real_root or os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise DatasetError(f"{path} resolves to {real}, outside the dataset folder {root}: a dataset's files "
+                           "must lie inside it (copy the file in, or give the folder it is in)")
+
+
+def read_split_list(list_file: Path) -> list[str]:
+    """The non-empty, stripped lines of a split list; one DatasetError line when it is not UTF-8."""
+    try:
+        text = list_file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"split list {list_file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                           f"offset {exc.start}): it must hold one sample name per line") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 @dataclass(frozen=True)
 class Sample:
     name: str
@@ -134,7 +136,8 @@ class VOCSegmentation:
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not list_file.is_file():
             raise DatasetError(f"{self.root} is not a VOC-style folder: missing {list_file.relative_to(self.root)}")
-        names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+        check_inside(list_file, self.root)
+        names = read_split_list(list_file)
         if not names:
             raise DatasetError(f"split list {list_file} is empty")
         bad = next((n for n in names if not is_plain_name(n)), None)
@@ -147,6 +150,12 @@ class VOCSegmentation:
         if missing:
             raise DatasetError(f"{len(missing)} mask(s) listed in {list_file.name} are missing, "
                                f"e.g. {missing[0]}")
+        import os
+
+        real_root = os.path.realpath(self.root)
+        for s in self.samples:
+            check_inside(s.image, self.root, real_root)
+            check_inside(s.mask, self.root, real_root)
         self.split = split
 
     def _find_image(self, name: str) -> Path:

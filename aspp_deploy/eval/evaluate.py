@@ -12,7 +12,7 @@ import numpy as np
 from aspp_deploy.backends.base import Runner, class_ids
 from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.data.voc import VOCSegmentation, load_image, load_mask
-from aspp_deploy.eval.metrics import ConfusionMatrix
+from aspp_deploy.eval.metrics import ConfusionMatrix, no_labelled_pixels
 
 if TYPE_CHECKING:
     from aspp_deploy.data.images import DataSource
@@ -141,6 +141,8 @@ def evaluate(runner: Runner, data: "Path | DataSource", pre: Preprocess, classes
         done += len(masks)
         if progress:
             progress(done, total)
+    if not cm.measured:  # every mask pixel is 255 (ignore): say so rather than report mIoU nan with exit 0
+        raise no_labelled_pixels(f"the {total} mask(s) of {ds}")
     iou = cm.iou()
     return EvalResult(total, cm.miou(), cm.pixel_accuracy(),
                       {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, iou)},

@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from aspp_deploy.data.voc import IGNORE_INDEX
+from aspp_deploy.errors import DatasetError
+
+
+def no_labelled_pixels(where: str = "the masks") -> DatasetError:
+    """The error for a confusion matrix that measured nothing: every mask pixel was ``IGNORE_INDEX``."""
+    return DatasetError(f"no labelled pixel was measured: every pixel of {where} is {IGNORE_INDEX} (ignore), so "
+                        f"there is no mIoU or pixel accuracy to report; label the images' pixels with class ids")
 
 
 class ConfusionMatrix:
@@ -30,7 +37,16 @@ class ConfusionMatrix:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
 
+    @property
+    def measured(self) -> int:
+        """Pixels counted (those not ``IGNORE_INDEX``)."""
+        return int(self.matrix.sum())
+
     def miou(self) -> float:
+        """Mean IoU over the classes present in targets or predictions. DatasetError when no pixel was
+        measured (every target pixel ignored): a NaN would be printed as a score and exit 0."""
+        if not self.measured:
+            raise no_labelled_pixels()
         return float(np.nanmean(self.iou()))
 
     def pixel_accuracy(self) -> float:

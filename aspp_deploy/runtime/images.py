@@ -8,19 +8,170 @@ Sizes follow Pillow: ``(width, height)``. Arrays are ``H x W`` (masks) or ``H x 
 
 from __future__ import annotations
 
+import re
+import warnings
+from io import BytesIO
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
 from aspp_deploy.data.preprocess import Preprocess
-from aspp_deploy.data.voc import load_image, voc_palette
+from aspp_deploy.data.voc import voc_palette
 from aspp_deploy.errors import InputError
 
 ImageLike = Union[Image.Image, np.ndarray, str, Path]  # typing.Union: runs on Python 3.8 (JetPack 5)
+ImageSource = Union[str, Path, bytes, bytearray, memoryview]
 DEFAULT_ALPHA = 0.5
 NEAREST = getattr(getattr(Image, "Resampling", Image), "NEAREST")  # Image.Resampling from Pillow 9.1; older Pillows have the constant
+
+
+# -- decoding: the one image decoder of predict, eval, calibration, the bundle's runtime and the server ----
+
+MAX_IMAGE_PIXELS = 64_000_000
+"""The largest image (width x height) any command decodes: a 9800 x 6500 photo. The size is read from
+the file's header and checked before a single pixel is decoded, so a small file that declares a huge
+image costs nothing (an RGB copy of 64 Mpx is 192 MB; the model's float input and the masks come on
+top). The Triton service passes its own ``MAX_IMAGE_PIXELS`` parameter instead."""
+
+FLOAT_REFUSAL = ("floating-point pixels have no agreed range (0..1? 0..255? HDR?), so they are not guessed: "
+                 "save the image as 8-bit or 16-bit")
+
+_T: Any = getattr(Image, "Transpose", Image)  # Image.Transpose from Pillow 9.1; older Pillows have the constants
+# EXIF orientation -> the transposition that shows the image as a viewer displays it (EXIF 2.3, 0x0112)
+_ORIENTATION = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE,
+                6: _T.ROTATE_270, 7: _T.TRANSVERSE, 8: _T.ROTATE_90}
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+class ImageDecodeError(InputError):
+    """An image that cannot be decoded: ``cannot read image NAME: REASON`` (one line). ``reason`` alone
+    lets a caller with its own wording (the server's ``IMAGE ...``) say the same thing;
+    ``unreadable``: the bytes are not an image Pillow can decode at all (as opposed to an image
+    that is refused: too large, floating-point)."""
+
+    def __init__(self, name: str, reason: str, unreadable: bool = False) -> None:
+        super().__init__("cannot read image {}: {}".format(name, reason))
+        self.name, self.reason, self.unreadable = name, reason, unreadable
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1..8; 1 = as stored) from what the header holds; no pixel is decoded. A
+    PNG's eXIf chunk counts when it precedes the pixel data (where writers put it); malformed EXIF
+    counts as no orientation, as in image viewers."""
+    if getattr(im, "format", None) == "PNG" and "exif" not in im.info:
+        return 1  # Image.getexif would decode the whole PNG looking for an eXIf chunk after the pixels
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - broken EXIF: shown as stored
+        return 1
+    return value if isinstance(value, int) and value in _ORIENTATION else 1
+
+
+def _displayed_size(size: Tuple[int, int], orientation: int) -> Tuple[int, int]:
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else (size[0], size[1])
+
+
+def _to_rgb(im: Image.Image, name: str) -> Image.Image:
+    """Decoded pixels of any mode -> a new 8-bit RGB image. One rule per kind of pixel:
+
+    * 8-bit modes (``1``, ``L``, ``P``, ``RGB``, ``RGBA``, ``LA``, ``PA``, ``CMYK``, ``YCbCr``, ...):
+      Pillow's ``convert("RGB")``; alpha is dropped (the colour under it is kept), a palette is
+      expanded, CMYK is converted with Pillow's formula.
+    * more than 8 bits (``I;16*``, and ``I`` with values in 0..65535): the high byte, ``v >> 8`` -- the
+      rule Pillow itself applies when it reads a 16-bit RGB(A) PNG or TIFF as ``RGB``, so 16-bit grey
+      and 16-bit colour images are reduced alike. ``I`` values outside 0..65535 are refused.
+    * floating point (``F``): refused (``FLOAT_REFUSAL``), never clipped or guessed.
+    """
+    mode = im.mode
+    if mode == "F" or mode.startswith("F;"):
+        raise ImageDecodeError(name, FLOAT_REFUSAL)
+    if mode == "I" or mode.startswith("I;"):
+        a = np.asarray(im)
+        if a.dtype.kind == "f":
+            raise ImageDecodeError(name, FLOAT_REFUSAL)
+        if a.size and (int(a.min()) < 0 or int(a.max()) > 65535):
+            raise ImageDecodeError(name, "{} pixel values {}..{} lie outside 0..65535; save it as 8-bit or 16-bit"
+                                   .format(mode, int(a.min()), int(a.max())))
+        high = (a.astype(np.uint32, copy=False) >> 8).astype(np.uint8)
+        return Image.fromarray(high.reshape(a.shape[:2]), "L").convert("RGB")
+    try:
+        return im.convert("RGB")  # a new image even when already RGB (the file may be closed after)
+    except ValueError:
+        raise ImageDecodeError(name, "pixel mode {} cannot be converted to RGB; save it as 8-bit RGB"
+                               .format(mode)) from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()).split(" <_io.BytesIO")[0]  # Pillow names the in-memory file object
+    return "{}: {}".format(type(exc).__name__, text) if text else type(exc).__name__
+
+
+def _open(source: ImageSource, name: Optional[str]) -> Tuple[Any, str]:
+    """(what ``Image.open`` takes, the name errors give) for a path or encoded bytes."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return BytesIO(bytes(source)), name or "<encoded bytes>"
+    path = Path(source)
+    if not path.is_file():
+        raise InputError("image not found: {}".format(path))
+    return path, name or str(path)
+
+
+def _read(source: ImageSource, name: Optional[str], max_pixels: Optional[int], decode: bool) -> Any:
+    fp, label = _open(source, name)
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
+    try:
+        with warnings.catch_warnings():  # Pillow's own bomb warning: the limit below is the one that counts
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fp) as im:
+                width, height = im.size  # from the header: nothing is decoded yet
+                orientation = _exif_orientation(im)
+                if not decode:
+                    return _displayed_size((width, height), orientation)
+                if width * height > limit:
+                    raise ImageDecodeError(label, "its header declares {}x{} = {} pixels, too large to decode safely "
+                                           "(the limit is {} pixels; nothing was decoded)".format(
+                                               width, height, width * height, limit))
+                im.load()
+                rgb = _to_rgb(im, label)
+    except (ImageDecodeError, MemoryError):
+        raise
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: refused by Image.open
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageDecodeError(label, "its header declares {} pixels, too large to decode safely (the limit is {} "
+                               "pixels; nothing was decoded)".format(found.group(1) if found else "too many",
+                                                                    limit)) from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bytes that are no image
+        raise ImageDecodeError(label, _reason(exc) if isinstance(fp, BytesIO) else " ".join(str(exc).split())
+                               or type(exc).__name__, unreadable=True) from None
+    op = _ORIENTATION.get(orientation)
+    return rgb if op is None else rgb.transpose(op)
+
+
+def decode_image(source: ImageSource, max_pixels: Optional[int] = None, name: Optional[str] = None) -> Image.Image:
+    """A file path or encoded bytes (JPEG, PNG, BMP, TIFF, ...) -> an 8-bit RGB PIL image, as displayed.
+
+    The one decoder of every reader (``load_image``, ``load_rgb``, the Triton service), so the same
+    file gives the same pixels everywhere:
+
+    * refused before decoding when its header declares more than ``max_pixels`` (default
+      ``MAX_IMAGE_PIXELS``) pixels;
+    * the EXIF orientation is applied (``ImageOps.exif_transpose``'s table), so the model sees the
+      image the way a viewer shows it and masks come out at the displayed size and orientation;
+    * pixel modes are reduced to RGB by the rules of ``_to_rgb`` (16-bit: the high byte; float:
+      refused).
+
+    Errors are ``ImageDecodeError`` (an ``InputError``): ``cannot read image NAME: REASON``, NAME the
+    path, or ``name``; a missing path is ``InputError("image not found: PATH")``.
+    """
+    return _read(source, name, max_pixels, decode=True)
+
+
+def decoded_size(source: ImageSource, name: Optional[str] = None) -> Tuple[int, int]:
+    """``(width, height)`` that ``decode_image`` returns for ``source``, from the header alone (the EXIF
+    orientation swaps them for a quarter turn); no pixel is decoded and no size is refused."""
+    return _read(source, name, None, decode=False)
 
 
 def load_rgb(image: ImageLike) -> Image.Image:
@@ -29,7 +180,7 @@ def load_rgb(image: ImageLike) -> Image.Image:
     Arrays from OpenCV are BGR: convert them first (``frame[..., ::-1]``).
     """
     if isinstance(image, (str, Path)):
-        return load_image(image)
+        return decode_image(image)
     if isinstance(image, Image.Image):
         return image if image.mode == "RGB" else image.convert("RGB")
     if isinstance(image, np.ndarray):

@@ -13,6 +13,7 @@ and ONNX Runtime are never imported. Python 3.8 syntax.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,6 +30,21 @@ def openvino_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("openvino") is not None
+
+
+# The lines of an OpenVINO error that only say where in OpenVINO's sources it was raised
+_OV_WHERE = re.compile(r"^(Exception from \S+:\d+:?|Check '.*' failed at \S+:\d+:?|Summary:)$")
+
+
+def openvino_message(exc: BaseException, limit: int = 400) -> str:
+    """OpenVINO's multi-line error -> one line that says what is wrong. Its messages start with a chain
+    of source locations (``Exception from src/inference/src/cpp/core.cpp:132:``, ``Check 'false'
+    failed at ...:151:``), one per layer the error went through; those are dropped and the lines
+    that explain (``No conversion rule found for operations: FooBar-17``, ``Unable to read the model:
+    ...``) are kept, joined."""
+    lines = [line.strip().lstrip("-").strip() for line in str(exc).splitlines()]
+    text = " ".join(line for line in lines if line and not _OV_WHERE.match(line)) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
 
 
 def _embedded(model: Any) -> Optional[str]:
@@ -57,8 +73,7 @@ class OpenVinoSegmenter(CpuSegmenter):
         try:
             model = core.read_model(str(self.onnx_path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable models
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise InputError("OpenVINO cannot load {}: {}".format(self.onnx_path, first)) from None
+            raise InputError("OpenVINO cannot load {}: {}".format(self.onnx_path, openvino_message(exc))) from None
         if len(model.inputs) != 1 or not model.outputs:
             raise InputError("{} has {} inputs: a segmentation model has one image input".format(
                 self.onnx_path, len(model.inputs)))
@@ -78,8 +93,7 @@ class OpenVinoSegmenter(CpuSegmenter):
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise InputError("OpenVINO cannot compile {}: {}".format(self.onnx_path, first)) from None
+            raise InputError("OpenVINO cannot compile {}: {}".format(self.onnx_path, openvino_message(exc))) from None
         self.request = self.compiled.create_infer_request()
         self.version = str(getattr(ov, "__version__", "") or ov.get_version())
         self.input_name = model.inputs[0].get_any_name()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from io import BytesIO
 from typing import Any, Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,7 +32,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402  # pyright: ignore[
 from PIL import Image  # noqa: E402
 
 from aspp_deploy.errors import AsppDeployError  # noqa: E402
-from aspp_deploy.runtime.images import postprocess, stack_inputs  # noqa: E402
+from aspp_deploy.runtime.images import ImageDecodeError, decode_image, postprocess, stack_inputs  # noqa: E402
 
 IMAGE, RAW, MASK = "IMAGE", "RAW", "MASK"
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -49,20 +48,15 @@ def _param(config: Dict[str, Any], key: str, default: str = "") -> str:
 
 
 def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Encoded bytes -> an RGB image, refusing what is not an image or is larger than ``max_pixels``."""
+    """Encoded bytes -> an RGB image by the toolkit's one decoder (``aspp_deploy.runtime.images.
+    decode_image``, what ``predict`` reads files with: EXIF orientation, 16-bit and palette images,
+    floats refused), refusing what is not an image or declares more than ``max_pixels`` before decoding."""
     try:
-        image = Image.open(BytesIO(data))
-        width, height = image.size  # read from the header, before any pixel is decoded
-        if width * height > max_pixels:
-            raise RequestError("image is {}x{} = {} pixels, more than the {} this model accepts".format(
-                width, height, width * height, max_pixels))
-        image.load()
-        return image.convert("RGB")
-    except RequestError:
-        raise
-    except Exception as exc:  # Pillow raises several types for bytes that are not an image
-        reason = str(exc).split(" <_io.BytesIO")[0]  # Pillow names the in-memory file object; nothing to see
-        raise RequestError("IMAGE is not a readable image ({}: {})".format(type(exc).__name__, reason)) from None
+        return decode_image(data, max_pixels, name=IMAGE)
+    except ImageDecodeError as exc:
+        if exc.unreadable:
+            raise RequestError("IMAGE is not a readable image ({})".format(exc.reason)) from None
+        raise RequestError("IMAGE: {}".format(exc.reason)) from None
 
 
 def request_images(request: Any, max_pixels: int) -> List[Image.Image]:
