@@ -153,17 +153,25 @@ def register(app: typer.Typer) -> None:
         metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
         timeout: Annotated[float, typer.Option(help="Seconds to wait for every model to be ready.")] = 300.0,
         verbose: Annotated[bool, typer.Option("--verbose", help="Print the server's log as it comes.")] = False,
+        allow_api: Annotated[str, typer.Option(help="Open restricted Triton APIs, comma-separated: shared-memory, "
+                                               "model-repository, statistics, trace, logging (closed by "
+                                               "default: only health, metadata, model config and inference "
+                                               "answer).")] = "",
     ) -> None:
         """Run a real tritonserver on REPO until Ctrl-C: waits until every model is ready, prints the
         endpoints; a model that fails to load is one error line with Triton's reason."""
-        from aspp_deploy.serve.server import TritonServer, find_server
+        from aspp_deploy.serve.server import TritonServer, find_server, restricted_apis
+
+        allowed = [a.strip() for a in allow_api.split(",") if a.strip()]
+        closed = restricted_apis(allowed)  # an unknown API name is refused before anything starts
 
         for port in (http_port, grpc_port, metrics_port):
             if not 0 < port < 65536:
                 raise InputError(f"port {port}: give 1 to 65535")
         binary = find_server(server)
         proc = TritonServer(repo, binary, host, http_port, grpc_port, metrics_port,
-                            echo=(lambda line: console.print(line, highlight=False, markup=False)) if verbose else None)
+                            echo=(lambda line: console.print(line, highlight=False, markup=False)) if verbose else None,
+                            allow_api=allowed)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (`cmd &`)
         signal.signal(signal.SIGTERM, _interrupt)  # docker stop, systemd, kill: a clean stop too
         try:
@@ -171,7 +179,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"started {binary.path} ({binary.origin}) on {repo}", highlight=False)
             models = proc.wait_ready(timeout)
             out_console.print(f"ready: {', '.join(models)}\n  HTTP    http://{proc.http_url}\n  gRPC    "
-                              f"{proc.grpc_url}\n  metrics {proc.metrics_url}\nCtrl-C stops it.", highlight=False)
+                              f"{proc.grpc_url}\n  metrics {proc.metrics_url}\n"
+                              + (f"restricted: {', '.join(closed)} (open with --allow-api)\n" if closed else "")
+                              + "Ctrl-C stops it.", highlight=False)
             assert proc.process is not None
             proc.process.wait()
             raise InputError(f"the server stopped: {proc.failure()}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import onnx
@@ -10,20 +11,62 @@ from onnx import helper, numpy_helper, shape_inference
 from aspp_deploy.errors import InputError
 
 
+def external_data_files(model: onnx.ModelProto, path: Path | str) -> dict[str, Path]:
+    """Location -> file of every tensor of ``model`` (as read from ``path``, without its external data)
+    that keeps its bytes in another file. One InputError naming the location when it is not a plain
+    relative path inside the model's folder (absolute, ``..``, a link out of the folder) or the file
+    is missing: nothing outside the model's folder is ever read."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    path = Path(path)
+    folder = path.parent.resolve()
+    found: dict[str, Path] = {}
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if location in found:
+            continue
+        parts = location.replace("\\", "/").split("/")
+        if (not location or location.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", location)
+                or ".." in parts or "\0" in location):
+            raise InputError(f"{path}: tensor {tensor.name!r} keeps its data at {location!r}, outside the model's "
+                             "folder: external data must be a file beside the model (a relative path, no '..')")
+        target = folder / location
+        if not target.resolve().is_relative_to(folder):
+            raise InputError(f"{path}: the external data file {location!r} is a link out of the model's folder: "
+                             "refused (copy the file beside the model)")
+        if not target.is_file():
+            raise InputError(f"{path}: its external data file {location!r} is missing (expected at {target}): "
+                             "copy it beside the model")
+        found[location] = target
+    return found
+
+
 def load_onnx(path: Path | str, external_data: bool = True) -> onnx.ModelProto:
-    """An ONNX model from ``path``; one clear InputError when the file is missing or unreadable."""
+    """An ONNX model from ``path``; one clear InputError when the file is missing or unreadable, or
+    an external data file it names is missing or outside its folder (``external_data_files``)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"ONNX model not found: {path}")
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty (0 bytes): not an ONNX file")
     try:
-        model = onnx.load(str(path), load_external_data=external_data)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise InputError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
     # protobuf parses many non-ONNX byte strings into an empty message: a model has a graph with nodes
     if not model.HasField("graph") or not model.graph.node or not model.opset_import:
         raise InputError(f"{path} is not an ONNX model (no graph, nodes or opset)")
+    external = external_data_files(model, path)
+    if external and external_data:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:  # a truncated file, an offset beyond its end, ...
+            raise InputError(f"{path}: its external data ({', '.join(sorted(external))}) cannot be read "
+                             f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})") from None
     return model
 
 

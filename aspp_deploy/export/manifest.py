@@ -23,10 +23,15 @@ import onnx
 
 from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.errors import InputError
-from aspp_deploy.export.graph import load_onnx
+from aspp_deploy.export.graph import external_data_files, load_onnx
 from aspp_deploy.io import atomic_write_text, folder_lock, json_text
 
 METADATA_KEY = "aspp_deploy.manifest"
+# An ONNX file whose tensors keep their bytes in other files (``external data``, beside the model):
+# the entry records each file's sha256 under this key ({location: sha256}), and every read verifies
+# them. A model with external data its manifest does not record is refused: integrity covers every
+# byte the model is made of, not only the ``.onnx`` file.
+EXTERNAL_KEY = "external_data"
 MANIFEST_NAME = "manifest.json"
 FORMAT = "aspp-deploy/manifest/v1"
 
@@ -61,7 +66,7 @@ class ArtifactManifest:
 
 
 # Dotted paths of the entry's measured or timed facts: kept in the sidecar, never in the ONNX.
-VOLATILE = ("onnx_sha256", "parity", "accuracy", "seconds", "notes", "export.seconds",
+VOLATILE = ("onnx_sha256", EXTERNAL_KEY, "parity", "accuracy", "seconds", "notes", "export.seconds",
             "quantization.budget", "quantization.calibration.cache")
 
 
@@ -125,13 +130,15 @@ def read_embedded(model: onnx.ModelProto) -> dict | None:
 
 
 def read_onnx_manifest(path: Path | str) -> ArtifactManifest:
-    """The manifest of an ONNX file: its embedded entry, else its ``manifest.json`` entry."""
+    """The manifest of an ONNX file: its embedded entry, else its ``manifest.json`` entry; the file's
+    bytes and those of its external data files are verified against what the manifest recorded."""
     path = Path(path)
     return manifest_of(load_onnx(path, external_data=False), path)
 
 
 def manifest_of(model: onnx.ModelProto, path: Path) -> ArtifactManifest:
-    """The manifest of ``model``, loaded from ``path``: embedded, else in ``manifest.json`` beside it."""
+    """The manifest of ``model``, loaded from ``path`` (without its external data, as
+    ``read_onnx_manifest`` does): embedded, else in ``manifest.json`` beside it."""
     embedded = read_embedded(model)
     sidecar = read_sidecar(path.parent).get(path.name)
     entry = embedded or sidecar
@@ -144,8 +151,64 @@ def manifest_of(model: onnx.ModelProto, path: Path) -> ArtifactManifest:
                          "make it with `aspp-deploy export`")
     if sidecar:
         verify_sha256(path, sidecar)
+    verified = verify_external_data(path, external_data_files(model, path), [e for e in (sidecar, embedded) if e])
     check_entry(entry, path)
+    if verified:  # what was verified travels with the entry (a repository copies and re-checks the files)
+        entry = {**entry, EXTERNAL_KEY: verified}
     return ArtifactManifest(entry)
+
+
+def external_data_digests(path: Path | str) -> dict[str, str]:
+    """{location: sha256} of the external data files of the ONNX at ``path`` (what an entry records
+    under ``EXTERNAL_KEY``); {} for a self-contained model."""
+    from aspp_deploy.io import sha256_file
+
+    path = Path(path)
+    files = external_data_files(load_onnx(path, external_data=False), path)
+    return {location: sha256_file(file) for location, file in sorted(files.items())}
+
+
+def verify_external_data(path: Path, files: dict[str, Path], entries: list[dict]) -> dict[str, str]:
+    """Refuse ``path`` when one of its external data ``files`` (location -> file) is not recorded by
+    any of its manifest ``entries``, or its bytes differ from what one of them recorded; returns the
+    verified {location: sha256}."""
+    from aspp_deploy.io import sha256_file
+
+    verified: dict[str, str] = {}
+    if not files:
+        return verified
+    recorded: list[dict] = []
+    for entry in entries:
+        value = entry.get(EXTERNAL_KEY)
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise InputError(f"the manifest of {path} is malformed: '{EXTERNAL_KEY}' must map each external data "
+                             "file to its sha256")
+        recorded.append(value)
+    for location, file in sorted(files.items()):
+        digests = {r[location] for r in recorded if location in r}
+        if not digests:
+            raise InputError(f"{path} keeps weights in the external data file {location}, whose sha256 its manifest "
+                             "does not record: those bytes cannot be verified; make one self-contained file with "
+                             f"`aspp-deploy import {path}`")
+        actual = sha256_file(file)
+        if digests != {actual}:
+            raise InputError(f"{file} (external data of {path.name}) does not match its manifest (sha256 differs): "
+                             "the file was replaced or damaged after the manifest was written; put the original "
+                             "back or make the model again")
+        verified[location] = actual
+    return verified
+
+
+def refuse_external_data(path: Path | str, what: str) -> None:
+    """One InputError when the ONNX at ``path`` keeps weights in external data files: ``what`` (a
+    command) handles self-contained models only."""
+    path = Path(path)
+    files = external_data_files(load_onnx(path, external_data=False), path)
+    if files:
+        raise InputError(f"{path} keeps its weights in external data file(s) {', '.join(sorted(files))}: {what} "
+                         f"takes one self-contained ONNX file; make one with `aspp-deploy import {path}`")
 
 
 def verify_sha256(path: Path, entry: dict) -> None:

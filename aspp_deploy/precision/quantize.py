@@ -28,7 +28,8 @@ import onnx
 from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.export.graph import load_onnx
-from aspp_deploy.export.manifest import embed, manifest_of, tool_versions, write_with_entry
+from aspp_deploy.export.manifest import (embed, manifest_of, refuse_external_data, tool_versions,
+                                         write_with_entry)
 from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt
 from aspp_deploy.io import ensure_writable, sha256_file
 from aspp_deploy.precision.budget import BudgetResult, run_budget
@@ -113,8 +114,9 @@ def validate(opts: QuantizeOptions) -> str:
 
 def check_source(src: Path) -> tuple[onnx.ModelProto, dict]:
     """The FP32 source and its manifest entry; refuses anything already reduced."""
-    model = load_onnx(src)
+    model = load_onnx(src, external_data=False)  # the manifest verifies the external data files, if any
     manifest = manifest_of(model, Path(src))
+    refuse_external_data(src, "quantize")  # its backends read the file by path: one self-contained file
     q = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
     if q:
         raise InputError(f"{src} is already quantized ({len(q)} {q[0].op_type}/... nodes): "

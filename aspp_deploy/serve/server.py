@@ -14,10 +14,10 @@ server's own log.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import re
 import shutil
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Deque, Dict, List, Optional
+from typing import Callable, Deque, Dict, Iterable, List, Optional
 
 from aspp_deploy.errors import InputError, MissingDependencyError
 
@@ -38,6 +38,36 @@ SERVE_HINT = "pip install 'aspp-deploy[serve]' (ships a tritonserver with its Py
              "NVIDIA's tritonserver container"
 FAILED_LOAD = re.compile(r"failed to load '([^']+)' version (\d+): (.*?)\"?$")
 LOG_LINES = 400
+# Triton's APIs (the names its --http-restricted-api / --grpc-restricted-protocol take). A server we
+# start answers health, metadata, model configuration and inference (what clients and perf_analyzer
+# need); the others are restricted unless ``allow_api`` opens them: shared memory (a client could make
+# the server read or write a /dev/shm object it names, or the Python backend's own regions), model
+# loading/unloading, statistics, tracing and logging settings.
+OPEN_APIS = ("health", "metadata", "model-config", "inference")
+RESTRICTED_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
+RESTRICTION_HEADER = "aspp-deploy-restricted"
+
+
+def restricted_apis(allow: Iterable[str] = ()) -> List[str]:
+    """The APIs to restrict once ``allow`` is opened; InputError naming an unknown API."""
+    allow = [a.strip() for a in allow if a.strip()]
+    unknown = [a for a in allow if a not in RESTRICTED_APIS + OPEN_APIS]
+    if unknown:
+        raise InputError(f"--allow-api {','.join(unknown)}: unknown API; choose from {', '.join(RESTRICTED_APIS)} "
+                         f"({', '.join(OPEN_APIS)} are always open)")
+    return [a for a in RESTRICTED_APIS if a not in allow]
+
+
+def restriction_flags(apis: List[str]) -> List[str]:
+    """tritonserver flags that restrict ``apis`` on HTTP and gRPC to requests carrying a header whose
+    value no client can send: a newline (not allowed in an HTTP header value or in gRPC metadata)
+    followed by a random token, so the restricted APIs are closed to every client, not only to those
+    that cannot read this process's command line."""
+    if not apis:
+        return []
+    value = "\n" + secrets.token_hex(16)
+    spec = f"{','.join(apis)}:{RESTRICTION_HEADER}={value}"
+    return [f"--http-restricted-api={spec}", f"--grpc-restricted-protocol={spec}"]
 
 
 @dataclass
@@ -101,8 +131,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _param(config: str, key: str) -> Optional[str]:
-    m = re.search(r'key:\s*"' + re.escape(key) + r'"\s*value:\s*{\s*string_value:\s*"([^"]*)"', config)
-    return m.group(1) if m else None
+    """A string parameter of a ``config.pbtxt`` (its text-format escapes undone)."""
+    from aspp_deploy.bundle.triton import pbtxt_quote, pbtxt_unquote
+
+    m = re.search(r'key:\s*' + re.escape(pbtxt_quote(key)) + r'\s*value:?\s*{\s*string_value:\s*"((?:[^"\\]|\\.)*)"',
+                  config)
+    return pbtxt_unquote(m.group(1)) if m else None
 
 
 def python_envs(repo: Path) -> Dict[str, Optional[str]]:
@@ -169,6 +203,7 @@ class TritonServer:
     grpc_port: int = 8001
     metrics_port: int = 8002
     echo: Optional[Callable[[str], None]] = None  # every log line, as it comes
+    allow_api: List[str] = field(default_factory=list)  # restricted APIs to open (see RESTRICTED_APIS)
     log: Deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_LINES))
     process: Optional[subprocess.Popen] = None
     _tmp: Optional[Path] = None
@@ -191,7 +226,8 @@ class TritonServer:
                f"--http-address={self.host}", f"--http-port={self.http_port}",
                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
-               "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0"]
+               "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
+               *restriction_flags(restricted_apis(self.allow_api))]
         if backends is not None:
             cmd.append(f"--backend-directory={backends}")
         # A prefix of our own for the Python backend's shared memory, so what a killed server leaves in
@@ -204,6 +240,7 @@ class TritonServer:
         return f"aspp_triton_{os.getpid()}_{self.http_port}_"
 
     def start(self) -> "TritonServer":
+        restricted_apis(self.allow_api)  # an unknown name is refused before anything starts
         check_repository(self.repo, self.binary)
         backends = None
         if self.binary.origin == "nvidia-pytriton":
@@ -270,10 +307,9 @@ class TritonServer:
         return models
 
     def models(self) -> List[str]:
-        request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
-        with urllib.request.urlopen(request, timeout=5) as r:
-            index = json.loads(r.read().decode())
-        return sorted({str(m["name"]) for m in index if m.get("state") == "READY"})
+        """The repository's models (its folders with a config.pbtxt): read from disk, since the
+        repository API is restricted by default."""
+        return sorted(c.parent.name for c in self.repo.glob("*/config.pbtxt"))
 
     def stop(self, timeout: float = 30.0) -> Optional[int]:
         """SIGINT (Triton drains in-flight requests), then SIGKILL after ``timeout``; returns the exit code."""
