@@ -144,9 +144,9 @@ class LogitStore:
     classes at 512x512 are 1.4 GB, which a laptop or a Jetson should not hold for a table."""
 
     def __init__(self) -> None:
-        import tempfile
+        from aspp_deploy.io import TempFolder
 
-        self._dir = tempfile.TemporaryDirectory(prefix="aspp-deploy-logits-")
+        self._dir = TempFolder("aspp-deploy-logits-")  # pid-stamped and locked: a killed run's is cleaned
         self.count = 0
 
     def _path(self, i: int) -> Path:

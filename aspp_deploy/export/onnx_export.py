@@ -495,9 +495,9 @@ def write_artifact(graph: onnx.ModelProto, entry: dict, out_dir: Path, name: str
 
 
 def ort_session_from_model(graph: onnx.ModelProto, factory):
-    import tempfile
+    from aspp_deploy.io import TempFolder
 
-    with tempfile.TemporaryDirectory() as d:
+    with TempFolder("aspp-session-") as d:
         p = Path(d) / "candidate.onnx"
         p.write_bytes(graph.SerializeToString())
         return factory(p)

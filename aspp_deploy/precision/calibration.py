@@ -59,7 +59,12 @@ def calibration_files(folder: Path, limit: int = DEFAULT_CALIB_SIZE) -> list[Pat
         what = f"{others} file(s), none of them an image" if others else "nothing"
         raise CalibrationFolderError(f"calibration folder {folder} has no images ({what}); expected "
                                      f"{'/'.join(IMAGE_EXTENSIONS)} files")
-    return files[:limit] if limit else files
+    files = files[:limit] if limit else files
+    from aspp_deploy.data.voc import check_inside
+
+    for f in files:  # a link in the folder never makes calibration read a file from elsewhere
+        check_inside(f, folder)
+    return files
 
 
 def data_digest(files: list[Path]) -> str:

@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Deque, Dict, Iterable, List, Optional
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional
 
 from aspp_deploy.errors import InputError, MissingDependencyError
 
@@ -207,6 +207,7 @@ class TritonServer:
     log: Deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_LINES))
     process: Optional[subprocess.Popen] = None
     _tmp: Optional[Path] = None
+    _tmp_folder: Any = None
     _reader: Optional[threading.Thread] = None
 
     @property
@@ -244,7 +245,10 @@ class TritonServer:
         check_repository(self.repo, self.binary)
         backends = None
         if self.binary.origin == "nvidia-pytriton":
-            self._tmp = Path(tempfile.mkdtemp(prefix="aspp-triton-"))
+            from aspp_deploy.io import TempFolder
+
+            self._tmp_folder = TempFolder("aspp-triton-")  # pid-stamped and locked: a killed serve's is cleaned
+            self._tmp = self._tmp_folder.path
             backends = _pytriton_backends(self.binary, self._tmp / "backends")
         self.process = subprocess.Popen(self.command(backends), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, text=True, errors="replace",
@@ -332,7 +336,7 @@ class TritonServer:
             if self.process.stdout is not None and (self._reader is None or not self._reader.is_alive()):
                 self.process.stdout.close()  # the log pipe, once its reader is done with it
         if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp_folder.cleanup()
             self._tmp = None
         for region in Path("/dev/shm").glob(self.shm_prefix + "*"):
             region.unlink(missing_ok=True)

@@ -304,3 +304,25 @@ def test_a_killed_bundles_half_built_folder_is_removed_by_the_next_build(tmp_pat
         assert (out / "bundle.json").is_file()
     finally:
         _kill(live)
+
+
+def test_calibration_image_linked_from_outside_is_refused(tmp_path, exported):
+    """A calibration folder holding a link to an image elsewhere: quantize refuses it, naming the file."""
+    import shutil
+
+    from PIL import Image
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for k in range(8):
+        Image.new("RGB", (64, 64), (k * 30, 40, 90)).save(calib / f"c{k}.png")
+    outside = tmp_path / "elsewhere.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(outside)
+    (calib / "c0.png").unlink()
+    (calib / "c0.png").symlink_to(outside)
+    art = tmp_path / "art"
+    shutil.copytree(exported.parent, art)
+    r = cli("quantize", "--model", art / "model.onnx", "--precision", "int8", "--target", "cpu", "--calib", calib,
+            "--budget-images", "0")
+    refused(r, "c0.png")
+    assert not (art / "model.int8-cpu.onnx").exists()
