@@ -248,8 +248,8 @@ class TritonServer:
             from aspp_deploy.io import TempFolder
 
             self._tmp_folder = TempFolder("aspp-triton-")  # pid-stamped and locked: a killed serve's is cleaned
-            self._tmp = self._tmp_folder.path
-            backends = _pytriton_backends(self.binary, self._tmp / "backends")
+            self._tmp = tmp = self._tmp_folder.path
+            backends = _pytriton_backends(self.binary, tmp / "backends")
         self.process = subprocess.Popen(self.command(backends), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, text=True, errors="replace",
                                         start_new_session=True)
