@@ -110,10 +110,15 @@ class OrtInt8Builder:
         if ort_supports_calibration_cache():
             self.cache_file = cache.payload or work / "ranges.ort.json"
         self.calibrated = bool(cache.hit)
+        self._graph: onnx.ModelProto | None = None
+        self._tail: list[str] | None = None
 
     def graph(self) -> onnx.ModelProto:
-        """The graph the quantizer sees (node names for the layer groups come from it)."""
-        return onnx.load(str(self.model_path))
+        """The graph the quantizer sees (node names for the layer groups come from it), loaded once: read
+        it, do not change it."""
+        if self._graph is None:
+            self._graph = onnx.load(str(self.model_path))
+        return self._graph
 
     def output_tail(self) -> list[str]:
         """The nodes between the last convolution or matrix product and the graph's outputs (a Sigmoid,
@@ -121,8 +126,11 @@ class OrtInt8Builder:
         with the recipes that quantize outputs, so the scores the argmax or threshold reads are never
         rounded to 8 bits over their whole range (BlazePose's mask logits span +-2000: one step of the
         8-bit grid moves its threshold at 0 by 15)."""
+        if self._tail is not None:
+            return self._tail
         if self.recipe.inputs_only:
-            return []
+            self._tail = []
+            return self._tail
         graph = self.graph().graph
         producer = {o: n for n in graph.node for o in n.output}
         tail, todo = [], [o.name for o in graph.output]
@@ -132,6 +140,7 @@ class OrtInt8Builder:
                 continue
             tail.append(node.name)
             todo.extend(node.input)
+        self._tail = tail
         return tail
 
     def build(self, exclude: list[str], out: Path) -> None:
