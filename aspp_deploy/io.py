@@ -277,31 +277,28 @@ def atomic_path(final: Path | str, suffix: str | None = None, *, inside: Path | 
     outside it.
     """
     final = Path(final)
-    dfd, name, fd = _create_temp(final, suffix, inside)
-    os.close(fd)
-    tmp_path = final.parent / name
-    done = False
-    try:
-        yield tmp_path
-        _commit(final, dfd, name)
-        done = True
-    finally:
-        if done:
-            os.close(dfd)
-        else:
-            _discard(dfd, name)
+    with _temp_then_rename(final, suffix, inside) as (fd, name):
+        os.close(fd)
+        yield final.parent / name
 
 
 @contextmanager
 def atomic_file(final: Path | str, *, inside: Path | str | None = None) -> Iterator[Any]:
     """``atomic_path``'s checks and rename, yielding the temporary file already open for binary
     writing (no path is reopened: nothing can be swapped in between)."""
-    final = Path(final)
-    dfd, name, fd = _create_temp(final, None, inside)
-    done = False
-    try:
+    with _temp_then_rename(Path(final), None, inside) as (fd, _):
         with os.fdopen(fd, "wb") as f:
             yield f
+
+
+@contextmanager
+def _temp_then_rename(final: Path, suffix: str | None, inside: Path | str | None) -> Iterator[tuple[int, str]]:
+    """The checked temporary file beside ``final`` (its descriptor and name) for the body to fill; renamed
+    over ``final`` when the body ends normally, removed when it does not."""
+    dfd, name, fd = _create_temp(final, suffix, inside)
+    done = False
+    try:
+        yield fd, name
         _commit(final, dfd, name)
         done = True
     finally:

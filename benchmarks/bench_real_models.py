@@ -59,11 +59,6 @@ def cli(*args: object) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def fg_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a == 1, b == 1).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a == 1, b == 1).sum() / union)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="selfie,pose")
@@ -82,6 +77,7 @@ def main() -> int:
     from aspp_deploy.bench.report import cpu_description
     from aspp_deploy.data.preprocess import Preprocess
     from aspp_deploy.data.voc import load_image
+    from aspp_deploy.eval.metrics import image_score
     from aspp_deploy.export.tflite_import import tflite_reference
 
     model_name, flags = cpu_description()
@@ -152,7 +148,7 @@ def main() -> int:
             own_mask = (own > (0.0 if logits else 0.5)).astype(np.int64)
             for k, runner in runners.items():
                 m = np.asarray(runner.infer(x)).argmax(1)[0]
-                acc[k]["fg_iou"].append(fg_iou(m, ref))
+                acc[k]["fg_iou"].append(image_score(ref, m, 2))  # foreground IoU, 1.0 when both are empty
                 acc[k]["litert_agree"].append(float((m == own_mask).mean()))
         # speed: interleaved rounds
         x = pre(load_image(held_out[0]))[None]
@@ -175,8 +171,8 @@ def main() -> int:
                 ratios[k].append(this_round[("fp32", "onnxruntime")] / this_round[k])
         rows = []
         print(f"\n{name} ({pre.height}x{pre.width}); INT8 quantize: {log.get('int8', 'reused')}")
-        print(f"| precision | runtime | fg IoU vs FP32 mean | worst photo | pixel agreement with LiteRT (min) | "
-              f"p50 ms | speed-up vs ORT FP32 (median of rounds) |")
+        print("| precision | runtime | fg IoU vs FP32 mean | worst photo | pixel agreement with LiteRT (min) | "
+              "p50 ms | speed-up vs ORT FP32 (median of rounds) |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for (v, rt), a in acc.items():
             row = {"precision": v, "runtime": rt, "fg_iou_mean": float(np.mean(a["fg_iou"])),

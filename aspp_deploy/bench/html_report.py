@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from aspp_deploy.bench.report import RESULT_COLUMNS as COLUMNS  # noqa: F401  (the default columns)
 from aspp_deploy.bench.report import (_fmt, accuracy_kind, images_text, is_binary, reference_label, result_cells,
                                       result_columns, unstable_labels)
 

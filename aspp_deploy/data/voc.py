@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from aspp_deploy.errors import DatasetError, InputError
+from aspp_deploy.errors import DatasetError
 
 IGNORE_INDEX = 255
 # The one list of image files every command reads (calibration folders, JPEGImages/, predict, the

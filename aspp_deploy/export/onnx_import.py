@@ -33,7 +33,6 @@ from aspp_deploy.export.onnx_export import (ExportOptions, ExportResult, finish_
 from aspp_deploy.io import ensure_writable, fingerprint, sha256_file
 from aspp_deploy.spec import GraphFacts, ModelSpec, read_output_layout, resolve, resolve_input
 
-FLOAT_TYPES = (TensorProto.FLOAT,)
 INPUT_TYPES = (TensorProto.FLOAT, TensorProto.UINT8)
 TFLITE_MIN_AGREEMENT = 0.999  # masks of the converted graph vs the TFLite runtime's, per case
 # ops a sigmoid output may pass through on its way out and still be a probability
@@ -75,14 +74,7 @@ def _upsample(model: onnx.ModelProto, layout: str, ids: bool, opset: int) -> Non
                          "re-export it at opset 11 or later so it can be upsampled in the graph")
     g = model.graph
     out = g.output[0]
-    low = f"{out.name}__lowres"
-    for node in g.node:
-        for i, name in enumerate(node.output):
-            if name == out.name:
-                node.output[i] = low
-        for i, name in enumerate(node.input):
-            if name == out.name:
-                node.input[i] = low
+    low, _ = _rename_output(model, "lowres")
     spatial = [1, 2] if layout == "NHWC" else [2, 3]
     inp = g.input[0].name
     p = f"{out.name}__up"
