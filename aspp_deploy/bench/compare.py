@@ -317,7 +317,7 @@ def run_compare(specs: list[RowSpec], val: ValidationSet, classes: list[str], op
                 if hit is not None and _restore_accuracy(row, hit):
                     row.reused.append("accuracy")
                 elif acc_key is not None and cache is not None:
-                    log(f"{s.label}: accuracy {cache.why}")
+                    log(f"{s.label}: measuring accuracy ({cache.why})")
                 lat_hit = cache.get(lat_key) if cache is not None and lat_key is not None and reuse_latency else None
                 row.bench = _restore_latency(lat_hit) if lat_hit is not None else None
                 if row.bench is not None:

@@ -9,8 +9,9 @@ from html import escape
 
 from aspp_deploy.bench.report import (_fmt, accuracy_kind, images_text, is_binary, reference_label, result_cells,
                                       result_columns, unstable_labels)
+from aspp_deploy.bench.stats import UNSTABLE_CV, UNSTABLE_P99_RATIO
 
-UNSTABLE_NOTE = "(unstable: high run-to-run spread; rerun with more --iters)"
+UNSTABLE_MARK = "*"  # after an unstable p50, linked to the note under the table that says what it means
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -19,7 +20,12 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; }
 th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.not-ok td { color: #777; }
-.unstable { color: #b00; font-size: 0.85em; }
+.unstable { color: #b00; }
+a.mark { color: #b00; text-decoration: none; font-weight: bold; }
+td { white-space: nowrap; }
+td.reason { white-space: normal; }
+.scroll { overflow-x: auto; }
+figure.overlay img { max-width: none; }
 figure { margin: 0 0 1.5em; }
 img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 footer { color: #555; font-size: 0.85em; border-top: 1px solid #ccc; padding-top: 0.5em; }
@@ -42,12 +48,13 @@ def _results_table(rows: list[dict], settings: dict | None = None) -> list[str]:
     for r in rows:
         head = "".join(f"<td>{_text(r[k])}</td>" for k in ("backend", "precision", "device"))
         if r["status"] != "ok":
-            out.append(f'<tr class="not-ok">{head}<td colspan="{len(columns) - 3}">'
+            out.append(f'<tr class="not-ok">{head}<td class="reason" colspan="{len(columns) - 3}">'
                        f"{_text(r['status'])}: {_text(r['reason'])}</td></tr>")
             continue
         cells = [_text(c) for c in result_cells(r, binary)]
         if r.get("latency_unstable"):
-            cells[columns.index("p50 ms") - 3] += f' <span class="unstable">{escape(UNSTABLE_NOTE)}</span>'
+            cells[columns.index("p50 ms") - 3] += (f'<a class="mark" href="#unstable" title="unstable latency: '
+                                                    f'see the note under the table">{UNSTABLE_MARK}</a>')
         out.append(f"<tr>{head}" + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>")
     return out + ["</tbody>", "</table>"]
 
@@ -59,21 +66,25 @@ def _per_class_table(rows: list[dict], settings: dict | None = None) -> list[str
         return []
     title = "Per-class IoU" + (" vs the reference's masks (no labels)" if (settings or {}).get("labels") == "fp32"
                                else "")
-    out = [f"<h2>{escape(title)}</h2>", '<table id="per-class">',
+    out = [f"<h2>{escape(title)}</h2>", '<div class="scroll">', '<table id="per-class">',
            "<thead><tr><th>row</th>" + "".join(f"<th>{_text(n)}</th>" for n in names) + "</tr></thead>", "<tbody>"]
     for r in ok:
         ious = r["per_class_iou"]
         out.append(f"<tr><td>{_text(_row_name(r))}</td>"
                    + "".join(f'<td class="num">{_text(_fmt(ious.get(n)))}</td>' for n in names) + "</tr>")
-    return out + ["</tbody>", "</table>"]
+    return out + ["</tbody>", "</table>", "</div>"]
 
 
-def _figures(pictures: list[tuple[str, bytes]]) -> list[str]:
+def _figures(pictures: list[tuple[str, bytes]], natural: bool = False) -> list[str]:
+    """``natural``: shown at their own size, scrolling sideways when wider than the page (overlays:
+    their titles are drawn at a size meant to be read unscaled)."""
     out = []
     for caption, png in pictures:
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-        out.append(f'<figure><img src="{uri}" alt="{_text(caption)}">'
-                   f"<figcaption>{_text(caption)}</figcaption></figure>")
+        kind = ' class="overlay"' if natural else ""
+        figure = (f'<figure{kind}><img src="{uri}" alt="{_text(caption)}">'
+                  f"<figcaption>{_text(caption)}</figcaption></figure>")
+        out.append(f'<div class="scroll">{figure}</div>' if natural else figure)
     return out
 
 
@@ -99,13 +110,16 @@ def html_report(rows: list[dict], machine: dict, settings: dict, plots: list[tup
              f"<p>{'; '.join(_text(f) for f in facts)}.</p>",
              "<h2>Results</h2>", *_results_table(rows, settings)]
     if unstable:
-        parts.append(f"<p class=\"unstable\">Unstable latency (high run-to-run spread): "
-                     f"{_text(', '.join(unstable))}.</p>")
+        parts.append(f'<p id="unstable" class="unstable">{UNSTABLE_MARK} Unstable latency: '
+                     f"{_text(', '.join(unstable))}. The timed runs spread widely (std over "
+                     f"{100 * UNSTABLE_CV:.0f}% of the mean or p99 over {UNSTABLE_P99_RATIO:g}x p50): the machine "
+                     f"was busy. Rerun on a quiet machine or with more runs (--iters) before trusting these "
+                     f"latencies.</p>")
     if plots:
         parts += ["<h2>Plots</h2>", *_figures(plots)]
     parts += _per_class_table(rows, settings)
     if overlays:
-        parts += ["<h2>Overlays</h2>", *_figures(overlays)]
+        parts += ["<h2>Overlays</h2>", *_figures(overlays, natural=True)]
     parts += [f"<footer><p>Deltas, agreement, boundary F-score and the max logit difference (the largest "
               f"|difference| over every measured image) are against the first ok row, the reference "
               f"({_text(reference)}).</p></footer>", "</body>", "</html>", ""]

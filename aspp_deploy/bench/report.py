@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import platform
 import re
@@ -162,10 +163,20 @@ def _save_figure(fig, path: Path) -> bytes:
 
 
 def _row_label(r: dict) -> str:
-    return f"{r['backend']} {r['precision']}" + (" (unstable)" if r.get("latency_unstable") else "")
+    return f"{r['backend']} {r['precision']}" + (" *" if r.get("latency_unstable") else "")
 
 
 def plot_latency(rows: list[dict], path: Path, settings: dict | None = None) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig = latency_figure(rows, settings)
+    png = _save_figure(fig, path)
+    plt.close(fig)
+    return png
+
+
+def latency_figure(rows: list[dict], settings: dict | None = None):
+    """The latency box plot of the ok rows (a matplotlib Figure; the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,17 +184,23 @@ def plot_latency(rows: list[dict], path: Path, settings: dict | None = None) -> 
 
     settings = settings or {}
     ok = [r for r in rows if r["status"] == "ok" and r["latency"]]
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(ok)), 4))
-    ax.boxplot([r["latency"]["samples_ms"] for r in ok], showfliers=True)
-    ax.set_xticks(range(1, len(ok) + 1), [_row_label(r).replace(" ", "\n", 1) for r in ok], fontsize=8)
-    ax.set_ylabel("latency of one batch of 1 image (ms)")
+    # one horizontal box per row, top to bottom in the table's order: the row names are y labels at a
+    # fixed height each, so they never overlap however many rows there are
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.42 * max(1, len(ok))))
+    import inspect
+
+    # matplotlib 3.10 replaced vert=False by orientation="horizontal"; the project accepts 3.8 too
+    across = ({"orientation": "horizontal"} if "orientation" in inspect.signature(ax.boxplot).parameters
+              else {"vert": False})
+    ax.boxplot([r["latency"]["samples_ms"] for r in ok][::-1], showfliers=True, widths=0.6, **across)
+    ax.set_yticks(range(1, len(ok) + 1), [_row_label(r) for r in ok][::-1], fontsize=8)
+    ax.set_xlabel("latency of one batch of 1 image (ms)")
     runs = f"{settings['iters']} timed runs after {settings['warmup']} warm-up" if "iters" in settings else "timed runs"
-    ax.set_title(f"Latency per row: box = p25..p75, line = p50, whiskers 1.5 IQR ({runs})", fontsize=9)
-    ax.set_ylim(bottom=0)
-    ax.grid(axis="y", alpha=0.3)
-    png = _save_figure(fig, path)
-    plt.close(fig)
-    return png
+    mark = "; * unstable latency" if any(r.get("latency_unstable") for r in ok) else ""
+    ax.set_title(f"Latency per row: box = p25..p75, line = p50, whiskers 1.5 IQR\n({runs}{mark})", fontsize=9)
+    ax.set_xlim(left=0)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
 
 
 MIOU_AXIS_SPAN = 0.10  # the mIoU axis spans at least 10 points: smaller gaps are not worth a picture
@@ -215,7 +232,7 @@ def plot_miou_vs_latency(rows: list[dict], path: Path, settings: dict | None = N
     ok = [r for r in rows if r["status"] == "ok" and r.get("miou") is not None and r.get("p50_ms") is not None]
     if not ok:
         return None
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = plt.subplots(figsize=(8, max(4.2, 1.0 + 0.22 * len(ok))))  # the legend's rows fit beside the axes
     markers = "osD^vP*Xh<>p"
     for k, r in enumerate(ok):
         ax.scatter(r["p50_ms"], r["miou"], s=55, marker=markers[k % len(markers)], alpha=0.85, zorder=3,
@@ -225,7 +242,8 @@ def plot_miou_vs_latency(rows: list[dict], path: Path, settings: dict | None = N
     ax.set_xlabel("p50 latency, batch 1 (ms; lower is better)")
     images = f" on {images_text(settings)}" if "images" in settings else ""
     ax.set_ylabel(f"{'mIoU vs FP32' if settings.get('labels') == 'fp32' else 'mIoU'}{images} (0..1)")
-    ax.set_title("Accuracy vs latency (axis spans at least 0.10 mIoU)", fontsize=9)
+    mark = "; * unstable latency" if any(r.get("latency_unstable") for r in ok) else ""
+    ax.set_title(f"Accuracy vs latency (axis spans at least 0.10 mIoU{mark})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     png = _save_figure(fig, path)
@@ -238,6 +256,36 @@ def colourise(ids: np.ndarray, palette: list[list[int]]) -> np.ndarray:
     lut[: len(palette)] = np.asarray(palette, np.uint8)
     lut[255] = (255, 255, 255)
     return lut[ids.astype(np.uint8)]
+
+
+PANEL_WIDTH = (256, 384)  # each picture of an overlay is scaled into this width: titles stay legible
+
+
+def _panel_size(image: np.ndarray, truth: np.ndarray, reference: np.ndarray, preds: list[tuple[str, np.ndarray]]):
+    """The image and masks scaled (aspect kept; masks nearest) so their width lies in PANEL_WIDTH."""
+    h, w = truth.shape
+    new_w = min(max(w, PANEL_WIDTH[0]), PANEL_WIDTH[1])
+    if new_w == w:
+        return image, truth, reference, preds
+    size = (new_w, max(1, round(h * new_w / w)))
+
+    def mask(m: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(m.astype(np.uint8)).resize(size, Image.Resampling.NEAREST))
+
+    picture = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    return picture, mask(truth), mask(reference), [(label, mask(p)) for label, p in preds]
+
+
+def _wrap(text: str, width_of, limit: float) -> list[str]:
+    """``text`` in lines no wider than ``limit`` (as ``width_of`` measures), broken at spaces only; a
+    single word wider than the limit stays whole on its own line."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and width_of(f"{lines[-1]} {word}") <= limit:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def overlay_panel(image: np.ndarray, truth: np.ndarray, preds: list[tuple[str, np.ndarray]],
@@ -255,20 +303,34 @@ def overlay_panel(image: np.ndarray, truth: np.ndarray, preds: list[tuple[str, n
 
     from aspp_deploy.runtime.images import _font, overlay
 
+    # the differences at the image's own size: their share, and where they are, thickened enough to
+    # survive scaling to the panel's width and then down in a browser
+    h0, w0 = truth.shape
+    shares = [100 * float((p != reference).mean()) for _, p in preds[1:]]
+    k = 4 * math.ceil(w0 / min(max(w0, PANEL_WIDTH[0]), PANEL_WIDTH[1])) - 1  # 3 px at the panel's size
+    grown = [Image.fromarray((p != reference).astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(max(3, k)))
+             for _, p in preds[1:]]
+    image, truth, reference, preds = _panel_size(image, truth, reference, preds)
     h, w = truth.shape
-    size = max(14, w // 24)
-    font, band, pad = _font(size), size + 10, size // 2
+    grown = [np.asarray(g.resize((w, h), Image.Resampling.NEAREST)) > 0 for g in grown]
+    size = max(14, w // 22)
+    font, pad = _font(size), size // 2
     ref_label = preds[0][0] if preds else "the reference"
     top = [("image", image), (truth_label, np.asarray(overlay(image, truth, palette, 0.55)))]
     top += [(label, np.asarray(overlay(image, p, palette, 0.55))) for label, p in preds]
-    thick = 3 if max(h, w) <= 512 else 5
+    # titles wrapped at spaces to their panel's width, every band as tall as its longest title
+    draw0 = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrap = lambda text: _wrap(text, lambda t: draw0.textlength(t, font=font), w - 8)  # noqa: E731
+    top_titles = [wrap(label) for label, _ in top]
+    bottom_titles = [wrap(f"vs {ref_label}: {share:.2f}% differ") for share in shares]
+    line_h = size + 4
+    band = 8 + line_h * max(map(len, top_titles))
+    band2 = 8 + line_h * max(map(len, bottom_titles), default=1)
     bottom = []
-    for label, p in preds[1:]:
-        differ = p != reference
-        grown = np.asarray(Image.fromarray(differ.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(thick))) > 0
+    for (label, _), where in zip(preds[1:], grown):
         d = (0.25 * image.astype(np.float32) + 0.75 * image.mean(axis=2, keepdims=True) * 0.6).astype(np.uint8)
-        d[grown] = (230, 0, 0)
-        bottom.append((f"vs {ref_label}: {100 * differ.mean():.2f}% differ", d))
+        d[where] = (230, 0, 0)
+        bottom.append((label, d))
     present = sorted({int(v) for m in [truth, *(p for _, p in preds)] for v in np.unique(m) if int(v) != 255})
     names = list(classes or [])
     legend = [((names[c] if c < len(names) else f"class {c}") + (" (untinted)" if c == 0 else ""),
@@ -276,17 +338,19 @@ def overlay_panel(image: np.ndarray, truth: np.ndarray, preds: list[tuple[str, n
     row = size + size // 2
     per_col = max(1, (h - 2 * pad) // row) if bottom else max(1, len(legend))
     legend_h = 2 * pad + min(len(legend), per_col) * row + (row if bottom else 0)
-    bottom_h = h + band if bottom else legend_h + row
+    bottom_h = h + band2 if bottom else legend_h + row
     cols = len(top)
     canvas = Image.new("RGB", (cols * w, h + band + bottom_h), "white")
     draw = ImageDraw.Draw(canvas)
-    for i, (label, arr) in enumerate(top):
-        draw.text((i * w + 4, 4), label, fill="black", font=font)
+    for i, ((_, arr), lines) in enumerate(zip(top, top_titles)):
+        for k, text in enumerate(lines):
+            draw.text((i * w + 4, 4 + k * line_h), text, fill="black", font=font)
         canvas.paste(Image.fromarray(arr), (i * w, band))
-    for i, (label, arr) in enumerate(bottom):
+    for i, ((_, arr), lines) in enumerate(zip(bottom, bottom_titles)):
         x = (i + 3) * w
-        draw.text((x + 4, h + band + 4), label, fill="black", font=font)
-        canvas.paste(Image.fromarray(arr), (x, h + 2 * band))
+        for k, text in enumerate(lines):
+            draw.text((x + 4, h + band + 4 + k * line_h), text, fill="black", font=font)
+        canvas.paste(Image.fromarray(arr), (x, h + band + band2))
     x0, y0 = pad, h + band + pad
     note = f"red: a class other than {ref_label}'s" if bottom else "classes present"
     draw.text((x0, y0), note, fill="black", font=font)

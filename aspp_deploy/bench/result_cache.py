@@ -69,7 +69,7 @@ class Cached:
 class ResultCache:
     """A folder of entries; ``folder=None`` turns the cache off (every ``get`` misses, ``put`` does
     nothing); ``read=False`` measures everything again but stores the new figures. ``why`` says,
-    after a ``get``, why it missed."""
+    after a ``get``, why it missed, in words for the console ("no cached result")."""
 
     def __init__(self, folder: Path | None, read: bool = True) -> None:
         self.folder = Path(folder) if folder is not None else None
@@ -82,30 +82,30 @@ class ResultCache:
 
     def get(self, key: dict) -> Cached | None:
         if self.folder is None:
-            self.why = "cache off"
+            self.why = "no result cache"
             return None
         if not self.read:
-            self.why = "measured again (asked to)"
+            self.why = "--remeasure: cached results not read"
             return None
         key = json.loads(canonical(key))  # the key as it reads back from JSON (tuples -> lists)
         digest = digest_of(key)
         record_path, arrays_path = self._paths(digest)
         if not record_path.is_file():
-            self.why = "not measured before"
+            self.why = "no cached result"
             return None
         try:
             record = json.loads(record_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            self.why = f"{record_path.name} is unreadable: measured again"
+            self.why = f"cached result {record_path.name} is unreadable"
             return None
         if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("digest") != digest \
                 or record.get("key") != key:
-            self.why = f"{record_path.name} holds another key or format: measured again"
+            self.why = f"cached result {record_path.name} is for other settings"
             return None
         result = record.get("result")
         if not isinstance(result, dict) or record.get("result_sha256") != hashlib.sha256(
                 canonical(result).encode()).hexdigest():
-            self.why = f"{record_path.name} fails its checksum: measured again"
+            self.why = f"cached result {record_path.name} fails its checksum"
             return None
         arrays: dict[str, np.ndarray] = {}
         if record.get("arrays_sha256") is not None:
@@ -116,7 +116,7 @@ class ResultCache:
                 with np.load(io.BytesIO(data), allow_pickle=False) as z:
                     arrays = {k: z[k] for k in z.files}
             except (OSError, ValueError, EOFError) as exc:
-                self.why = f"{arrays_path.name} is missing or damaged ({type(exc).__name__}): measured again"
+                self.why = f"cached result {arrays_path.name} is missing or damaged ({type(exc).__name__})"
                 return None
         self.why = "reused"
         return Cached(result, arrays)

@@ -6,8 +6,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
+from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from aspp_deploy.cli import _model_opts as M
 from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json
@@ -17,28 +21,121 @@ from aspp_deploy.cli._common import progress as progress_display
 DEFAULT_LIMIT = 64
 
 
-def _table(rows: list[dict], reference: str = "torch fp32", labels: str = "masks") -> tuple[Table, list[str]]:
-    """The table, and the footnotes that say why a row did not run (one per distinct reason)."""
-    from aspp_deploy.bench.report import is_binary, result_cells
+UNSTABLE_MARK = "*"
+# (header, which of result_cells' figures it shows); short headers, units in the header; GLOSSARY says the rest
+ACCURACY_COLUMNS = [("MB", "size"), ("mIoU", "miou"), ("ΔmIoU", "delta"), ("fg IoU", "fg"), ("agree", "agree"),
+                    ("bnd F", "bndf"), ("Δlogit", "logit")]
+LATENCY_COLUMNS = [("p50 ms", "p50"), ("p99 ms", "p99"), ("img/s", "ips"), ("speed-up", "speedup")]
+CELL_ORDER = ["size", "miou", "delta", "fg", "agree", "bndf", "logit", "p50", "p99", "ips", "speedup"]
+GLOSSARY = ("agree: share of pixels given the reference's class; bnd F: boundary F-score; Δlogit: largest "
+            "|logit difference| over every image; speed-up: the reference's p50 / the row's p50")
 
-    notes: list[str] = []
+
+def _row_label(r: dict, with_device: bool) -> str:
+    return f"{r['backend']} {r['precision']}" + (f" ({r['device']})" if with_device else "")
+
+
+def _results_table(ok: list[dict], columns: list[tuple[str, str]], title: str, binary: bool) -> Table:
+    """One table of the ok rows: the row's name (wraps at spaces), then ``columns`` (never wrapped)."""
+    from aspp_deploy.bench.report import result_cells
+
+    devices = {r["device"] for r in ok}
+    shown = [(head, key) for head, key in columns if key != "fg" or binary]
+    body = []
+    for r in ok:
+        cells = dict(zip([k for k in CELL_ORDER if k != "fg" or binary], result_cells(r, binary)))
+        if r.get("latency_unstable"):
+            cells["p50"] += UNSTABLE_MARK
+        body.append([_row_label(r, len(devices) > 1), *(cells[key] for _, key in shown)])
+    # light rules, little padding; every figure column as wide as its widest figure and never wrapped,
+    # the row names at least their longest word: when the table does not fit, results_tables splits it
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+              collapse_padding=True)
+    words = [w for line in body for w in line[0].split()]
+    t.add_column("row", overflow="fold", min_width=max(map(len, words + ["row"])))
+    for k, (head, _) in enumerate(shown, start=1):
+        t.add_column(head, justify="right", no_wrap=True,
+                     min_width=max(len(head), *(len(line[k]) for line in body)) if body else len(head))
+    for line in body:
+        t.add_row(*line)
+    return t
+
+
+def _narrowest(table: Table) -> int:
+    """The width ``table`` takes with its row names wrapped as far as they go (every figure whole),
+    from a real render: rich's own measurement does not count the padding and rules the same way."""
+    import io
+
+    name = table.columns[0]
+    name.max_width = name.min_width
+    try:
+        probe = Console(width=10_000, file=io.StringIO(), color_system=None)
+        with probe.capture() as captured:
+            probe.print(table)
+        return max(len(line.rstrip()) for line in captured.get().splitlines() if line.strip())
+    finally:
+        name.max_width = None
+
+
+def results_tables(rows: list[dict], reference: str, labels: str, console: Console) -> list[Table]:
+    """The ok rows as one table when it fits ``console``'s width with every figure whole (the row
+    names may wrap), else as two narrower ones (accuracy, latency) so no figure is ever cut."""
+    from aspp_deploy.bench.report import is_binary
+
+    ok = [r for r in rows if r["status"] == "ok"]
     binary = is_binary(rows)
-    kind = "mIoU vs labels" if labels == "masks" else "agreement with FP32, no labels"
-    t = Table(title=f"aspp-deploy compare ({kind}; deltas vs {reference})")
-    cols = ["backend", "precision", "device", "MB", "mIoU" if labels == "masks" else "mIoU vs FP32", "ΔmIoU",
-            *(["fg IoU"] if binary else []), "pix agr", "bndry F", "max Δlogit", "p50 ms", "p99 ms", "img/s",
-            "speed-up"]
-    for col in cols:
-        t.add_column(col, justify="left" if col in ("backend", "precision", "device") else "right")
+    kind = "mIoU vs labels" if labels == "masks" else "mIoU = agreement with FP32, no labels"
+    devices = sorted({r["device"] for r in ok})
+    where = f"; all on {devices[0]}" if len(devices) == 1 else ""
+    title = f"aspp-deploy compare ({kind}; deltas vs {reference}{where})"
+    one = _results_table(ok, ACCURACY_COLUMNS + LATENCY_COLUMNS, title, binary)
+    if _narrowest(one) <= console.width:
+        return [one]
+    return [_results_table(ok, ACCURACY_COLUMNS, f"accuracy ({kind}; deltas vs {reference}{where})", binary),
+            _results_table(ok, LATENCY_COLUMNS, "latency, batch 1 (speed-up vs " + reference + ")", binary)]
+
+
+def results_notes(rows: list[dict], iters: int) -> list[str]:
+    """The lines under the table: what the short headers mean, which rows have unstable latency and
+    what to do, and each row that did not run with why (rows sharing a reason on one line)."""
+    from aspp_deploy.bench.stats import UNSTABLE_CV, UNSTABLE_P99_RATIO
+
+    notes = [GLOSSARY + "."]
+    ok = [r for r in rows if r["status"] == "ok"]
+    devices = len({r["device"] for r in ok}) > 1  # named as the table names them
+    unstable = [_row_label(r, devices) for r in ok if r.get("latency_unstable")]
+    if unstable:
+        which = "every row" if len(unstable) == len(ok) > 1 else ", ".join(unstable)
+        notes.append(f"{UNSTABLE_MARK} unstable latency ({which}): the timed runs spread widely "
+                     f"(std over {100 * UNSTABLE_CV:.0f}% of the mean or p99 over {UNSTABLE_P99_RATIO:g}x p50), "
+                     f"so the machine was busy; rerun on a quiet machine or with more runs "
+                     f"(--iters {max(200, 4 * iters)}) before trusting these latencies.")
+    reasons: dict[str, list[str]] = {}
     for r in rows:
         if r["status"] != "ok":
-            if r["reason"] not in notes:
-                notes.append(r["reason"])
-            t.add_row(r["backend"], r["precision"], r["device"],
-                      f"[dim]{r['status']} [{notes.index(r['reason']) + 1}][/]")
-            continue
-        t.add_row(r["backend"], r["precision"], r["device"], *result_cells(r, binary))
-    return t, [f"[{i + 1}] {reason}" for i, reason in enumerate(notes)]
+            reasons.setdefault(f"{r['status']}: {r['reason']}", []).append(_row_label(r, True))
+    if reasons:
+        notes.append("not run here:")
+        for reason, labels in reasons.items():
+            notes += [f"  {', '.join(labels)}:", f"    {reason}"]
+    return notes
+
+
+def print_results(rows: list[dict], reference: str, labels: str, iters: int, console: Console) -> None:
+    """The results table(s) and their notes, fitted to ``console``'s width (no figure cut)."""
+    if any(r["status"] == "ok" for r in rows):
+        for table in results_tables(rows, reference, labels, console):
+            console.print(table)
+    notes = results_notes(rows, iters)
+    for note in notes if any(r["status"] == "ok" for r in rows) else notes[1:]:  # reasons hold [extras]: plain Text, never markup
+        indent = len(note) - len(note.lstrip(" "))  # a reason's wrapped lines keep its indent
+        console.print(Padding(Text(note.lstrip(" "), overflow="fold"), (0, 0, 0, indent)), highlight=False)
+
+
+def report_line(written: list[Path], folder: Path) -> str:
+    """The last line: the one file to open first, then what else is there."""
+    html = folder / "report.html"
+    return f"report: open {html} in a browser ({len(written)} files in {folder}: JSON, CSV, Markdown, plots)"
 
 
 def register(app: typer.Typer) -> None:
@@ -154,10 +251,7 @@ def register(app: typer.Typer) -> None:
         dicts = [r.to_dict() for r in rows]
         reference = next((r for r in rows if r.status == "ok"), None)
         ref_label = f"{reference.spec.backend} {reference.spec.precision}" if reference else "nothing"
-        table, notes = _table(dicts, ref_label, val.labels)
-        out_console.print(table)
-        for note in notes:
-            out_console.print(escape(note), highlight=False, soft_wrap=True)  # reasons hold [extras]: not markup
+        print_results(dicts, ref_label, val.labels, iters, out_console)
         settings = {"images": len(val.inputs), "split_images": val.split_size, "data": str(root),
                     "labels": val.labels,
                     "input": [pre.height, pre.width], "warmup": warmup, "iters": iters,
@@ -175,10 +269,10 @@ def register(app: typer.Typer) -> None:
             preds = {f"{r.spec.backend} {r.spec.precision}": r.predictions for r in rows if r.status == "ok"}
             written = write_report(report, dicts, machine, settings, samples=val.samples,
                                    predictions=preds, palette=entry.get("palette"), classes=class_names)
-            console.print(f"report: {len(written)} files in {report}", highlight=False)
+            console.print(escape(report_line(written, report)), highlight=False, soft_wrap=True)
         write_json(json_out, {"machine": machine, "settings": settings, "rows": dicts})
         if not any(r.status == "ok" for r in rows):
-            raise InputError("no row could run: see the reasons in the table")
+            raise InputError("no row could run: see the reasons under \"not run here\"")
 
 
 def _row_keys(fp32, pre, class_names: list[str], val, threads: int):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aspp_deploy.bench.html_report import UNSTABLE_NOTE, html_report
-from aspp_deploy.bench.report import write_report
+from aspp_deploy.bench.html_report import UNSTABLE_MARK, html_report
+from aspp_deploy.bench.report import PANEL_WIDTH, write_report
 from aspp_deploy.data.synthetic import CLASSES
 from aspp_deploy.data.voc import VOCSegmentation, load_mask, voc_palette
 
@@ -113,8 +113,13 @@ def _check_self_contained_and_escaped(text: str, rows: list[dict]) -> _Parsed:
             assert cells[4] == f"{r['miou']:.4f}"
         else:
             assert cells[3] == f"{r['status']}: {r['reason']}"
-    unstable = body[1]
-    assert UNSTABLE_NOTE in unstable[9] and UNSTABLE_NOTE not in "".join(body[0])
+    # an unstable p50 carries a mark linked to the note under the table, never prose in the cell
+    for cells, r in zip(body, rows):
+        if r["status"] == "ok":
+            assert cells[9] == f"{r['p50_ms']:.1f}" + (UNSTABLE_MARK if r["latency_unstable"] else "")
+    assert 'href="#unstable"' in text and 'id="unstable"' in text
+    note = joined[joined.index(f"{UNSTABLE_MARK} Unstable latency: "):]
+    assert note.startswith(f"{UNSTABLE_MARK} Unstable latency: onnxruntime int8.") and "--iters" in note
     assert body[0][5] == body[1][5] == "+0.0000"
     # per-class IoU: ok rows only, columns in first-seen order, None as an empty cell
     per_class = p.tables["per-class"]
@@ -170,7 +175,8 @@ def test_write_report_adds_report_html_with_the_plots_and_overlays_embedded(over
         with Image.open(folder / name) as f:
             assert _png(src).size == f.size
         assert base64.b64decode(src.split(",", 1)[1]) == (folder / name).read_bytes()
-    # an overlay panel is the image, the ground truth and one column per prediction, 128 px each
-    assert _png(p.imgs[2][0]).size[0] == (2 + len(preds)) * 128
+    # an overlay panel is the image, the ground truth and one column per prediction; the 128 px images
+    # are scaled up to the smallest panel width, so the titles above them fit
+    assert _png(p.imgs[2][0]).size[0] == (2 + len(preds)) * PANEL_WIDTH[0]
     # each overlay's caption names its image
     assert all(s.name in "".join(p.text) for s in samples[:3])

@@ -310,11 +310,14 @@ def test_overlay_panel_has_no_self_difference_and_a_filled_difference():
     other[40, 40] = 2  # one pixel differs
     panel = overlay_panel(image, truth, [("torch fp32", truth), ("onnxruntime int8", other)], truth, palette,
                           ["background", "disc", "square"])
-    assert panel.width == 4 * 64  # image, truth, two rows: no extra column
+    from aspp_deploy.bench.report import PANEL_WIDTH
+
+    w = PANEL_WIDTH[0]  # a 64 px image is scaled up to the smallest legible panel width
+    assert panel.width == 4 * w  # image, truth, two rows: no extra column
     arr = np.asarray(panel)
     red = (arr[..., 0] > 200) & (arr[..., 1] < 30) & (arr[..., 2] < 30)
-    diff_tile = red[panel.height - 64:, 3 * 64:]
-    assert diff_tile.sum() >= 9  # the single pixel is drawn thick enough to survive scaling down
-    assert not red[panel.height - 64:, 2 * 64:3 * 64].any()  # no "reference differs from itself" tile
+    diff_tile = red[panel.height - w:, 3 * w:]
+    assert diff_tile.sum() >= 9  # the single pixel is drawn thick enough to be seen
+    assert not red[panel.height - w:, 2 * w:3 * w].any()  # no "reference differs from itself" tile
     only_reference = overlay_panel(image, truth, [("torch fp32", truth)], truth, palette)
     assert only_reference.height < panel.height  # no empty row of difference tiles
