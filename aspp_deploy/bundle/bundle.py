@@ -59,11 +59,13 @@ def copy_runtime(root: Path) -> None:
 
 def _entry(path: Path) -> Dict[str, Any]:
     from aspp_deploy.export.manifest import read_onnx_manifest, refuse_external_data
+    from aspp_deploy.export.trt_check import SIDECAR_KEY
 
     entry = dict(read_onnx_manifest(path).entry)
     refuse_external_data(path, "the bundle")  # it ships and rewrites models/<file> alone
     entry["onnx_sha256"] = sha256_file(path)
     entry["file"] = path.name
+    entry.pop(SIDECAR_KEY, None)  # the bundle ships the pre-flight's summary, not the findings file
     return entry
 
 
@@ -110,7 +112,8 @@ def _deepstream(root: Path, req: BundleRequest, fp32: dict, variants: dict, mode
     configs = {}
     for precision, entry in variants.items():
         ds_name = entry["file"].replace(".onnx", ".deepstream.onnx")
-        ds_entry = {k: v for k, v in entry.items() if k not in ("onnx_sha256", "accuracy", "quantization", "trt_check")}
+        ds_entry = {k: v for k, v in entry.items() if k not in ("onnx_sha256", "accuracy", "quantization", "trt_check",
+                                                                 "trt_check_findings")}
         ds_entry.update({"file": ds_name, "deepstream": True,
                          "source": {"onnx": entry["file"], "onnx_sha256": entry["onnx_sha256"]}})
         output = deepstream.deepstream_onnx(root / "models" / entry["file"], root / "models" / ds_name,

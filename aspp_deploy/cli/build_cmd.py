@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         """Build a TensorRT engine, choosing the build path by the installed TensorRT version."""
         from aspp_deploy.backends.registry import require_backend
         from aspp_deploy.export.graph import load_onnx
-        from aspp_deploy.export.trt_check import check_for_trt
+        from aspp_deploy.export.trt_check import check_for_trt, group_findings
         from aspp_deploy.trt.build import engine_from_onnx
         from aspp_deploy.trt.plan import BuildRequest, parse_version
         from aspp_deploy.trt.runtime import import_tensorrt
@@ -90,8 +90,10 @@ def register(app: typer.Typer) -> None:
         model = load_onnx(onnx)
         kind = onnx_kind(model)
         report = check_for_trt(model, lint_version(version))
-        for finding in report.findings:
-            console.print(f"pre-flight {finding}", highlight=False)
+        for group in group_findings([report]):  # one line per kind of finding, not per node
+            nodes = ", ".join(group.nodes[:3]) + (f" and {len(group.nodes) - 3} more" if len(group.nodes) > 3 else "")
+            console.print(f"pre-flight {group.severity} ({group.op}, {len(group.nodes)} node(s): {nodes}): "
+                          f"{group.message}", highlight=False, soft_wrap=True)
         if not report.ok:
             raise InputError(f"{onnx.name} would not parse on TensorRT {trt.__version__} (see pre-flight above)")
         req = BuildRequest(precision=precision.value, onnx_kind=kind, legacy_int8=legacy_int8, dla_core=dla_core,

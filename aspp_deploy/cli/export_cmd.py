@@ -80,11 +80,26 @@ def print_export(result, verb: str = "wrote") -> None:
     pre = entry["preprocess"]
     out_console.print(f"spec: {pre['layout']} {pre['channel_order']} {pre['height']}x{pre['width']} "
                       f"{pre['policy']}, {len(entry['classes'])} classes, output {entry['output_kind']}", highlight=False)
-    checks = entry["trt_check"]
-    why = "" if all(c["ok"] for c in checks.values()) else f" (`aspp-deploy check {result.onnx_path}` says why)"
-    out_console.print("TensorRT pre-flight: " + ", ".join(
-        f"{v} {'ok' if c['ok'] else 'FAIL'}" for v, c in checks.items()) + why, highlight=False, soft_wrap=True)
+    out_console.print(preflight_line(entry, result.onnx_path), highlight=False, soft_wrap=True)
     out_console.print(f"{verb} {result.onnx_path} and {result.manifest_path}", highlight=False)
+
+
+def preflight_line(entry: dict, onnx_path: Path, title: str = "TensorRT pre-flight: ") -> str:
+    """One line from an entry's pre-flight summary (or, from an older entry, its findings): the verdict
+    per version with its error and warning counts, and where every finding is."""
+    from aspp_deploy.export.trt_check import SIDECAR_KEY, version_summaries
+
+    def counts(c: dict) -> str:
+        parts = [f"{c[k]} {k if c[k] != 1 else k[:-1]}" for k in ("errors", "warnings") if c.get(k)]
+        return f" ({', '.join(parts)})" if parts else ""
+
+    checks = version_summaries(entry)
+    line = title + ", ".join(f"{v} {'ok' if c['ok'] else 'FAIL'}{counts(c)}" for v, c in checks.items())
+    sidecar = (entry.get(SIDECAR_KEY) or {}).get("file")
+    if any(c.get("errors") or c.get("warnings") for c in checks.values()):
+        where = f"every finding in {onnx_path.parent / sidecar}; " if sidecar else ""
+        line += f" ({where}`aspp-deploy check {onnx_path}` groups them)"
+    return line
 
 
 SHOW_NODES = 3  # node names printed per kind of finding (--json lists them all)

@@ -69,6 +69,7 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the manifest entry as JSON.")] = None,
     ) -> None:
         """Make an FP16 or INT8 ONNX, calibrated on images, within an mIoU budget, with a manifest entry."""
+        from aspp_deploy.cli.export_cmd import preflight_line
         from aspp_deploy.precision.quantize import QuantizeOptions, quantized_onnx_from_fp32
 
         opts = QuantizeOptions(precision.value, target.value, calib, calib_size, method.value if method else None,
@@ -106,14 +107,10 @@ def register(app: typer.Typer) -> None:
         if acc["max_abs_logit_diff"] is not None:
             table.add_row("max abs logit difference", f"{acc['max_abs_logit_diff']:.4g}")
         out_console.print(table)
-        why = ""
-        if len(entry["trt_versions"]) < len(entry["trt_check"]):
-            why = f"`aspp-deploy check {result.onnx_path}` says why"
-            if target.value == "cpu":
-                why += "; a cpu-target file is for ONNX Runtime and OpenVINO"
-            why = f" ({why})"
-        out_console.print("parses on TensorRT: " + (", ".join(entry["trt_versions"]) or "none of "
-                          + ", ".join(entry["trt_check"])) + why, highlight=False, soft_wrap=True)
+        out_console.print(preflight_line(entry, result.onnx_path), highlight=False, soft_wrap=True)
+        if len(entry["trt_versions"]) < len(entry["trt_check"]) and target.value == "cpu":
+            out_console.print("  a cpu-target file is for ONNX Runtime and OpenVINO (TensorRT takes --target trt)",
+                              highlight=False)
         out_console.print(f"wrote {result.onnx_path} and {result.manifest_path}", highlight=False)
         write_json(json_out, entry)
 

@@ -276,16 +276,20 @@ def read_sidecar(folder: Path) -> dict[str, dict]:
     return dict(artifacts)
 
 
-def write_with_entry(path: Path, data: bytes, entry: dict) -> Path:
+def write_with_entry(path: Path, data: bytes, entry: dict, companions: dict[str, bytes] | None = None) -> Path:
     """Write an artifact's bytes atomically and its sidecar entry (with their sha256) as one step:
     Ctrl-C or SIGTERM is held until both are written, and a kill between them leaves a file that no
-    longer matches the old entry, which every reader refuses. Returns the manifest's path."""
+    longer matches the old entry, which every reader refuses. ``companions`` (file name -> bytes) are
+    written beside it first, each atomically (the TensorRT pre-flight findings). Returns the
+    manifest's path."""
     import hashlib
 
     from aspp_deploy.io import atomic_write_bytes, signals_deferred
 
     entry["onnx_sha256"] = hashlib.sha256(data).hexdigest()
     with signals_deferred():
+        for name, content in (companions or {}).items():
+            atomic_write_bytes(path.parent / Path(name).name, content)
         atomic_write_bytes(path, data)
         return update_sidecar(path.parent, path.name, entry)
 

@@ -27,7 +27,7 @@ from aspp_deploy.errors import InputError, ParityError
 from aspp_deploy.export import passes as P
 from aspp_deploy.export.manifest import embed, tool_versions, write_with_entry
 from aspp_deploy.export.parity import ParityReport, compare_outputs
-from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt
+from aspp_deploy.export.trt_check import SIDECAR_KEY, Preflight
 from aspp_deploy.io import ensure_writable
 from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.model.sources import ModelSource, load_source, resolve_for_source
@@ -483,15 +483,25 @@ def manifest_entry(graph: onnx.ModelProto, resolved: ResolvedSpec, file_name: st
         "preprocess": resolved.preprocess.to_dict(), "classes": resolved.classes, "palette": resolved.palette,
         "spec": resolved.to_dict(), "assumed": resolved.assumed, "model": model, "source": source,
         "export": export, "parity": parity,
-        "trt_check": {v: check_for_trt(graph, v).to_dict() for v in TRT_VERSIONS}, "tools": tool_versions(),
+        "tools": tool_versions(),  # write_artifact adds the TensorRT pre-flight
     }
 
 
 def write_artifact(graph: onnx.ModelProto, entry: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
     """Embed the manifest, write the ONNX atomically, then its sidecar entry (with the file's sha256)."""
     onnx_path = out_dir / f"{check_name(name)}.onnx"
+    return onnx_path, write_checked(onnx_path, graph, entry)
+
+
+def write_checked(onnx_path: Path, graph: onnx.ModelProto, entry: dict) -> Path:
+    """Run the TensorRT pre-flight on ``graph``: its summary goes into ``entry`` (hence the manifest and
+    the ONNX metadata), every finding into the sidecar beside ``onnx_path``; then embed the entry and
+    write the ONNX, the sidecar and the manifest entry. Returns the manifest's path."""
+    preflight = Preflight.run(graph, onnx_path.name)
+    entry.update(preflight.entry_fields())
     embed(graph, entry)
-    return onnx_path, write_with_entry(onnx_path, graph.SerializeToString(), entry)
+    return write_with_entry(onnx_path, graph.SerializeToString(), entry,
+                            {entry[SIDECAR_KEY]["file"]: preflight.sidecar_bytes()})
 
 
 def ort_session_from_model(graph: onnx.ModelProto, factory):

@@ -5,7 +5,9 @@ support matrices per release and shared/TENSORRT_NOTES.md.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -51,6 +53,24 @@ class CheckReport:
     def to_dict(self) -> dict:
         return {"trt_version": self.trt_version, "ok": self.ok,
                 "findings": [asdict(f) for f in self.findings]}
+
+    def summary(self) -> dict:
+        """What a manifest entry and the ONNX metadata keep: the verdict and the number of findings
+        per severity and operator (the findings themselves are in the sidecar file)."""
+        counts: dict[str, dict[str, int]] = {}
+        for f in self.findings:
+            per_op = counts.setdefault(f.severity, {})
+            per_op[f.op] = per_op.get(f.op, 0) + 1
+        return {"trt_version": self.trt_version, "ok": self.ok,
+                "errors": sum(counts.get("error", {}).values()),
+                "warnings": sum(counts.get("warning", {}).values()),
+                "counts": {sev: dict(sorted(ops.items())) for sev, ops in sorted(counts.items())}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CheckReport":
+        """A report from ``to_dict``'s form (a sidecar file, or an entry written before summaries)."""
+        return cls(str(data["trt_version"]), [Finding(str(f["severity"]), str(f["node"]), str(f["op"]),
+                                                      str(f["message"])) for f in data["findings"]])
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -208,3 +228,93 @@ def group_findings(reports: list[CheckReport]) -> list[FindingGroup]:
             if report.trt_version not in g.versions:
                 g.versions.append(report.trt_version)
     return sorted(groups.values(), key=lambda g: g.severity != "error")
+
+
+# --- The pre-flight record of an artifact: a summary in its manifest entry and ONNX metadata, every
+# finding in a sidecar JSON beside the ONNX (an INT8 file has a warning per Q/DQ node on each version:
+# listed in full, they weighed twice the model's weights).
+
+SIDECAR_SUFFIX = ".trt_check.json"
+SIDECAR_FORMAT = "aspp-deploy/trt-check/v1"
+# The entry's key for the sidecar: {"file": name beside the ONNX, "sha256": its digest}.
+SIDECAR_KEY = "trt_check_findings"
+
+
+def sidecar_name(onnx_name: str) -> str:
+    """``model.int8-cpu.onnx`` -> ``model.int8-cpu.trt_check.json``."""
+    name = Path(onnx_name).name
+    return (name[:-len(".onnx")] if name.endswith(".onnx") else name) + SIDECAR_SUFFIX
+
+
+@dataclass
+class Preflight:
+    """Every version's report on one graph: the entry's summary and the sidecar's bytes."""
+
+    onnx_name: str
+    reports: list[CheckReport]
+
+    @classmethod
+    def run(cls, model: onnx.ModelProto, onnx_name: str, versions: tuple[str, ...] = TRT_VERSIONS) -> "Preflight":
+        return cls(Path(onnx_name).name, [check_for_trt(model, v) for v in versions])
+
+    def sidecar_bytes(self) -> bytes:
+        from aspp_deploy.io import json_text
+
+        return json_text({"format": SIDECAR_FORMAT, "model": self.onnx_name,
+                          "reports": [r.to_dict() for r in self.reports],
+                          "grouped": [g.to_dict() for g in group_findings(self.reports)]},
+                         sort_keys=True).encode("utf-8")
+
+    def entry_fields(self) -> dict:
+        """``trt_check`` (version -> summary) and ``SIDECAR_KEY`` for a manifest entry."""
+        import hashlib
+
+        return {"trt_check": {r.trt_version: r.summary() for r in self.reports},
+                SIDECAR_KEY: {"file": sidecar_name(self.onnx_name),
+                              "sha256": hashlib.sha256(self.sidecar_bytes()).hexdigest()}}
+
+
+def _in_order(checks: dict) -> list[tuple[str, object]]:
+    """An entry's ``trt_check`` items oldest version first (a manifest on disk has its keys sorted as text)."""
+    rank = {v: i for i, v in enumerate(TRT_VERSIONS)}
+    return sorted(checks.items(), key=lambda item: rank.get(item[0], len(rank)))
+
+
+def version_summaries(entry: dict) -> dict[str, dict]:
+    """Version -> summary (``CheckReport.summary``) of an entry's pre-flight, whether it holds summaries
+    or, as entries written before them did, every finding."""
+    out: dict[str, dict] = {}
+    for version, record in _in_order(entry.get("trt_check") or {}):
+        if isinstance(record, dict) and isinstance(record.get("findings"), list):
+            out[version] = CheckReport.from_dict({**record, "trt_version": version}).summary()
+        elif isinstance(record, dict):
+            out[version] = record
+    return out
+
+
+def read_findings(onnx_path: Path | str, entry: dict) -> list[CheckReport] | None:
+    """Every version's full report for the ONNX at ``onnx_path``: from an old entry's findings list,
+    else from its sidecar file (checked against the sha256 its entry recorded); None when the entry
+    names no sidecar or the file is not there (a copied model: ``aspp-deploy check`` recomputes it).
+    One InputError naming the sidecar when it is there but is not the one the entry recorded."""
+    from aspp_deploy.errors import InputError
+    from aspp_deploy.io import sha256_file
+
+    checks = entry.get("trt_check") or {}
+    if checks and all(isinstance(c, dict) and isinstance(c.get("findings"), list) for c in checks.values()):
+        return [CheckReport.from_dict({**c, "trt_version": v}) for v, c in _in_order(checks)]
+    record = entry.get(SIDECAR_KEY)
+    if not isinstance(record, dict) or not isinstance(record.get("file"), str):
+        return None
+    path = Path(onnx_path).parent / Path(record["file"]).name
+    if not path.is_file():
+        return None
+    if sha256_file(path) != record.get("sha256"):
+        raise InputError(f"{path} (the TensorRT pre-flight findings of {Path(onnx_path).name}) does not match its "
+                         "manifest (sha256 differs): delete it, or run `aspp-deploy check "
+                         f"{onnx_path} --json FILE` for the findings")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [CheckReport.from_dict(r) for r in data["reports"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path} is not a TensorRT pre-flight file ({type(exc).__name__})") from None

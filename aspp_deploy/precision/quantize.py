@@ -30,7 +30,7 @@ from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.export.graph import load_onnx
 from aspp_deploy.export.manifest import (embed, manifest_of, refuse_external_data, tool_versions,
                                          write_with_entry)
-from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt
+from aspp_deploy.export.trt_check import SIDECAR_KEY, Preflight
 from aspp_deploy.io import ensure_writable, sha256_file
 from aspp_deploy.precision.budget import BudgetResult, run_budget
 from aspp_deploy.precision.cache import CacheKey, CacheLookup, CalibrationCache
@@ -246,12 +246,13 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
         from aspp_deploy.precision.modelopt_backend import canonical_tensors
 
         result_model = canonical_tensors(onnx.load(str(candidate)))  # one encoding: same values, same bytes
-    checks = {v: check_for_trt(result_model, v).to_dict() for v in TRT_VERSIONS}
+    preflight = Preflight.run(result_model, out.name)
     entry = _entry(fp32_entry, src, out, result_model, opts, method, backend, files, calib_folder, lookup,
-                   budget, accuracy.to_dict(), checks, data_root, notes, time.perf_counter() - t0)
+                   budget, accuracy.to_dict(), preflight.entry_fields(), data_root, notes, time.perf_counter() - t0)
     _survival_entry(entry, result_model, opts, method_choice, speed_report)
     embed(result_model, entry)
-    manifest_path = write_with_entry(out, result_model.SerializeToString(), entry)
+    manifest_path = write_with_entry(out, result_model.SerializeToString(), entry,
+                                     {entry[SIDECAR_KEY]["file"]: preflight.sidecar_bytes()})
     return QuantizeResult(out, manifest_path, entry, notes)
 
 
@@ -329,8 +330,8 @@ def _entry(fp32_entry: dict, src: Path, out: Path, model: onnx.ModelProto, opts:
         },
         "accuracy": {**accuracy, "data": str(data_root), "split": data_root.split,
                      "held_out_from_calibration": opts.data is None and not data_root.labelled},
-        "trt_check": checks,
-        "trt_versions": [v for v, c in checks.items() if c["ok"]],
+        **checks,  # "trt_check" (a summary per version) and the findings sidecar's name and sha256
+        "trt_versions": [v for v, c in checks["trt_check"].items() if c["ok"]],
         "notes": notes, "seconds": round(seconds, 2),
         "tools": tool_versions("nvidia-modelopt", "onnxconverter-common"),
     })

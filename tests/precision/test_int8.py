@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from aspp_deploy.export.trt_check import check_for_trt
+from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt
 from aspp_deploy.precision.modelopt_backend import modelopt_available
 from aspp_deploy.precision.quantize import QuantizeOptions, quantized_onnx_from_fp32
 from tests.precision.conftest import labelled_by_model, outlier_model, random_images
@@ -76,6 +76,15 @@ def test_cpu_target_uses_uint8_activations_and_int8_per_channel_weights(fp32_mod
     calibration = r.entry["quantization"]["calibration"]
     choice = calibration["method_choice"]  # --target cpu measures the methods (auto) and keeps the best
     assert choice["requested"] == "auto" and calibration["method"] in {t["method"] for t in choice["tried"]}
+    # the TensorRT pre-flight: a summary in the file (it listed every Q/DQ node on every version),
+    # every finding in the sidecar beside it
+    reports = [check_for_trt(model, v) for v in TRT_VERSIONS]
+    assert len(json.dumps([rep.to_dict() for rep in reports])) > 20_000  # what the metadata held before
+    assert sum(len(p.key) + len(p.value) for p in model.metadata_props) < 20_000
+    sidecar = r.onnx_path.parent / r.entry["trt_check_findings"]["file"]
+    assert sidecar.name == "model.int8-cpu.trt_check.json"
+    assert json.loads(sidecar.read_text())["reports"] == [rep.to_dict() for rep in reports]
+    assert r.entry["trt_check"] == {rep.trt_version: rep.summary() for rep in reports}
 
 
 @pytest.mark.parametrize("target", ["cpu", "trt"])
