@@ -170,9 +170,9 @@ def open_model(backend: str | None = None, model: Path | None = None, source_opt
     if model is None:
         raise InputError(f"--backend {backend} needs --model ARTIFACT (see `aspp-deploy export` / `aspp-deploy build`)")
     registry.check_artifact_kind(backend, model)
-    registry.require_backend(backend)
-    if not model.is_file():
+    if not model.is_file():  # named before a missing runtime: the file is what the user can fix here
         raise InputError(f"model not found: {model}")
+    registry.require_backend(backend)
     desc = artifact_description(model)
     chosen = _choose_batch(batch, desc["static_batch"], desc["max_batch"], model.name)
     runner = registry.open_runner(backend, model, desc["precision"], device, threads)

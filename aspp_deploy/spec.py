@@ -358,8 +358,14 @@ def spec_from_flags(spec_file: Path | None, *, height: int = 0, width: int = 0, 
     names = None
     if classes is not None:
         file = Path(classes)
-        if file.suffix.lower() in (".txt", ".names") and file.is_file():
-            names = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+        if file.suffix.lower() in (".txt", ".names"):
+            if not file.is_file():
+                raise InputError(f"--classes: {file} does not exist (a .txt or .names file lists one class per line)")
+            try:
+                text = file.read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise InputError(f"--classes: {file} is not a readable text file ({type(e).__name__})") from None
+            names = [line.strip() for line in text.splitlines() if line.strip()]
         else:
             names = [c.strip() for c in classes.split(",") if c.strip()]
     dyn = None if dynamic is None else [d.strip() for d in dynamic.split(",") if d.strip()]

@@ -117,6 +117,8 @@ def register(app: typer.Typer) -> None:
             raise InputError("--batch and --iters must be >= 1, --warmup >= 0")
         if model is not None:
             check_artifact_kind(backend.value, model)
+            if not model.exists():  # named before a missing runtime
+                raise InputError(f"model not found: {model}")
         require_backend(backend.value)
         pre, n = input_geometry(backend.value, model, batch, height, width, trust_code)
         precision = precision or artifact_precision(backend.value, model)

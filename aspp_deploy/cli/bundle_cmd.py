@@ -91,13 +91,19 @@ def _summary(info: dict, out: Path) -> None:
     for rel, f in info["files"].items():
         top = rel.split("/")[0] if "/" in rel else rel
         sizes[top] = sizes.get(top, 0) + f["bytes"]
-    table = Table(title=f"{out} ({sum(sizes.values()) / 1e6:.1f} MB, {len(info['files'])} files)")
+    # headings are plain lines, not table titles: rich centres a title and breaks it mid-word when the
+    # folder name is longer than the table is wide
+    out_console.print(f"{out}: {sum(sizes.values()) / 1e6:.1f} MB in {len(info['files'])} files",
+                      highlight=False, soft_wrap=True)
+    table = Table()
     table.add_column("part")
     table.add_column("MB", justify="right")
     for top, size in sorted(sizes.items()):
         table.add_row(top, f"{size / 1e6:.2f}")
     out_console.print(table)
-    paths = Table(title="build path per TensorRT version (chosen on the device by `python -m aspp_deploy.runtime build`)")
+    out_console.print("build path per TensorRT version (chosen on the device by "
+                      "`python -m aspp_deploy.runtime build`):", highlight=False, soft_wrap=True)
+    paths = Table()
     paths.add_column("TensorRT")
     for p in info["precisions"]:
         paths.add_column(p)
@@ -153,9 +159,12 @@ def register(app: typer.Typer) -> None:
         if calib_cache is not None:  # checked before minutes of quantizing, not after
             if "int8" not in precisions:
                 raise InputError("--calib-cache is an INT8 calibration cache: add --precision int8")
-            if not calib_cache.is_file() or not Path(str(calib_cache) + ".json").is_file():
-                raise InputError(f"calibration cache {calib_cache} (and its .json sidecar, written by "
-                                 "`aspp-deploy build --legacy-int8`) not found")
+            if not calib_cache.is_file():
+                raise InputError(f"--calib-cache {calib_cache} not found (write one with `aspp-deploy build "
+                                 "--legacy-int8`)")
+            if not Path(str(calib_cache) + ".json").is_file():
+                raise InputError(f"{calib_cache}.json is missing: the calibration cache's record, written beside it "
+                                 "by `aspp-deploy build --legacy-int8`, is shipped with it")
         fp32 = _fp32_onnx(onnx, checkpoint, artifacts, trust_code)
         from aspp_deploy.bundle.deepstream import _static_input
         from aspp_deploy.export.manifest import read_onnx_manifest

@@ -104,7 +104,11 @@ def _open_runner(backend: EvalBackend, source_options: tuple, spec, model: Optio
                  device: str, threads: int, trust_code: bool = False):
     if backend is EvalBackend.torch:
         from aspp_deploy.backends.torch_backend import open_torch_source
+        from aspp_deploy.errors import InputError
 
+        if model is not None:  # never ignored: it would evaluate another model than the one named
+            raise InputError(f"--model {model} is run by --backend onnxruntime or openvino: add one of them "
+                             "(--backend torch evaluates --checkpoint, or --arch with --weights)")
         runner, resolved = open_torch_source(source_options, spec, device, threads, trust_code=trust_code)
         return runner, resolved.preprocess, resolved.classes
     from aspp_deploy.backends.registry import check_artifact_kind, open_runner, require_backend

@@ -270,6 +270,7 @@ def test_a_backend_added_to_the_registry_is_usable(tiny_onnx, images, tmp_path, 
 
 @pytest.mark.skipif(tensorrt_installed(), reason="checks the message given where TensorRT is not installed")
 def test_trt_without_tensorrt_says_so(images, tmp_path):
+    (tmp_path / "m.engine").write_bytes(b"an engine")  # a missing file is named first (test_missing_files)
     r = _predict(images, "--backend", "trt", "--model", tmp_path / "m.engine", "--out", tmp_path / "out")
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert "error: TensorRT is not installed" in r.output
