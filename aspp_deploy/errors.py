@@ -23,3 +23,7 @@ class MissingDependencyError(AsppDeployError):
 
 class ParityError(AsppDeployError):
     """An artifact disagrees with its source model beyond the tolerance."""
+
+
+class ServeFailure(AsppDeployError):
+    """A served model, or the server, stopped serving after it was ready."""
