@@ -80,7 +80,10 @@ def main() -> int:
             env = tmp / "env"
             print(f"making the service environment ({', '.join(make_env(env))})", flush=True)
         repo = tmp / "repo"
-        write_repository(onnx, repo, TritonOptions(threads=args.threads, python_env=str(env), unbatched_twin=True))
+        info = write_repository(onnx, repo, TritonOptions(threads=args.threads, python_env=str(env),
+                                                          unbatched_twin=True))
+        for note in info.get("notes", []):  # e.g. a static batch of 1: the batcher can only queue
+            print(f"note: {note}")
         before = in_process(onnx, images, args.threads, args.rounds)
         server = TritonServer(repo, find_server(), "127.0.0.1", free_port(), free_port(), free_port())
         with server:

@@ -12,8 +12,11 @@ Where the network runs is a config parameter, not code: ``EXECUTOR`` ``onnxrunti
 TensorRT backends); ``triton`` sends the preprocessed batch to ``TARGET_MODEL`` (an ``onnxruntime`` or
 ``tensorrt_plan`` model of the same repository) through business-logic scripting. Requests gathered by
 the dynamic batcher run as one batch; a bad request gets its own error response and the others are
-served. NumPy, Pillow and (for the in-process executor) ONNX Runtime come from the Python environment
-the config's ``EXECUTION_ENV_PATH`` names, or the server's own Python. Python 3.8 syntax.
+served. Each network run is counted on Triton's metrics port (``aspp_network_runs`` and
+``aspp_network_images``, labelled with the model and version), so the batches that really run can be
+seen. ``THREADS`` 0 gives each instance the server's cores divided among the model's instances.
+NumPy, Pillow and (for the in-process executor) ONNX Runtime come from the Python environment the
+config's ``EXECUTION_ENV_PATH`` names, or the server's own Python. Python 3.8 syntax.
 """
 
 from __future__ import annotations
@@ -77,6 +80,37 @@ def request_images(request: Any, max_pixels: int) -> List[Image.Image]:
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
 
 
+def cores() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def instance_count(config: Dict[str, Any]) -> int:
+    groups = config.get("instance_group") or []
+    return max(1, sum(int(g.get("count") or 1) for g in groups)) if groups else 1
+
+
+def _counters(model: str, version: str, names: Dict[str, str]) -> Tuple[List[Any], List[Any]]:
+    """``(families, counters)``: the counters of network runs and of images on Triton's metrics port,
+    or two empty lists where the backend has no custom metrics (an old Python backend). A family must
+    outlive its counters."""
+    family = getattr(pb_utils, "MetricFamily", None)
+    if family is None or not names:
+        return [], []
+    try:
+        labels = {"model": model, "version": version}
+        runs = family(name=names["runs"], description="network runs of the segmentation service",
+                      kind=family.COUNTER)
+        images = family(name=names["images"], description="images in the network runs of the segmentation service",
+                        kind=family.COUNTER)
+        return [runs, images], [runs.Metric(labels=labels), images.Metric(labels=labels)]
+    except Exception:  # noqa: BLE001 - figures are a help, never a reason not to serve
+        return [], []
+
+
 def _error(message: str, server_side: bool) -> Any:
     """A per-request error: INVALID_ARG for the client's input, INTERNAL for a failure of the model."""
     code = getattr(pb_utils.TritonError, "INTERNAL" if server_side else "INVALID_ARG", None)
@@ -103,6 +137,9 @@ class TritonPythonModel:
         self.num_classes = len(entry.get("classes") or []) or None
         self.input_name, self.output_name = service["input"], service["output"]
         self.model_batch = service.get("model_batch")  # the network's fixed batch, None when dynamic
+        self.target_version = int(service.get("target_version") or -1)  # -1: the network model's latest
+        self.families, self.counters = _counters(str(args.get("model_name") or config.get("name") or ""),
+                                                 str(args["model_version"]), service.get("metrics") or {})
         self.session = None  # type: Any
         if self.executor == "onnxruntime":
             import onnxruntime as ort
@@ -110,9 +147,10 @@ class TritonPythonModel:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
             threads = int(_param(config, "THREADS", "0"))
-            if threads > 0:
-                opts.intra_op_num_threads = threads
-                opts.inter_op_num_threads = 1
+            if threads <= 0:  # each instance its share of the cores, not every instance all of them
+                threads = max(1, cores() // instance_count(config))
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
             self.session = ort.InferenceSession(os.path.join(here, service["onnx"]), opts,
                                                 providers=["CPUExecutionProvider"])
         elif self.executor == "triton":
@@ -122,15 +160,25 @@ class TritonPythonModel:
         else:
             raise ValueError("EXECUTOR must be onnxruntime or triton, got {!r}".format(self.executor))
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray, images: int) -> np.ndarray:
+        """One network run on ``batch`` (``images`` of its rows are real, the rest padding)."""
         if self.session is not None:
-            return np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0])
-        request = pb_utils.InferenceRequest(model_name=self.target, requested_output_names=[self.output_name],
-                                            inputs=[pb_utils.Tensor(self.input_name, batch)])
-        response = request.exec()
-        if response.has_error():
-            raise RuntimeError("{}: {}".format(self.target, response.error().message()))
-        return np.asarray(pb_utils.get_output_tensor_by_name(response, self.output_name).as_numpy())
+            result = np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0])
+        else:
+            request = pb_utils.InferenceRequest(model_name=self.target, model_version=self.target_version,
+                                                requested_output_names=[self.output_name],
+                                                inputs=[pb_utils.Tensor(self.input_name, batch)])
+            response = request.exec()
+            if response.has_error():
+                raise RuntimeError("{}: {}".format(self.target, response.error().message()))
+            result = np.asarray(pb_utils.get_output_tensor_by_name(response, self.output_name).as_numpy())
+        if self.counters:
+            try:
+                self.counters[0].increment(1)
+                self.counters[1].increment(images)
+            except Exception:  # noqa: BLE001 - a figure that cannot be counted never fails a request
+                pass
+        return result
 
     def _run(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
         """Preprocessed images -> the network's per-image outputs, in chunks the network takes."""
@@ -138,7 +186,7 @@ class TritonPythonModel:
         outputs = []  # type: List[np.ndarray]
         for start in range(0, len(inputs), step):
             chunk = inputs[start:start + step]
-            result = self._infer(stack_inputs(chunk, self.model_batch or len(chunk)))
+            result = self._infer(stack_inputs(chunk, self.model_batch or len(chunk)), len(chunk))
             outputs.extend(result[i] for i in range(len(chunk)))
         return outputs
 
@@ -175,3 +223,5 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.session = None
+        self.counters = []  # the counters go before their families
+        self.families = []

@@ -96,3 +96,64 @@ def test_endpoints(url, parsed):
 def test_bad_endpoints(url):
     with pytest.raises(InputError):
         Endpoint.parse(url)
+
+
+def test_a_static_batch_of_one_and_a_gpu_kind_the_executor_cannot_honour_are_said(tmp_path, exported, served_model):
+    """The batcher cannot batch a static-batch-1 network, and the in-process executor runs on the CPU:
+    `triton` says both, and writes KIND_CPU; a dynamic-batch export or --no-dynamic-batching is quiet."""
+    result = run_cli("triton", tmp_path / "s", "--onnx", exported, "--kind", "gpu")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note:")]
+    assert any("static batch of 1" in n and "--dynamic batch" in n for n in notes), notes
+    assert any("--kind gpu" in n and "KIND_CPU" in n for n in notes), notes
+    assert "kind: KIND_CPU" in (tmp_path / "s" / "aspp" / "config.pbtxt").read_text()
+    assert len(json.loads((tmp_path / "s" / "repository.json").read_text())["notes"]) == 2
+    for onnx, extra in ((exported, ["--no-dynamic-batching"]), (served_model.onnx, [])):
+        result = run_cli("triton", tmp_path / "q", "--onnx", onnx, *extra)
+        assert result.exit_code == 0 and "static batch" not in result.output, result.output
+
+
+def test_queue_policy_defaults_and_options_reach_the_config(tmp_path, served_model):
+    text_format, pb = _schema()
+    write_repository(served_model.onnx, tmp_path / "a", TritonOptions(max_batch=4, instances=2))
+    config = text_format.Parse((tmp_path / "a" / "aspp" / "config.pbtxt").read_text(), pb.ModelConfig())
+    policy = config.dynamic_batching.default_queue_policy
+    assert policy.max_queue_size == 4 * 4 * 2 and policy.default_timeout_microseconds == 10_000_000
+    assert policy.timeout_action == pb.ModelQueuePolicy.REJECT and policy.allow_timeout_override
+    assert config.parameters["THREADS"].string_value == "0"  # the model divides the cores among instances
+    result = run_cli("triton", tmp_path / "b", "--onnx", served_model.onnx, "--max-queue-size", "0",
+                     "--queue-timeout-us", "500")
+    assert result.exit_code == 0, result.output
+    config = text_format.Parse((tmp_path / "b" / "aspp" / "config.pbtxt").read_text(), pb.ModelConfig())
+    assert config.dynamic_batching.default_queue_policy.max_queue_size == 0
+    assert config.dynamic_batching.default_queue_policy.default_timeout_microseconds == 500
+    result = run_cli("triton", tmp_path / "c", "--onnx", served_model.onnx, "--max-queue-size", "-1")
+    assert result.exit_code == 1 and "--max-queue-size" in result.output and not (tmp_path / "c").exists()
+
+
+def test_a_relative_python_env_is_written_relative_to_the_model_folder(tmp_path, served_model, monkeypatch):
+    (tmp_path / "envs" / "py" / "bin").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("triton", "deploy/repo", "--onnx", served_model.onnx, "--python-env", "envs/py").exit_code == 0
+    text = (tmp_path / "deploy" / "repo" / "aspp" / "config.pbtxt").read_text()
+    assert 'string_value: "$$TRITON_MODEL_DIRECTORY/../../../envs/py"' in text
+    assert str(tmp_path) not in text  # nothing absolute: the folder can move with its environment
+    absolute = tmp_path / "envs" / "py"
+    assert run_cli("triton", "deploy/abs", "--onnx", served_model.onnx, "--python-env", absolute).exit_code == 0
+    assert f'string_value: "{absolute}"' in (tmp_path / "deploy" / "abs" / "aspp" / "config.pbtxt").read_text()
+
+
+def test_writing_another_version_adds_it_and_keeps_the_others(tmp_path, served_model):
+    repo = tmp_path / "repo"
+    for version in (1, 2, 2):  # 2 twice: the same version is replaced, 1 stays
+        result = run_cli("triton", repo, "--onnx", served_model.onnx, "--version", version, "--version-policy", "all")
+        assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (repo / "aspp").iterdir()) == ["1", "2", "config.pbtxt"]
+    info = json.loads((repo / "repository.json").read_text())
+    assert sorted(info["versions"]) == ["1", "2"]
+    assert "aspp/1/model.onnx" in info["files"] and "aspp/2/model.onnx" in info["files"]
+    before = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*"))
+    # Another executor cannot share version 1's config: refused, the repository untouched.
+    result = run_cli("triton", repo, "--onnx", served_model.onnx, "--version", "3", "--executor", "triton")
+    assert result.exit_code == 1 and "differs from version 3 in executor" in result.output, result.output
+    assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*")) == before
