@@ -27,3 +27,20 @@ class ParityError(AsppDeployError):
 
 class ServeFailure(AsppDeployError):
     """A served model, or the server, stopped serving after it was ready."""
+
+
+def require(module: str, install_hint: str):
+    """``import module`` or MissingDependencyError with ``install_hint`` (what to install, and why).
+
+    The one way an optional third-party package is imported where it is needed::
+
+        ort = require("onnxruntime", "pip install onnxruntime (or aspp-deploy[gpu] for CUDA)")
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or module
+        detail = "" if missing == module else f" ({missing} is missing)"
+        raise MissingDependencyError(f"{module} is not installed{detail}: {install_hint}") from None

@@ -13,7 +13,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator
 
 
 TMP_SUFFIX = ".tmp"
@@ -561,3 +561,53 @@ def read_json_object(path: Path | str, missing_hint: str) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{path} is not a JSON object")
     return data
+
+
+# -- replacing a folder the tool wrote (a bundle, a Triton repository) -------------------------------
+
+
+def is_replaceable(out: Path, marker: str, fmt: str) -> bool:
+    """True when ``out`` may be replaced: missing, empty, or a folder this tool wrote (its ``marker``
+    JSON names ``fmt``)."""
+    if not out.exists():
+        return True
+    if not out.is_dir():
+        return False
+    if not any(out.iterdir()):
+        return True
+    try:
+        return json.loads((out / marker).read_text()).get("format") == fmt
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def replace_folder(out: Path, assemble: Callable[[Path], Any]) -> Any:
+    """Run ``assemble(tmp)`` on a temporary sibling of ``out``, then rename it into place: ``out`` is
+    the old folder or the complete new one, never a half-written one (the caller checks that ``out``
+    may be replaced). Returns what ``assemble`` returned."""
+    ensure_writable(out.parent)
+    # .NAME.<pid>.RANDOM.tmp / .old, locked while we live: a killed run's are removed here (a previous
+    # folder a run was killed in the middle of swapping comes back first)
+    for stale in stale_folders(out.parent, f".{out.name}.", ".old"):
+        if not os.path.lexists(out) and (stale / "previous").is_dir() and not (stale / "previous").is_symlink():
+            os.replace(stale / "previous", out)
+        remove_folder(stale)
+    building = TempFolder(f".{out.name}.", out.parent, suffix=".tmp", sep=".")
+    tmp = building.path
+    old: TempFolder | None = None
+    try:
+        info = assemble(tmp)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the result gets the usual mode
+        if out.exists():
+            old = TempFolder(f".{out.name}.", out.parent, suffix=".old", sep=".")
+            os.replace(out, old.path / "previous")
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None and (old.path / "previous").exists() and not out.exists():
+            os.replace(old.path / "previous", out)  # put the previous folder back
+        raise
+    finally:
+        building.cleanup()  # the lock goes; the folder is gone already when it became ``out``
+        if old is not None:
+            old.cleanup()
+    return info

@@ -28,11 +28,16 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from aspp_deploy.backends.base import Runner, class_ids
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.backends import registry
+from aspp_deploy.backends.base import ModelFacts, Runner, RunnerEngine
 from aspp_deploy.data.voc import IMAGE_EXTENSIONS, IMAGE_FORMATS, load_image
 from aspp_deploy.errors import AsppDeployError, InputError
-from aspp_deploy.io import atomic_save_image
+from aspp_deploy.io import atomic_save_image, ensure_writable
+from aspp_deploy.runtime.app import mask_image
+from aspp_deploy.runtime.images import class_areas, overlay_with_legend
+from aspp_deploy.runtime.preprocess import Preprocess
+from aspp_deploy.runtime.segmenter import Segmenter
+from aspp_deploy.spec import spec_from_flags
 
 DEFAULT_DYNAMIC_BATCH = 4
 MASK_SUFFIX = ".mask.png"
@@ -42,7 +47,8 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 @dataclass
 class PredictModel:
-    """A runner with what feeding it and reading its output needs."""
+    """A runner with what feeding it and reading its output needs; ``segmenter`` runs it (the runtime's
+    ``Segmenter`` over the runner: preprocessing, batches, inference, post-processing)."""
 
     runner: Runner
     preprocess: Preprocess
@@ -55,8 +61,12 @@ class PredictModel:
     static_batch: int | None   # the artifact's fixed batch (inputs are padded to it), None when dynamic
     notes: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        engine = RunnerEngine(self.runner, ModelFacts(self.preprocess, self.classes, self.palette), self.static_batch)
+        self.segmenter = Segmenter(engine, batch=self.batch)
+
     def close(self) -> None:
-        self.runner.close()
+        self.segmenter.close()
 
     def __enter__(self) -> "PredictModel":
         return self
@@ -70,7 +80,6 @@ class PredictModel:
 
 def backend_for(model: Path) -> str:
     """The registry backend whose artifacts end like ``model`` (the first one listed wins)."""
-    from aspp_deploy.backends import registry
 
     suffixes = getattr(registry, "SUFFIXES", {})
     for name in registry.BACKENDS:
@@ -87,18 +96,18 @@ def artifact_description(model: Path) -> dict[str, Any]:
     the ONNX of the same name beside it."""
     suffix = model.suffix.lower()
     if suffix in ENGINE_SUFFIXES:
-        from aspp_deploy.trt.runtime import read_engine_manifest
+        from aspp_deploy.runtime.manifest import EngineManifest
 
-        manifest = read_engine_manifest(model)
-        io = [t for t in manifest.get("io") or [] if t.get("mode") == "input"]
+        engine = EngineManifest.read(model)  # InputError without its preprocessing recorded
+        assert engine.preprocess is not None
+        io = [t for t in engine.extra.get("io") or [] if isinstance(t, dict) and t.get("mode") == "input"]
         shape = list(io[0].get("shape") or []) if io else []
         profile = (io[0].get("profile") or {}) if io else {}
         first = shape[0] if shape else 1
         static = int(first) if isinstance(first, int) and first > 0 else None
         max_batch = int((profile.get("max") or [0])[0] or 0) or None
-        return {"preprocess": Preprocess.from_dict(manifest["preprocess"]), "classes": manifest.get("classes") or [],
-                "palette": manifest.get("palette") or [], "precision": str(manifest.get("precision") or "fp32"),
-                "static_batch": static, "max_batch": max_batch}
+        return {"preprocess": engine.preprocess, "classes": engine.classes, "palette": engine.palette,
+                "precision": str(engine.precision or "fp32"), "static_batch": static, "max_batch": max_batch}
     onnx_path = model if suffix == ".onnx" else model.with_suffix(".onnx")
     if not model.is_file():
         raise InputError(f"model not found: {model}")
@@ -107,13 +116,9 @@ def artifact_description(model: Path) -> dict[str, Any]:
                          f"from the ONNX it was made from ({onnx_path.name} beside it, not found)")
     from aspp_deploy.export.manifest import read_onnx_manifest
 
-    manifest = read_onnx_manifest(onnx_path)
-    shape = list((manifest.entry.get("inputs") or [{}])[0].get("shape") or [])
-    first = shape[0] if shape else 1
-    return {"preprocess": manifest.preprocess(), "classes": list(manifest.entry.get("classes") or []),
-            "palette": [list(c) for c in manifest.entry.get("palette") or []],
-            "precision": str(manifest.entry.get("precision") or "fp32"),
-            "static_batch": int(first) if isinstance(first, int) and first > 0 else None, "max_batch": None}
+    entry = read_onnx_manifest(onnx_path).typed
+    return {"preprocess": entry.preprocess, "classes": list(entry.classes), "palette": [list(c) for c in entry.palette],
+            "precision": str(entry.precision), "static_batch": entry.static_batch, "max_batch": None}
 
 
 def _choose_batch(asked: int, static: int | None, max_batch: int | None, name: str) -> int:
@@ -140,7 +145,6 @@ def open_model(backend: str | None = None, model: Path | None = None, source_opt
     ``(checkpoint, arch, arch_args, weights)`` as ``aspp-deploy eval`` takes them, resolved with ``spec``;
     with neither, the shipped checkpoint. Every other backend opens ``model`` through the registry and
     reads the model description from its manifest."""
-    from aspp_deploy.backends import registry
 
     checkpoint, arch, arch_args, weights = source_options
     torch_options = checkpoint is not None or arch is not None
@@ -182,7 +186,6 @@ def open_model(backend: str | None = None, model: Path | None = None, source_opt
 
 def _open_torch(source_options: tuple, spec: Any, batch: int, device: str, threads: int) -> PredictModel:
     from aspp_deploy.backends.torch_backend import open_torch_source
-    from aspp_deploy.spec import spec_from_flags
 
     runner, resolved = open_torch_source(source_options, spec if spec is not None else spec_from_flags(None),
                                          device, threads)
@@ -291,8 +294,6 @@ def _batches(files: Sequence[Path], stems: Sequence[str], batch: int,
 
 
 def _areas(mask: np.ndarray, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
-    from aspp_deploy.runtime.images import class_areas
-
     counts = class_areas(mask, len(classes))
     total = max(1, int(mask.size))
     names = list(classes) + [f"class_{i}" for i in range(len(classes), len(counts))]
@@ -306,9 +307,6 @@ def predict_images(model: PredictModel, files: Sequence[Path], out: Path, overla
     """Segment ``files`` in batches of ``model.batch``; write ``<stem>.mask.png`` (and, with ``overlay``,
     ``<stem>.overlay.png``) into ``out``. Returns the summary (per-image outputs and class areas, the
     images that could not be read, timings) that ``--json`` writes."""
-    from aspp_deploy.io import ensure_writable
-    from aspp_deploy.runtime.app import mask_image
-    from aspp_deploy.runtime.images import overlay_with_legend
 
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"--alpha must be in [0, 1], got {alpha}")
@@ -316,7 +314,7 @@ def predict_images(model: PredictModel, files: Sequence[Path], out: Path, overla
     stems = output_stems(files)
     for stem in stems:
         contained(out, stem + MASK_SUFFIX)
-    pre, runner = model.preprocess, model.runner
+    pre, seg = model.preprocess, model.segmenter
     records: list[dict[str, Any] | None] = [None] * len(files)
     failed: list[dict[str, str]] = []
     timing = {"load_preprocess": 0.0, "inference": 0.0, "postprocess_write": 0.0}
@@ -333,16 +331,13 @@ def predict_images(model: PredictModel, files: Sequence[Path], out: Path, overla
     start = time.perf_counter()
     t0 = start
     for chunk in _batches(files, stems, model.batch, on_fail):
-        x = [pre(item.image) for item in chunk]
-        if model.static_batch is not None and len(x) < model.static_batch:
-            x += [x[-1]] * (model.static_batch - len(x))  # a static batch is filled by repeating the last image
         t1 = time.perf_counter()
-        output = runner.infer(np.ascontiguousarray(np.stack(x), dtype=np.float32))
+        before = dict(seg.timing)
+        masks = seg.segment([item.image for item in chunk])  # a static batch is filled by repeating the last image
+        spent = {k: seg.timing[k] - before[k] for k in before}
         t2 = time.perf_counter()
-        ids = class_ids(output, runner.info.outputs_class_ids)
-        for item, pred in zip(chunk, ids):
+        for item, mask in zip(chunk, masks):
             width, height = item.image.size
-            mask = pre.restore(pred, (width, height))
             mask_path = contained(out, item.stem + MASK_SUFFIX)
             atomic_save_image(mask_image(mask, model.palette), mask_path)
             record: dict[str, Any] = {"input": str(item.path), "mask": str(mask_path), "size": [width, height]}
@@ -353,11 +348,11 @@ def predict_images(model: PredictModel, files: Sequence[Path], out: Path, overla
                 record["overlay"] = str(overlay_path)
             record["areas"] = _areas(mask, model.classes)
             records[item.index] = record
-        del x, output, ids, chunk
+        del masks, chunk
         t3 = time.perf_counter()
-        timing["load_preprocess"] += t1 - t0
-        timing["inference"] += t2 - t1
-        timing["postprocess_write"] += t3 - t2
+        timing["load_preprocess"] += t1 - t0 + spent["preprocess"]
+        timing["inference"] += spent["inference"]
+        timing["postprocess_write"] += spent["postprocess"] + t3 - t2
         t0 = t3
         done = sum(r is not None for r in records) + len(failed)
         if progress:

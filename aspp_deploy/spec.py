@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aspp_deploy.data.preprocess import (CHANNEL_ORDERS, IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, POLICIES,
+from aspp_deploy.runtime.preprocess import (CHANNEL_ORDERS, IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, POLICIES,
                                          RESIZE_FILTERS, Preprocess)
+from aspp_deploy.data.voc import voc_palette
 from aspp_deploy.errors import InputError
 
 OUTPUT_KINDS = ("logits", "probabilities", "class_ids")
@@ -279,7 +280,6 @@ def resolve(spec: ModelSpec, facts: GraphFacts, defaults: Preprocess | None = No
 
     ``defaults`` / ``default_classes`` come from a source that records them (our checkpoints); they are
     not "assumed" in the report. Contradictions between the spec and the model are one InputError."""
-    from aspp_deploy.data.voc import voc_palette
 
     pre, assumed = resolve_input(spec, facts, defaults)
     contradict = _contradict

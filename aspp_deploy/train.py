@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.data.voc import IGNORE_INDEX, VOCSegmentation, load_image, load_mask
 from aspp_deploy.errors import CheckpointError, DatasetError
 from aspp_deploy.io import atomic_write_bytes, atomic_write_text, json_text

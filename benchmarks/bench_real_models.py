@@ -75,7 +75,7 @@ def main() -> int:
     from aspp_deploy.backends.onnxruntime_backend import OrtRunner
     from aspp_deploy.backends.openvino_backend import OpenVinoRunner, openvino_unavailable_reason
     from aspp_deploy.bench.report import cpu_description
-    from aspp_deploy.data.preprocess import Preprocess
+    from aspp_deploy.runtime.preprocess import Preprocess
     from aspp_deploy.data.voc import load_image
     from aspp_deploy.eval.metrics import image_score
     from aspp_deploy.export.tflite_import import tflite_reference

@@ -58,7 +58,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from aspp_deploy.bench.report import cpu_description
-    from aspp_deploy.cli.serve_cmd import make_env
+    from aspp_deploy.serve.environment import make_env
     from aspp_deploy.data.synthetic import SynthConfig, write_calibration_folder
     from aspp_deploy.serve.loadtest import Endpoint, load_samples, sweep
     from aspp_deploy.serve.repository import TritonOptions, write_repository

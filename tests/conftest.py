@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.data.synthetic import CLASSES, SynthConfig, write_synthetic_voc
 from aspp_deploy.data.voc import voc_palette
 from aspp_deploy.model.checkpoint import Checkpoint

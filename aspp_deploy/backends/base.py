@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
 
 import numpy as np
+
+from aspp_deploy.runtime.engines.base import Engine
+from aspp_deploy.runtime.preprocess import Preprocess
 
 
 @dataclass
@@ -60,3 +65,44 @@ def class_ids(output: np.ndarray, outputs_class_ids: bool) -> np.ndarray:
     if outputs_class_ids:
         return output.reshape(output.shape[0], *output.shape[-2:]).astype(np.int64)
     return output.argmax(axis=1)
+
+
+@dataclass
+class ModelFacts:
+    """What feeding a model and reading its output needs, wherever it was read from (a manifest, or a
+    PyTorch source's resolved spec): what a ``Segmenter`` reads from its engine's manifest."""
+
+    preprocess: Preprocess
+    classes: List[str]
+    palette: List[List[int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preprocess": self.preprocess.to_dict(), "classes": list(self.classes),
+                "palette": [list(c) for c in self.palette]}
+
+
+class RunnerEngine(Engine):
+    """A ``Runner`` (any backend of the registry, PyTorch included) as a runtime ``Engine``, so that a
+    ``Segmenter`` can run it: ``static_batch`` is the batch the artifact is fixed to (None: any)."""
+
+    def __init__(self, runner: Runner, facts: ModelFacts, static_batch: Optional[int] = None) -> None:
+        self.runner, self.facts = runner, facts
+        self.kind = runner.info.backend
+        self.path = Path(runner.info.artifact)
+        self.input_names, self.output_names = ["input"], ["output"]
+        if static_batch is not None:
+            self.min_batch = self.max_batch = int(static_batch)
+        self.outputs_class_ids = runner.info.outputs_class_ids
+
+    @property
+    def description(self) -> str:
+        return f"{self.runner.info.backend} {self.runner.info.precision} on {self.runner.info.device}: {self.path}"
+
+    def manifest(self) -> ModelFacts:
+        return self.facts
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.runner.infer(batch)
+
+    def close(self) -> None:
+        self.runner.close()

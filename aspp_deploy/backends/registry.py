@@ -1,26 +1,62 @@
-"""Open a runner by backend name; say why one cannot run here instead of failing later."""
+"""The backends, as data: one ``Backend`` record each (its name, the files it runs, how to open one,
+why it cannot run here). Adding a backend is one record here and its adapter module; every command
+that lists, checks or opens backends reads this table."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
 
 from aspp_deploy.backends.base import Runner
 from aspp_deploy.errors import InputError, MissingDependencyError
 
-BACKENDS = ("torch", "onnxruntime", "trt", "openvino")
-SUFFIXES = {"torch": (".pt", ".pth", ".pt2", ".ts", ".jit"), "onnxruntime": (".onnx",), "trt": (".engine", ".plan", ".trt"),
-            "openvino": (".onnx",)}
+Opener = Callable[[Optional[Path], str, str, int], Runner]  # (model, precision, device, threads) -> runner
 
 
-def check_artifact_kind(backend: str, model: Path) -> None:
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if model.suffix.lower() not in SUFFIXES[backend]:
-        raise InputError(f"{model.name} is not a {backend} model: the {backend} backend takes "
-                         f"{' / '.join(SUFFIXES[backend])} files")
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    suffixes: Tuple[str, ...]   # the artifact files it runs
+    artifact: str               # what they are, for messages: "PyTorch model", "ONNX", "TensorRT engine"
+    made_by: str                # the command that makes one, for messages
+    open: Opener
+    unavailable: Callable[[], Optional[str]] = lambda: None  # why it cannot run here (None: it can)
+    needs_model: bool = True    # False: opens the shipped model when none is given
 
 
-def trt_unavailable_reason() -> str | None:
+def _open_torch(model: Optional[Path], precision: str, device: str, threads: int) -> Runner:
+    import torch
+
+    from aspp_deploy.backends.torch_backend import TorchRunner
+
+    if threads:
+        torch.set_num_threads(threads)
+    return TorchRunner(model, device=device, precision=precision)
+
+
+def _open_onnxruntime(model: Optional[Path], precision: str, device: str, threads: int) -> Runner:
+    from aspp_deploy.backends.onnxruntime_backend import OrtRunner
+
+    assert model is not None
+    return OrtRunner(model, device=device, threads=threads, precision=precision)
+
+
+def _open_trt(model: Optional[Path], precision: str, device: str, threads: int) -> Runner:
+    from aspp_deploy.backends.trt_backend import TrtBackendRunner
+
+    assert model is not None
+    return TrtBackendRunner(model)
+
+
+def _open_openvino(model: Optional[Path], precision: str, device: str, threads: int) -> Runner:
+    from aspp_deploy.backends.openvino_backend import OpenVinoRunner
+
+    assert model is not None
+    return OpenVinoRunner(model, device=device, threads=threads, precision=precision)
+
+
+def trt_unavailable_reason() -> Optional[str]:
     """Why TensorRT cannot run here (checked in order: TensorRT, then a CUDA device), or None."""
     from aspp_deploy.trt.runtime import TRT_INSTALL_HINT, tensorrt_installed
 
@@ -36,50 +72,57 @@ def trt_unavailable_reason() -> str | None:
     return None
 
 
-def openvino_unavailable_reason() -> str | None:
+def openvino_unavailable_reason() -> Optional[str]:
     """Why OpenVINO cannot run here (not installed: the pip command), or None."""
     from aspp_deploy.backends.openvino_backend import openvino_unavailable_reason as reason
 
     return reason()
 
 
+REGISTRY: Dict[str, Backend] = {b.name: b for b in (
+    Backend("torch", (".pt", ".pth", ".pt2", ".ts", ".jit"), "PyTorch model", "`aspp-deploy train`", _open_torch,
+            needs_model=False),
+    Backend("onnxruntime", (".onnx",), "ONNX", "`aspp-deploy export`", _open_onnxruntime),
+    Backend("trt", (".engine", ".plan", ".trt"), "TensorRT engine", "`aspp-deploy build`", _open_trt,
+            unavailable=trt_unavailable_reason),
+    Backend("openvino", (".onnx",), "ONNX", "`aspp-deploy export`", _open_openvino,
+            unavailable=openvino_unavailable_reason),
+)}
+BACKENDS = tuple(REGISTRY)
+SUFFIXES = {name: b.suffixes for name, b in REGISTRY.items()}
+
+
+def get(backend: str) -> Backend:
+    try:
+        return REGISTRY[backend]
+    except KeyError:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}") from None
+
+
+def check_artifact_kind(backend: str, model: Path) -> None:
+    b = get(backend)
+    if model.suffix.lower() not in b.suffixes:
+        raise InputError(f"{model.name} is not a {backend} model: the {backend} backend takes "
+                         f"{' / '.join(b.suffixes)} files")
+
+
+def unavailable_reason(backend: str) -> Optional[str]:
+    """Why ``backend`` cannot run here, or None."""
+    return get(backend).unavailable()
+
+
 def require_backend(backend: str) -> None:
-    if backend == "trt" and (reason := trt_unavailable_reason()):
-        raise MissingDependencyError(reason)
-    if backend == "openvino" and (reason := openvino_unavailable_reason()):
+    reason = unavailable_reason(backend)
+    if reason:
         raise MissingDependencyError(reason)
 
 
-def open_runner(backend: str, model: Path | None, precision: str = "fp32", device: str = "cpu",
+def open_runner(backend: str, model: Optional[Path], precision: str = "fp32", device: str = "cpu",
                 threads: int = 0) -> Runner:
+    b = get(backend)
     if model is not None:
         check_artifact_kind(backend, model)
-    if backend == "torch":
-        import torch
-
-        from aspp_deploy.backends.torch_backend import TorchRunner
-
-        if threads:
-            torch.set_num_threads(threads)
-        return TorchRunner(model, device=device, precision=precision)
-    if backend == "onnxruntime":
-        from aspp_deploy.backends.onnxruntime_backend import OrtRunner
-
-        if model is None:
-            raise InputError("the onnxruntime backend needs --model MODEL.onnx (see `aspp-deploy export`)")
-        return OrtRunner(model, device=device, threads=threads, precision=precision)
-    if backend == "trt":
-        require_backend("trt")
-        from aspp_deploy.backends.trt_backend import TrtBackendRunner
-
-        if model is None:
-            raise InputError("the trt backend needs --model MODEL.engine (see `aspp-deploy build`)")
-        return TrtBackendRunner(model)
-    if backend == "openvino":
-        require_backend("openvino")
-        from aspp_deploy.backends.openvino_backend import OpenVinoRunner
-
-        if model is None:
-            raise InputError("the openvino backend needs --model MODEL.onnx (see `aspp-deploy export`)")
-        return OpenVinoRunner(model, device=device, threads=threads, precision=precision)
-    raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    elif b.needs_model:
+        raise InputError(f"the {backend} backend needs --model MODEL{b.suffixes[0]} (see {b.made_by})")
+    require_backend(backend)
+    return b.open(model, precision, device, threads)

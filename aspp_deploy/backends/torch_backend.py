@@ -15,7 +15,7 @@ from aspp_deploy.backends.base import Runner, RunnerInfo
 from aspp_deploy.errors import MissingDependencyError
 
 if TYPE_CHECKING:
-    from aspp_deploy.data.preprocess import Preprocess
+    from aspp_deploy.runtime.preprocess import Preprocess
     from aspp_deploy.model.sources import ModelSource, OutputPlan
     from aspp_deploy.spec import ModelSpec, ResolvedSpec
 
@@ -30,7 +30,7 @@ class TorchRunner(Runner):
         torch.export ``checkpoint`` (``--trust-code``; None: as ``sources.code_trusted`` says)."""
         import torch
 
-        from aspp_deploy.data.preprocess import Preprocess
+        from aspp_deploy.runtime.preprocess import Preprocess
         from aspp_deploy.model.sources import adapt, load_source
 
         if device.startswith("cuda") and not torch.cuda.is_available():

@@ -25,7 +25,7 @@ from aspp_deploy.backends.base import class_ids
 from aspp_deploy.bench.result_cache import Cached, ResultCache, samples_digest
 from aspp_deploy.bench.stats import latency_stats
 from aspp_deploy.bench.timing import BenchResult, bench_runner
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.data.images import DataSource, open_data
 from aspp_deploy.data.voc import image_size, load_image, load_mask
 from aspp_deploy.errors import AsppDeployError

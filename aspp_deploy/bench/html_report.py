@@ -7,11 +7,10 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from aspp_deploy.bench.report import (_fmt, accuracy_kind, images_text, is_binary, reference_label, result_cells,
-                                      result_columns, unstable_labels)
+from aspp_deploy.bench.cells import (UNSTABLE_MARK, accuracy_kind, fmt, images_text, is_binary, reference_label,
+                                     result_cells, result_columns, unstable_labels)
 from aspp_deploy.bench.stats import UNSTABLE_CV, UNSTABLE_P99_RATIO
 
-UNSTABLE_MARK = "*"  # after an unstable p50, linked to the note under the table that says what it means
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -71,7 +70,7 @@ def _per_class_table(rows: list[dict], settings: dict | None = None) -> list[str
     for r in ok:
         ious = r["per_class_iou"]
         out.append(f"<tr><td>{_text(_row_name(r))}</td>"
-                   + "".join(f'<td class="num">{_text(_fmt(ious.get(n)))}</td>' for n in names) + "</tr>")
+                   + "".join(f'<td class="num">{_text(fmt(ious.get(n)))}</td>' for n in names) + "</tr>")
     return out + ["</tbody>", "</table>", "</div>"]
 
 

@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aspp_deploy.bench.stats import signed
+from aspp_deploy.bench.cells import (accuracy_kind, images_text, is_binary, reference_label, result_cells, result_columns,
+                                     unstable_labels)
+from aspp_deploy.bench.html_report import html_report
+from aspp_deploy.export.manifest import tool_versions
 from aspp_deploy.io import atomic_write_bytes, atomic_write_text, json_text
 
 CSV_COLUMNS = ["backend", "precision", "device", "status", "reason", "size_bytes", "labels", "miou", "delta_miou",
@@ -52,80 +55,8 @@ def machine_description() -> dict:
             gpu = torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    from aspp_deploy.export.manifest import tool_versions
-
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "os": platform.platform(),
             "versions": tool_versions("tensorrt", "cuda-python", "pycuda", "nvidia-modelopt")}
-
-
-def _fmt(v, spec: str = ".4f") -> str:
-    return "" if v is None else format(v, spec)
-
-
-def is_binary(rows: list[dict]) -> bool:
-    """A binary (2-class) model: its rows carry a foreground IoU, shown in a column of its own."""
-    return any(r.get("status") == "ok" and r.get("foreground_iou") is not None for r in rows)
-
-
-def result_cells(r: dict, foreground: bool = False) -> list[str]:
-    """The figures of an ok row after backend/precision/device, formatted as summary.md formats them
-    (deltas signed, never -0.0000; no "x" without a speed-up); ``foreground``: with the foreground
-    IoU after the mIoU (binary models)."""
-    size = _fmt(r["size_bytes"] / 1e6 if r["size_bytes"] else None, ".1f")
-    delta = "" if r["delta_miou"] is None else signed(r["delta_miou"])
-    speedup = "" if r["speedup"] is None else f"{_fmt(r['speedup'], '.2f')}x"
-    fg = [_fmt(r.get("foreground_iou"))] if foreground else []
-    return [size, _fmt(r["miou"]), delta, *fg, _fmt(r["pixel_agreement"]), _fmt(r["boundary_f"]),
-            _fmt(r["max_abs_logit_diff"], ".3g"), _fmt(r["p50_ms"], ".1f"), _fmt(r["p99_ms"], ".1f"),
-            _fmt(r["throughput"], ".1f"), speedup]
-
-
-RESULT_COLUMNS = ["backend", "precision", "device", "size (MB)", "mIoU", "delta mIoU", "pixel agr.", "boundary F",
-                  "max logit diff", "p50 ms", "p99 ms", "img/s", "speed-up"]  # summary.md and report.html
-LABEL_TEXT = {"masks": "mIoU vs labels", "fp32": "agreement with FP32 (no labels)"}
-
-
-def result_columns(rows: list[dict], settings: dict | None = None) -> list[str]:
-    """RESULT_COLUMNS, with "mIoU vs FP32" for images without masks and a foreground IoU column for
-    binary models (the columns ``result_cells(r, is_binary(rows))`` fills)."""
-    cols = list(RESULT_COLUMNS)
-    if (settings or {}).get("labels") == "fp32":
-        cols[cols.index("mIoU")] = "mIoU vs FP32"
-    if is_binary(rows):
-        cols.insert(cols.index("delta mIoU") + 1, "fg IoU")
-    return cols
-
-
-def accuracy_kind(settings: dict, rows: list[dict] | None = None) -> str:
-    """"mIoU vs labels" or "agreement with FP32 (no labels)", with the foreground IoU named for a
-    binary model: what the accuracy figures of a compare report are."""
-    text = LABEL_TEXT.get(settings.get("labels", "masks"), "mIoU vs labels")
-    if rows is not None and is_binary(rows):
-        text += "; binary model: foreground IoU"
-        if settings.get("labels") == "fp32":
-            text += " against the reference's foreground"
-    if settings.get("labels") == "fp32":
-        text += f" (the reference row's masks, {settings.get('reference') or 'FP32'}, are the truth)"
-    return text
-
-
-def unstable_labels(rows: list[dict]) -> list[str]:
-    """The rows whose latency spread is high (see ``LatencyStats.unstable``)."""
-    return [f"{r['backend']} {r['precision']}" for r in rows if r.get("latency_unstable")]
-
-
-def reference_label(rows: list[dict], settings: dict) -> str:
-    """What the deltas are against: the settings' reference, else the first row that ran."""
-    return settings.get("reference") or next(
-        (f"{r['backend']} {r['precision']}" for r in rows if r["status"] == "ok"), "nothing")
-
-
-def images_text(settings: dict) -> str:
-    """"64 of 200 validation images" (the first N of the split), or "200 validation images"; "images"
-    without "validation" for a folder of images without masks."""
-    n, total = settings["images"], settings.get("split_images")
-    what = "images without masks" if settings.get("labels") == "fp32" else "validation images"
-    return f"the first {n} of {total} {what}" if total and total > n else f"{n} {what}"
 
 
 def markdown_summary(rows: list[dict], machine: dict, settings: dict) -> str:
@@ -154,7 +85,7 @@ def markdown_summary(rows: list[dict], machine: dict, settings: dict) -> str:
     return "\n".join(lines)
 
 
-def _save_figure(fig, path: Path) -> bytes:
+def save_figure(fig, path: Path) -> bytes:
     """Write the figure as PNG; returns the bytes written."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -170,7 +101,7 @@ def plot_latency(rows: list[dict], path: Path, settings: dict | None = None) -> 
     import matplotlib.pyplot as plt
 
     fig = latency_figure(rows, settings)
-    png = _save_figure(fig, path)
+    png = save_figure(fig, path)
     plt.close(fig)
     return png
 
@@ -246,16 +177,9 @@ def plot_miou_vs_latency(rows: list[dict], path: Path, settings: dict | None = N
     ax.set_title(f"Accuracy vs latency (axis spans at least 0.10 mIoU{mark})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
-    png = _save_figure(fig, path)
+    png = save_figure(fig, path)
     plt.close(fig)
     return png
-
-
-def colourise(ids: np.ndarray, palette: list[list[int]]) -> np.ndarray:
-    lut = np.zeros((256, 3), np.uint8)
-    lut[: len(palette)] = np.asarray(palette, np.uint8)
-    lut[255] = (255, 255, 255)
-    return lut[ids.astype(np.uint8)]
 
 
 PANEL_WIDTH = (256, 384)  # each picture of an overlay is scaled into this width: titles stay legible
@@ -405,7 +329,6 @@ def write_report(folder: Path, rows: list[dict], machine: dict, settings: dict, 
             atomic_write_bytes(path, buf.getvalue())
             overlays.append((s.name, buf.getvalue()))
             written.append(path)
-    from aspp_deploy.bench.html_report import html_report
 
     atomic_write_text(folder / "report.html", html_report(rows, machine, settings, plots, overlays))
     return written + [folder / "report.html"]

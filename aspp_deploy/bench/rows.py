@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
+from aspp_deploy.backends.base import Runner
+from aspp_deploy.backends.registry import open_runner
+from aspp_deploy.backends.torch_backend import TorchRunner
 from aspp_deploy.bench.compare import RowSpec
 from aspp_deploy.io import sha256_file
 
@@ -122,6 +126,18 @@ def default_row_specs(torch_model: Path | None, artifacts: Path, export_fn, quan
         specs.append(RowSpec("trt", precision, "cuda", engine, unavailable=trt_reason, refresh=stale,
                              produce=lambda p=precision, e=engine: build_engine(p, e, onnx_for_engine)))
     return specs
+
+
+def row_opener(source, preprocess, threads: int) -> Callable[[RowSpec], Runner]:
+    """Opens a row's runner: torch rows run ``source`` (the PyTorch model the FP32 ONNX was exported
+    from, with ``preprocess``), every other row its artifact on its backend with ``threads``."""
+
+    def open_row(s: RowSpec) -> Runner:
+        if s.backend == "torch":
+            return TorchRunner(device=s.device, precision=s.precision, source=source, preprocess=preprocess)
+        return open_runner(s.backend, s.artifact, s.precision, s.device, threads)
+
+    return open_row
 
 
 def engine_source(precision: str, trt_version: tuple[int, int]) -> tuple[str, str]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from aspp_deploy.backends.base import Runner, class_ids
 from aspp_deploy.bench.stats import LatencyStats, latency_stats
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.data.voc import load_image
 
 

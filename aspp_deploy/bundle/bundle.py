@@ -16,14 +16,18 @@ from typing import Any, Callable, Dict, List, Optional
 
 from aspp_deploy.bundle import deepstream, texts, triton
 from aspp_deploy.errors import InputError
-from aspp_deploy.io import atomic_write_text, current_umask, ensure_writable, json_text, sha256_file
+from aspp_deploy.io import atomic_write_text, json_text, replace_folder, sha256_file
+from aspp_deploy.io import atomic_save_image, is_replaceable as io_is_replaceable
+from aspp_deploy.runtime.builder import choose_build, JETPACK, trtexec_line
+from aspp_deploy.runtime.portable import copy_runtime, runtime_files
+from aspp_deploy.runtime.preprocess import Preprocess
+from aspp_deploy.runtime.selftest import input_reference, library_versions, REFERENCE
+from aspp_deploy.serve.repository import TritonOptions, write_service
+
+__all__ = ["FORMAT", "BundleRequest", "bundle_from_onnx", "copy_runtime", "is_replaceable", "replace_folder",
+           "runtime_files"]
 
 FORMAT = "aspp-deploy/jetson-bundle"
-PACKAGE = Path(__file__).resolve().parents[1]  # aspp_deploy/
-# The torch-free runtime: these modules and nothing else (tests import every one of them in a clean
-# virtual environment with only NumPy and Pillow).
-RUNTIME_SOURCES = ["__init__.py", "errors.py", "io.py", "data/__init__.py", "data/preprocess.py", "data/voc.py",
-                   "precision/__init__.py", "precision/calibration.py", "trt/*.py", "runtime/*.py"]
 SELFTEST_IMAGES = 2
 PRECISIONS = ("fp16", "int8")
 Log = Callable[[str], None]
@@ -38,23 +42,6 @@ class BundleRequest:
     calib_images: List[Path] = field(default_factory=list)  # shipped for on-device INT8 calibration
     calib_cache: Optional[Path] = None  # a TensorRT calibration cache (+ .json) from `aspp-deploy build --legacy-int8`
     selftest_images: List[Path] = field(default_factory=list)
-
-
-def runtime_files() -> List[Path]:
-    """The package files the bundle ships, relative to ``aspp_deploy/``."""
-    found: List[Path] = []
-    for pattern in RUNTIME_SOURCES:
-        matches = sorted(PACKAGE.glob(pattern))
-        if not matches:
-            raise InputError(f"aspp_deploy/{pattern} is missing from this installation: reinstall aspp-deploy")
-        found += [m.relative_to(PACKAGE) for m in matches if m.is_file()]
-    return found
-
-
-def copy_runtime(root: Path) -> None:
-    """The torch-free runtime (``runtime_files``) into ``root/aspp_deploy/``."""
-    for rel in runtime_files():
-        _copy(PACKAGE / rel, root, f"aspp_deploy/{rel.as_posix()}")
 
 
 def _entry(path: Path) -> Dict[str, Any]:
@@ -137,7 +124,6 @@ def _deepstream(root: Path, req: BundleRequest, fp32: dict, variants: dict, mode
 
 
 def _build_paths(models: dict, fp32_name: str, precisions: List[str], can_calibrate: bool, info: dict) -> dict:
-    from aspp_deploy.runtime.builder import JETPACK, choose_build, trtexec_line
     from aspp_deploy.trt.build import DEFAULT_WORKSPACE_MB
 
     paths: Dict[str, Dict[str, Any]] = {}
@@ -175,10 +161,6 @@ def geometry_images(height: int, width: int) -> Dict[str, Any]:
 
 
 def _selftest(root: Path, images: List[Path], pre: dict) -> dict:
-    from aspp_deploy.data.preprocess import Preprocess
-    from aspp_deploy.io import atomic_save_image
-    from aspp_deploy.runtime.selftest import REFERENCE, input_reference, library_versions
-
     if not images:
         raise InputError("no images for the bundle's preprocessing self-test")
     preprocess = Preprocess.from_dict(pre)
@@ -240,7 +222,6 @@ def _assemble(root: Path, req: BundleRequest, fp32: dict, variants: dict, log: L
         atomic_write_text(root / repo / model_name / "config.pbtxt", triton.config_pbtxt(model_name, entry, backend))
     # The segmentation service: images in, masks at their size out, preprocessing in the Python backend,
     # the network on the TensorRT plan through business-logic scripting (images -> <name> -> <name>_trt).
-    from aspp_deploy.serve.repository import TritonOptions, write_service
 
     write_service(root / repo, req.name, None, fp32, TritonOptions(name=req.name, executor="triton", target="trt"))
     info["triton"] = {"repository": repo, "trt_model": trt_model, "onnx_model": onnx_model, "service_model": req.name,
@@ -260,18 +241,9 @@ def _assemble(root: Path, req: BundleRequest, fp32: dict, variants: dict, log: L
 
 
 def is_replaceable(out: Path, marker: str = "bundle.json", fmt: str = FORMAT) -> bool:
-    """True when ``out`` may be replaced: missing, empty, or a folder this tool wrote (its ``marker``
-    JSON names ``fmt``)."""
-    if not out.exists():
-        return True
-    if not out.is_dir():
-        return False
-    if not any(out.iterdir()):
-        return True
-    try:
-        return json.loads((out / marker).read_text()).get("format") == fmt
-    except (OSError, ValueError, AttributeError):
-        return False
+    """True when ``out`` may be replaced by a bundle: missing, empty, or a folder this tool wrote
+    (``aspp_deploy.io.is_replaceable``; ``marker`` and ``fmt`` default to the bundle's)."""
+    return io_is_replaceable(out, marker, fmt)
 
 
 def bundle_from_onnx(req: BundleRequest, log: Log = lambda m: None) -> dict:
@@ -281,37 +253,3 @@ def bundle_from_onnx(req: BundleRequest, log: Log = lambda m: None) -> dict:
         raise InputError(f"{out} exists and is not an aspp-deploy bundle: choose another --out (it is never overwritten)")
     fp32, variants = _check_sources(req)
     return replace_folder(out, lambda root: _assemble(root, req, fp32, variants, log))
-
-
-def replace_folder(out: Path, assemble: Callable[[Path], Any]) -> Any:
-    """Run ``assemble(tmp)`` on a temporary sibling of ``out``, then rename it into place: ``out`` is
-    the old folder or the complete new one, never a half-written one (the caller checks that ``out``
-    may be replaced). Returns what ``assemble`` returned."""
-    from aspp_deploy.io import TempFolder, remove_folder, stale_folders
-
-    ensure_writable(out.parent)
-    # .NAME.<pid>.RANDOM.tmp / .old, locked while we live: a killed run's are removed here (a previous
-    # folder a run was killed in the middle of swapping comes back first)
-    for stale in stale_folders(out.parent, f".{out.name}.", ".old"):
-        if not os.path.lexists(out) and (stale / "previous").is_dir() and not (stale / "previous").is_symlink():
-            os.replace(stale / "previous", out)
-        remove_folder(stale)
-    building = TempFolder(f".{out.name}.", out.parent, suffix=".tmp", sep=".")
-    tmp = building.path
-    old: Optional[TempFolder] = None
-    try:
-        info = assemble(tmp)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the result gets the usual mode
-        if out.exists():
-            old = TempFolder(f".{out.name}.", out.parent, suffix=".old", sep=".")
-            os.replace(out, old.path / "previous")
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None and (old.path / "previous").exists() and not out.exists():
-            os.replace(old.path / "previous", out)  # put the previous folder back
-        raise
-    finally:
-        building.cleanup()  # the lock goes; the folder is gone already when it became ``out``
-        if old is not None:
-            old.cleanup()
-    return info

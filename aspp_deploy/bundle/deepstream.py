@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from aspp_deploy.errors import InputError
+from aspp_deploy.io import atomic_write_bytes
 
 # The [property] keys of Gst-nvinfer, as documented in the DeepStream SDK Developer Guide, page
 # "Gst-nvinfer" (docs.nvidia.com/metropolis/deepstream/dev-guide/text/DS_plugin_gst-nvinfer.html),
@@ -260,7 +261,6 @@ def deepstream_onnx(src: Path, out: Path, std: list, entry: dict | None = None,
         entry["outputs"] = [output]
         embed(model, entry)
     onnx.checker.check_model(model)
-    from aspp_deploy.io import atomic_write_bytes
 
     atomic_write_bytes(out, model.SerializeToString())
     return output

@@ -1,41 +1,28 @@
 """The model options every command that starts from a PyTorch model or a spec shares.
 
-Declared once here as ``Annotated`` types, so ``export``, ``import``, ``compare``, ``eval`` and ``bench``
-spell and document them identically.
+Declared once here as ``Annotated`` types, so ``export``, ``import``, ``compare``, ``eval``, ``predict`` and
+``bench`` spell and document them identically; a command gathers what it was given into one
+``ModelSourceOptions`` and one ``ModelSpecOptions``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Dict, Optional, Tuple
 
 import typer
 
+from aspp_deploy.runtime.vocab import ChannelOrder, Layout, OutputKind, ResizePolicy
+from aspp_deploy.spec import spec_from_flags
+
+if TYPE_CHECKING:
+    from aspp_deploy.model.sources import ModelSource
+    from aspp_deploy.spec import ModelSpec
+
 PANEL_MODEL = "Model source"
 PANEL_SPEC = "Model spec (see docs/model-spec.md; flags override --spec)"
-
-
-class Layout(str, Enum):
-    NCHW = "NCHW"
-    NHWC = "NHWC"
-
-
-class ChannelOrder(str, Enum):
-    RGB = "RGB"
-    BGR = "BGR"
-
-
-class ResizePolicy(str, Enum):
-    stretch = "stretch"
-    letterbox = "letterbox"
-    center_crop = "center_crop"
-
-
-class OutputKind(str, Enum):
-    logits = "logits"
-    probabilities = "probabilities"
-    class_ids = "class_ids"
 
 
 Checkpoint = Annotated[Optional[Path], typer.Option(
@@ -88,16 +75,66 @@ Threshold = Annotated[Optional[float], typer.Option(help="One-channel (binary) m
                                                     "probability exceeds this (default 0.5).", rich_help_panel=PANEL_SPEC)]
 
 
-def build_spec(spec: Optional[Path], height: int = 0, width: int = 0, layout: Optional[Layout] = None,
-               channel_order: Optional[ChannelOrder] = None, scale: Optional[float] = None,
-               mean: Optional[str] = None, std: Optional[str] = None, resize: Optional[ResizePolicy] = None,
-               classes: Optional[str] = None, output_kind: Optional[OutputKind] = None, dynamic: Optional[str] = None,
-               output_layout: Optional[Layout] = None, threshold: Optional[float] = None):
-    from aspp_deploy.spec import spec_from_flags
+@dataclass(frozen=True)
+class ModelSourceOptions:
+    """--checkpoint, --arch, --arch-args, --weights and --trust-code as given: the PyTorch model a
+    command starts from (all None: the shipped checkpoint). Built once per command."""
 
-    return spec_from_flags(spec, height=height, width=width, dynamic=dynamic,
-                           layout=layout.value if layout else None,
-                           channel_order=channel_order.value if channel_order else None, scale=scale,
-                           mean=mean, std=std, resize=resize.value if resize else None, classes=classes,
-                           output=output_kind.value if output_kind else None,
-                           output_layout=output_layout.value if output_layout else None, threshold=threshold)
+    checkpoint: Optional[Path] = None
+    arch: Optional[str] = None
+    arch_args: Optional[str] = None
+    weights: Optional[Path] = None
+    trust_code: bool = False
+
+    @property
+    def options(self) -> Tuple[Optional[Path], Optional[str], Optional[str], Optional[Path]]:
+        """``(checkpoint, arch, arch_args, weights)``, as ``open_model`` and ``open_torch_source`` take them."""
+        return self.checkpoint, self.arch, self.arch_args, self.weights
+
+    def load(self) -> "ModelSource":
+        """The loaded model (``aspp_deploy.model.sources.load_source``)."""
+        from aspp_deploy.model.sources import load_source  # torch: imported when a model is loaded
+
+        return load_source(*self.options, trust_code=self.trust_code)
+
+    def keywords(self) -> Dict[str, Any]:
+        """As keyword arguments (``ensure_fp32``'s)."""
+        return {"checkpoint": self.checkpoint, "arch": self.arch, "arch_args": self.arch_args,
+                "weights": self.weights, "trust_code": self.trust_code}
+
+
+@dataclass(frozen=True)
+class ModelSpecOptions:
+    """The model-spec flags as given (None or 0: not given; a command without a flag leaves it so).
+    Built once per command; ``build`` merges them over --spec into the ``ModelSpec``."""
+
+    spec: Optional[Path] = None
+    height: int = 0
+    width: int = 0
+    layout: Optional[Layout] = None
+    channel_order: Optional[ChannelOrder] = None
+    scale: Optional[float] = None
+    mean: Optional[str] = None
+    std: Optional[str] = None
+    resize: Optional[ResizePolicy] = None
+    classes: Optional[str] = None
+    output_kind: Optional[OutputKind] = None
+    dynamic: Optional[str] = None
+    output_layout: Optional[Layout] = None
+    threshold: Optional[float] = None
+
+    @property
+    def given(self) -> bool:
+        """Whether any of them was given (else the model's own spec applies unchanged)."""
+        return self.spec is not None or any(getattr(self, f.name) for f in fields(self) if f.name != "spec")
+
+    def build(self) -> "ModelSpec":
+        return spec_from_flags(self.spec, height=self.height, width=self.width, dynamic=self.dynamic,
+                               layout=_value(self.layout), channel_order=_value(self.channel_order),
+                               scale=self.scale, mean=self.mean, std=self.std, resize=_value(self.resize),
+                               classes=self.classes, output=_value(self.output_kind),
+                               output_layout=_value(self.output_layout), threshold=self.threshold)
+
+
+def _value(member: Optional[Enum]) -> Optional[str]:
+    return member.value if member is not None else None

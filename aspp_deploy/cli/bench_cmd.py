@@ -10,9 +10,12 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json, working
+from aspp_deploy.cli._click import Command
+from aspp_deploy.cli._console import console, out_console, write_json
+from aspp_deploy.cli._errors import handle_errors
+from aspp_deploy.cli._progress import working
 from aspp_deploy.cli import _model_opts as M
-from aspp_deploy.cli.export_cmd import image_files
+from aspp_deploy.cli._images import image_files
 from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
 from aspp_deploy.errors import InputError
 
@@ -22,57 +25,6 @@ class Backend(str, Enum):
     onnxruntime = "onnxruntime"
     trt = "trt"
     openvino = "openvino"
-
-
-def input_geometry(backend: str, model: Path | None, batch: int, height: int, width: int,
-                   trust_code: bool = False):
-    """(preprocess, batch, H, W) for the artifact, refusing sizes a static model cannot take."""
-    if backend == "torch":
-        from aspp_deploy.data.preprocess import Preprocess
-        from aspp_deploy.model.sources import load_source
-
-        # TorchScript / .pt2 record no preprocessing: 512 unless given
-        pre = load_source(model, trust_code=trust_code).preprocess or Preprocess()
-        return pre.with_size(height or pre.height, width or pre.width), batch
-    if model is None:
-        raise InputError(f"--backend {backend} needs --model")
-    if backend == "trt":
-        from aspp_deploy.data.preprocess import Preprocess
-        from aspp_deploy.trt.runtime import read_engine_manifest
-
-        pre = Preprocess.from_dict(read_engine_manifest(model)["preprocess"])
-        return pre.with_size(height or pre.height, width or pre.width), batch
-    from aspp_deploy.export.manifest import read_onnx_manifest
-
-    manifest = read_onnx_manifest(model)
-    pre = manifest.preprocess()
-    shape = manifest.entry["inputs"][0]["shape"]
-    sized = pre.with_size(height or pre.height, width or pre.width)
-    wanted = list(sized.input_shape(batch))
-    axes = ("batch", "height", "width", "channels") if pre.layout == "NHWC" else ("batch", "channels", "height", "width")
-    for axis, (have, want) in enumerate(zip(shape, wanted)):
-        if isinstance(have, int) and have != want:
-            what = axes[axis]
-            raise InputError(f"{model.name} has a static {what} of {have}; {want} asked for "
-                             "(export with --dynamic for other sizes)")
-    return sized, batch
-
-
-def artifact_precision(backend: str, model: Path | None) -> str:
-    """What the artifact is, from its manifest (fp32, fp16, int8 (cpu QDQ), ...): never a default label."""
-    if backend == "torch" or model is None:
-        return "fp32"
-    if backend == "trt":
-        from aspp_deploy.trt.runtime import read_engine_manifest
-
-        return str(read_engine_manifest(model).get("precision") or "unknown")
-    from aspp_deploy.export.manifest import read_onnx_manifest
-
-    entry = read_onnx_manifest(model).entry
-    p = str(entry.get("precision") or "fp32")
-    if p == "int8" and entry.get("target") in ("cpu", "trt"):
-        return f"int8 ({'cpu' if entry['target'] == 'cpu' else 'TensorRT'} QDQ)"
-    return p
 
 
 def real_batch(pre, batch: int) -> tuple[np.ndarray, list[Path]]:
@@ -90,58 +42,62 @@ def stats_row(table: Table, label: str, s) -> None:
                   f"{s.throughput:.1f}")
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(cls=Command)
-    @handle_errors
-    def bench(
-        backend: Annotated[Backend, typer.Option(help="Runtime to time.")] = Backend.torch,
-        model: Annotated[Optional[Path], typer.Option("--model", "--onnx", "--checkpoint",
-                                                      help="Artifact: checkpoint (torch), ONNX (onnxruntime, openvino), engine (trt). Default for torch: the shipped checkpoint.")] = None,
-        trust_code: M.TrustCode = False,
-        precision: Annotated[Optional[str], typer.Option(help="torch: fp32 or fp16 (CUDA). Other backends: read from the artifact's manifest.")] = None,
-        batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
-        height: Annotated[int, typer.Option(help="Input height (0: the model's).")] = 0,
-        width: Annotated[int, typer.Option(help="Input width (0: the model's).")] = 0,
-        warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 10,
-        iters: Annotated[int, typer.Option(help="Timed iterations.")] = 50,
-        threads: Annotated[int, typer.Option(help="CPU threads (0: library default).")] = 0,
-        device: Annotated[str, typer.Option(help="cpu or cuda (torch, onnxruntime); openvino: cpu.")] = "cpu",
-        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the figures as JSON.")] = None,
-    ) -> None:
-        """Time one artifact: latency statistics, throughput, pre/post-processing, GPU phases."""
-        from aspp_deploy.backends.registry import check_artifact_kind, open_runner, require_backend
-        from aspp_deploy.bench.timing import bench_runner
-        from aspp_deploy.model.sources import code_trusted
+@handle_errors
+def bench(
+    backend: Annotated[Backend, typer.Option(help="Runtime to time.")] = Backend.torch,
+    model: Annotated[Optional[Path], typer.Option("--model", "--onnx", "--checkpoint",
+                                                  help="Artifact: checkpoint (torch), ONNX (onnxruntime, openvino), engine (trt). Default for torch: the shipped checkpoint.")] = None,
+    trust_code: M.TrustCode = False,
+    precision: Annotated[Optional[str], typer.Option(help="torch: fp32 or fp16 (CUDA). Other backends: read from the artifact's manifest.")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    height: Annotated[int, typer.Option(help="Input height (0: the model's).")] = 0,
+    width: Annotated[int, typer.Option(help="Input width (0: the model's).")] = 0,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 10,
+    iters: Annotated[int, typer.Option(help="Timed iterations.")] = 50,
+    threads: Annotated[int, typer.Option(help="CPU threads (0: library default).")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda (torch, onnxruntime); openvino: cpu.")] = "cpu",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the figures as JSON.")] = None,
+) -> None:
+    """Time one artifact: latency statistics, throughput, pre/post-processing, GPU phases."""
+    from aspp_deploy.backends.registry import check_artifact_kind, open_runner, require_backend
+    from aspp_deploy.bench.inputs import artifact_precision, input_geometry
+    from aspp_deploy.bench.timing import bench_runner
+    from aspp_deploy.model.sources import code_trusted
 
-        if batch < 1 or iters < 1 or warmup < 0:
-            raise InputError("--batch and --iters must be >= 1, --warmup >= 0")
-        if model is not None:
-            check_artifact_kind(backend.value, model)
-            if not model.exists():  # named before a missing runtime
-                raise InputError(f"model not found: {model}")
-        require_backend(backend.value)
-        pre, n = input_geometry(backend.value, model, batch, height, width, trust_code)
-        precision = precision or artifact_precision(backend.value, model)
-        x, images = real_batch(pre, n)
-        with working(f"timing {backend.value} ({warmup} warm-up + {iters} iterations)"):
-            with code_trusted(trust_code), open_runner(backend.value, model, precision, device, threads) as runner:
-                result = bench_runner(runner, x, warmup, iters, images, pre)
-                info = runner.info
-        table = Table(title=f"{info.backend} {info.precision} on {info.device}: batch {n}, "
-                            f"{pre.height}x{pre.width} (ms)")
-        for col in ("", "mean", "p50", "p90", "p99", "min", "max", "std", "img/s"):
-            table.add_column(col, justify="right" if col else "left")
-        stats_row(table, "model (end to end)", result.end_to_end)
-        for name, s in result.phases.items():
-            stats_row(table, f"  {name}", s)
-        if result.preprocess:
-            stats_row(table, "preprocess / image", result.preprocess)
-        if result.postprocess:
-            stats_row(table, "postprocess / image", result.postprocess)
-        out_console.print(table)
-        if result.end_to_end.unstable:
-            console.print(f"[yellow]warning:[/] {result.end_to_end.unstable_warning()}", highlight=False,
-                          soft_wrap=True)
-        write_json(json_out, {"backend": info.backend, "precision": info.precision, "device": info.device,
-                              "artifact": info.artifact, "batch": n, "input": [pre.height, pre.width],
-                              "warmup": warmup, "iters": iters, **result.to_dict()})
+    if batch < 1 or iters < 1 or warmup < 0:
+        raise InputError("--batch and --iters must be >= 1, --warmup >= 0")
+    if model is not None:
+        check_artifact_kind(backend.value, model)
+        if not model.exists():  # named before a missing runtime
+            raise InputError(f"model not found: {model}")
+    require_backend(backend.value)
+    pre, n = input_geometry(backend.value, model, batch, height, width, trust_code)
+    precision = precision or artifact_precision(backend.value, model)
+    x, images = real_batch(pre, n)
+    with working(f"timing {backend.value} ({warmup} warm-up + {iters} iterations)"):
+        with code_trusted(trust_code), open_runner(backend.value, model, precision, device, threads) as runner:
+            result = bench_runner(runner, x, warmup, iters, images, pre)
+            info = runner.info
+    table = Table(title=f"{info.backend} {info.precision} on {info.device}: batch {n}, "
+                        f"{pre.height}x{pre.width} (ms)")
+    for col in ("", "mean", "p50", "p90", "p99", "min", "max", "std", "img/s"):
+        table.add_column(col, justify="right" if col else "left")
+    stats_row(table, "model (end to end)", result.end_to_end)
+    for name, s in result.phases.items():
+        stats_row(table, f"  {name}", s)
+    if result.preprocess:
+        stats_row(table, "preprocess / image", result.preprocess)
+    if result.postprocess:
+        stats_row(table, "postprocess / image", result.postprocess)
+    out_console.print(table)
+    if result.end_to_end.unstable:
+        console.print(f"[yellow]warning:[/] {result.end_to_end.unstable_warning()}", highlight=False,
+                      soft_wrap=True)
+    write_json(json_out, {"backend": info.backend, "precision": info.precision, "device": info.device,
+                          "artifact": info.artifact, "batch": n, "input": [pre.height, pre.width],
+                          "warmup": warmup, "iters": iters, **result.to_dict()})
+
+
+def register(app: typer.Typer) -> None:
+    """Adds this module's commands to ``app``."""
+    app.command(cls=Command)(bench)

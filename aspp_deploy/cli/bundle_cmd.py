@@ -9,7 +9,12 @@ from typing import Annotated, List, Optional
 import typer
 from rich.table import Table
 
-from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json, working
+from aspp_deploy.cli._checks import check_writable
+from aspp_deploy.cli._click import Command
+from aspp_deploy.cli._console import console, out_console, write_json
+from aspp_deploy.cli._errors import handle_errors
+from aspp_deploy.cli._images import parity_images
+from aspp_deploy.cli._progress import working
 from aspp_deploy.cli import _model_opts as M
 from aspp_deploy.errors import InputError
 
@@ -37,19 +42,6 @@ def parse_precisions(values: List[str]) -> List[str]:
     return found or ["fp16"]
 
 
-def check_writable(out: Path) -> None:
-    """InputError unless ``out`` could be created (checked on its nearest existing ancestor; creates nothing)."""
-    import os
-
-    folder = out.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        why = "not a folder" if not folder.is_dir() else "permission denied"
-        raise InputError(f"cannot write to {out.parent}: {folder} is {why}" if folder != out.parent
-                         else f"cannot write to {out.parent}: {why}")
-
-
 def _fp32_onnx(onnx: Optional[Path], checkpoint: Optional[Path], artifacts: Path, trust_code: bool = False) -> Path:
     """The given ONNX, or ARTIFACTS/model.onnx exported from the checkpoint unless it is up to date."""
     if onnx is not None:
@@ -60,30 +52,10 @@ def _fp32_onnx(onnx: Optional[Path], checkpoint: Optional[Path], artifacts: Path
     from aspp_deploy.spec import ModelSpec
 
     with working(f"checking {artifacts / 'model.onnx'}"):
-        from aspp_deploy.cli.export_cmd import parity_images
-
         made = ensure_fp32(artifacts, ModelSpec(), checkpoint=checkpoint, images=parity_images(None),
                            log=lambda m: console.print(f"  {m}", highlight=False), trust_code=trust_code)
     console.print(f"{made.action} {made.path}", highlight=False)
     return made.path
-
-
-def _variants(fp32: Path, precisions: List[str], calib: Optional[Path], data: Optional[Path],
-              backend: str) -> dict:
-    from aspp_deploy.bench.rows import made_from
-    from aspp_deploy.precision.quantize import QuantizeOptions, default_output, quantized_onnx_from_fp32
-
-    made = {}
-    for precision in precisions:
-        path = default_output(fp32, precision, "trt")
-        if made_from(path, fp32):
-            console.print(f"reusing {path}", highlight=False)
-        else:
-            opts = QuantizeOptions(precision=precision, target="trt", calib=calib, data=data, out=path, backend=backend)
-            with working(f"quantizing to {precision}"):
-                path = quantized_onnx_from_fp32(fp32, opts, log=lambda m: console.print(f"  {m}", highlight=False)).onnx_path
-        made[precision] = path
-    return made
 
 
 def _summary(info: dict, out: Path) -> None:
@@ -119,61 +91,66 @@ def _summary(info: dict, out: Path) -> None:
                       "(see README.md)", highlight=False)
 
 
+@handle_errors
+def bundle(
+    target: Annotated[str, typer.Option(help="Deployment target (jetson).")] = "jetson",
+    precision: Annotated[List[str], typer.Option(help="fp16 and/or int8: repeat the option or give a comma list.")] = ["fp16"],  # noqa: B006
+    checkpoint: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint (default: the shipped one).")] = None,
+    trust_code: M.TrustCode = False,
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", "--model", help="An FP32 ONNX from `export` or `import` to bundle instead of exporting the checkpoint.")] = None,
+    artifacts: Annotated[Path, typer.Option(help="Where the exported ONNX is reused from or written to.")] = Path("artifacts"),
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration images (default: the shipped calibration/).")] = None,
+    calib_images: Annotated[int, typer.Option(help="INT8: calibration images shipped for on-device calibration (0: all).")] = DEFAULT_CALIB_IMAGES,
+    calib_cache: Annotated[Optional[Path], typer.Option(help="INT8: a TensorRT calibration cache from `aspp-deploy build --legacy-int8` to ship.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val split measures the quantized models (default: synthetic).")] = None,
+    backend: Annotated[QuantBackend, typer.Option(help="Quantizer (as `aspp-deploy quantize --backend`).")] = QuantBackend.auto,
+    name: Annotated[str, typer.Option(help="Model name in DeepStream and Triton.")] = "aspp",
+    out: Annotated[Path, typer.Option(help="Bundle folder (replaced atomically if it holds an older bundle).")] = Path("bundle/jetson"),
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write bundle.json's content as JSON.")] = None,
+) -> None:
+    """Make a self-contained Jetson bundle: ONNX files, torch-free runtime, device build step, DeepStream, Triton."""
+    from aspp_deploy.bundle.bundle import BundleRequest, is_replaceable, bundle_from_onnx
+    from aspp_deploy.bundle.variants import quantized_variants
+    from aspp_deploy.precision.calibration import calibration_files
+    from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
+
+    if target.lower() not in TARGETS:
+        raise InputError(f"--target {target} is not supported: only jetson (for a desktop GPU, build an engine "
+                         "with `aspp-deploy build`)")
+    precisions = parse_precisions(precision)
+    if not name or not all(c.isalnum() or c in "_-" for c in name):
+        raise InputError(f"--name {name!r} must be letters, digits, _ or - (it names Triton models and files)")
+    if calib_images < 0:
+        raise InputError(f"--calib-images {calib_images} is impossible: use 0 (all) or a positive count")
+    if not is_replaceable(out):
+        raise InputError(f"{out} exists and is not an aspp-deploy bundle: choose another --out (it is never overwritten)")
+    check_writable(out)
+    calib_folder = calib or SHIPPED_CALIBRATION
+    selftest = calibration_files(calib_folder, 2)
+    if calib_cache is not None:  # checked before minutes of quantizing, not after
+        if "int8" not in precisions:
+            raise InputError("--calib-cache is an INT8 calibration cache: add --precision int8")
+        if not calib_cache.is_file():
+            raise InputError(f"--calib-cache {calib_cache} not found (write one with `aspp-deploy build "
+                             "--legacy-int8`)")
+        if not Path(str(calib_cache) + ".json").is_file():
+            raise InputError(f"{calib_cache}.json is missing: the calibration cache's record, written beside it "
+                             "by `aspp-deploy build --legacy-int8`, is shipped with it")
+    fp32 = _fp32_onnx(onnx, checkpoint, artifacts, trust_code)
+    from aspp_deploy.bundle.deepstream import _static_input
+    from aspp_deploy.export.manifest import read_onnx_manifest
+
+    _static_input(read_onnx_manifest(fp32).entry)  # a dynamic input is refused before quantizing
+    variants = quantized_variants(fp32, precisions, calib, data, backend.value,
+                                  log=lambda m: console.print(m, highlight=False), step=working)
+    shipped = calibration_files(calib_folder, calib_images) if "int8" in precisions else []
+    with working(f"writing {out}"):
+        info = bundle_from_onnx(BundleRequest(fp32, variants, out, name, shipped, calib_cache, selftest),
+                                log=lambda m: console.print(f"  {m}", highlight=False))
+    _summary(info, out)
+    write_json(json_out, info)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(cls=Command)
-    @handle_errors
-    def bundle(
-        target: Annotated[str, typer.Option(help="Deployment target (jetson).")] = "jetson",
-        precision: Annotated[List[str], typer.Option(help="fp16 and/or int8: repeat the option or give a comma list.")] = ["fp16"],  # noqa: B006
-        checkpoint: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint (default: the shipped one).")] = None,
-        trust_code: M.TrustCode = False,
-        onnx: Annotated[Optional[Path], typer.Option("--onnx", "--model", help="An FP32 ONNX from `export` or `import` to bundle instead of exporting the checkpoint.")] = None,
-        artifacts: Annotated[Path, typer.Option(help="Where the exported ONNX is reused from or written to.")] = Path("artifacts"),
-        calib: Annotated[Optional[Path], typer.Option(help="Calibration images (default: the shipped calibration/).")] = None,
-        calib_images: Annotated[int, typer.Option(help="INT8: calibration images shipped for on-device calibration (0: all).")] = DEFAULT_CALIB_IMAGES,
-        calib_cache: Annotated[Optional[Path], typer.Option(help="INT8: a TensorRT calibration cache from `aspp-deploy build --legacy-int8` to ship.")] = None,
-        data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val split measures the quantized models (default: synthetic).")] = None,
-        backend: Annotated[QuantBackend, typer.Option(help="Quantizer (as `aspp-deploy quantize --backend`).")] = QuantBackend.auto,
-        name: Annotated[str, typer.Option(help="Model name in DeepStream and Triton.")] = "aspp",
-        out: Annotated[Path, typer.Option(help="Bundle folder (replaced atomically if it holds an older bundle).")] = Path("bundle/jetson"),
-        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write bundle.json's content as JSON.")] = None,
-    ) -> None:
-        """Make a self-contained Jetson bundle: ONNX files, torch-free runtime, device build step, DeepStream, Triton."""
-        from aspp_deploy.bundle.bundle import BundleRequest, is_replaceable, bundle_from_onnx
-        from aspp_deploy.precision.calibration import calibration_files
-        from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
-
-        if target.lower() not in TARGETS:
-            raise InputError(f"--target {target} is not supported: only jetson (for a desktop GPU, build an engine "
-                             "with `aspp-deploy build`)")
-        precisions = parse_precisions(precision)
-        if not name or not all(c.isalnum() or c in "_-" for c in name):
-            raise InputError(f"--name {name!r} must be letters, digits, _ or - (it names Triton models and files)")
-        if calib_images < 0:
-            raise InputError(f"--calib-images {calib_images} is impossible: use 0 (all) or a positive count")
-        if not is_replaceable(out):
-            raise InputError(f"{out} exists and is not an aspp-deploy bundle: choose another --out (it is never overwritten)")
-        check_writable(out)
-        calib_folder = calib or SHIPPED_CALIBRATION
-        selftest = calibration_files(calib_folder, 2)
-        if calib_cache is not None:  # checked before minutes of quantizing, not after
-            if "int8" not in precisions:
-                raise InputError("--calib-cache is an INT8 calibration cache: add --precision int8")
-            if not calib_cache.is_file():
-                raise InputError(f"--calib-cache {calib_cache} not found (write one with `aspp-deploy build "
-                                 "--legacy-int8`)")
-            if not Path(str(calib_cache) + ".json").is_file():
-                raise InputError(f"{calib_cache}.json is missing: the calibration cache's record, written beside it "
-                                 "by `aspp-deploy build --legacy-int8`, is shipped with it")
-        fp32 = _fp32_onnx(onnx, checkpoint, artifacts, trust_code)
-        from aspp_deploy.bundle.deepstream import _static_input
-        from aspp_deploy.export.manifest import read_onnx_manifest
-
-        _static_input(read_onnx_manifest(fp32).entry)  # a dynamic input is refused before quantizing
-        variants = _variants(fp32, precisions, calib, data, backend.value)
-        shipped = calibration_files(calib_folder, calib_images) if "int8" in precisions else []
-        with working(f"writing {out}"):
-            info = bundle_from_onnx(BundleRequest(fp32, variants, out, name, shipped, calib_cache, selftest),
-                                    log=lambda m: console.print(f"  {m}", highlight=False))
-        _summary(info, out)
-        write_json(json_out, info)
+    """Adds this module's commands to ``app``."""
+    app.command(cls=Command)(bundle)

@@ -13,15 +13,18 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from aspp_deploy.bench.cells import UNSTABLE_MARK, accuracy_kind, images_text, is_binary, result_cells
 from aspp_deploy.cli import _model_opts as M
-from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json
-from aspp_deploy.cli._common import progress as progress_display
+from aspp_deploy.cli._click import Command
+from aspp_deploy.cli._console import console, out_console, write_json
+from aspp_deploy.cli._errors import handle_errors
+from aspp_deploy.cli._images import parity_images
+from aspp_deploy.cli._progress import progress as progress_display
 
 
 DEFAULT_LIMIT = 64
 
 
-UNSTABLE_MARK = "*"
 # (header, which of result_cells' figures it shows); short headers, units in the header; GLOSSARY says the rest
 ACCURACY_COLUMNS = [("MB", "size"), ("mIoU", "miou"), ("ΔmIoU", "delta"), ("fg IoU", "fg"), ("agree", "agree"),
                     ("bnd F", "bndf"), ("Δlogit", "logit")]
@@ -37,8 +40,6 @@ def _row_label(r: dict, with_device: bool) -> str:
 
 def _results_table(ok: list[dict], columns: list[tuple[str, str]], title: str, binary: bool) -> Table:
     """One table of the ok rows: the row's name (wraps at spaces), then ``columns`` (never wrapped)."""
-    from aspp_deploy.bench.report import result_cells
-
     devices = {r["device"] for r in ok}
     shown = [(head, key) for head, key in columns if key != "fg" or binary]
     body = []
@@ -80,8 +81,6 @@ def _narrowest(table: Table) -> int:
 def results_tables(rows: list[dict], reference: str, labels: str, console: Console) -> list[Table]:
     """The ok rows as one table when it fits ``console``'s width with every figure whole (the row
     names may wrap), else as two narrower ones (accuracy, latency) so no figure is ever cut."""
-    from aspp_deploy.bench.report import is_binary
-
     ok = [r for r in rows if r["status"] == "ok"]
     binary = is_binary(rows)
     kind = "mIoU vs labels" if labels == "masks" else "mIoU = agreement with FP32, no labels"
@@ -138,180 +137,128 @@ def report_line(written: list[Path], folder: Path) -> str:
     return f"report: open {html} in a browser ({len(written)} files in {folder}: JSON, CSV, Markdown, plots)"
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(cls=Command)
-    @handle_errors
-    def compare(
-        checkpoint: M.Checkpoint = None,
-        trust_code: M.TrustCode = False,
-        arch: M.Arch = None,
-        arch_args: M.ArchArgs = None,
-        weights: M.Weights = None,
-        onnx: Annotated[Optional[Path], typer.Option(help="A foreign ONNX to adopt (as `aspp-deploy import` does) instead of a PyTorch model.",
-                                                     rich_help_panel=M.PANEL_MODEL)] = None,
-        spec: M.Spec = None,
-        height: M.Height = 0,
-        width: M.Width = 0,
-        layout: M.LayoutOpt = None,
-        channel_order: M.ChannelOrderOpt = None,
-        scale: M.Scale = None,
-        mean: M.Mean = None,
-        std: M.Std = None,
-        resize: M.Resize = None,
-        classes: M.Classes = None,
-        output_kind: M.OutputKindOpt = None,
-        artifacts: Annotated[Path, typer.Option(help="Folder of artifacts: reused when up to date, made when missing.")] = Path("artifacts"),
-        data: Annotated[Optional[Path], typer.Option(help="VOC-style folder with masks, or a folder of images without masks (every row is then scored against the reference row's masks: agreement with FP32). Default: the synthetic validation split, for the shipped model only.")] = None,
-        calib: Annotated[Optional[Path], typer.Option(help="Calibration image folder for the INT8 rows (default: the shipped calibration/ images; use your own for your model).")] = None,
-        limit: Annotated[int, typer.Option(help="Measure accuracy on the first N validation images (0: the whole split). "
-                                           "64 keeps a cold compare of the shipped model within 3 minutes on 2 CPU cores; "
-                                           "use 0 for final figures.")] = DEFAULT_LIMIT,
-        warmup: Annotated[int, typer.Option(help="Latency warm-up runs per row.")] = 5,
-        iters: Annotated[int, typer.Option(help="Timed latency runs per row.")] = 30,
-        threads: Annotated[int, typer.Option(help="CPU threads for every CPU backend (0: library default).")] = 0,
-        reuse: Annotated[bool, typer.Option("--reuse/--remeasure", help="Reuse accuracy figures measured before on the same artifact (sha256), images, preprocessing and settings (ARTIFACTS/result-cache/); --remeasure measures every row again and stores the new figures.")] = True,
-        reuse_latency: Annotated[bool, typer.Option("--reuse-latency/--measure-latency", help="Reuse latencies measured before on this machine with the same settings too (default: measured every run, and stored for a later --reuse-latency).")] = False,
-        report: Annotated[Optional[Path], typer.Option(help="Report folder (JSON, CSV, Markdown, plots, overlays).")] = Path("reports/compare"),
-        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure as JSON.")] = None,
-    ) -> None:
-        """Run every backend x precision that can run here; one table of accuracy and latency.
+@handle_errors
+def compare(
+    checkpoint: M.Checkpoint = None,
+    trust_code: M.TrustCode = False,
+    arch: M.Arch = None,
+    arch_args: M.ArchArgs = None,
+    weights: M.Weights = None,
+    onnx: Annotated[Optional[Path], typer.Option(help="A foreign ONNX to adopt (as `aspp-deploy import` does) instead of a PyTorch model.",
+                                                 rich_help_panel=M.PANEL_MODEL)] = None,
+    spec: M.Spec = None,
+    height: M.Height = 0,
+    width: M.Width = 0,
+    layout: M.LayoutOpt = None,
+    channel_order: M.ChannelOrderOpt = None,
+    scale: M.Scale = None,
+    mean: M.Mean = None,
+    std: M.Std = None,
+    resize: M.Resize = None,
+    classes: M.Classes = None,
+    output_kind: M.OutputKindOpt = None,
+    artifacts: Annotated[Path, typer.Option(help="Folder of artifacts: reused when up to date, made when missing.")] = Path("artifacts"),
+    data: Annotated[Optional[Path], typer.Option(help="VOC-style folder with masks, or a folder of images without masks (every row is then scored against the reference row's masks: agreement with FP32). Default: the synthetic validation split, for the shipped model only.")] = None,
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration image folder for the INT8 rows (default: the shipped calibration/ images; use your own for your model).")] = None,
+    limit: Annotated[int, typer.Option(help="Measure accuracy on the first N validation images (0: the whole split). "
+                                       "64 keeps a cold compare of the shipped model within 3 minutes on 2 CPU cores; "
+                                       "use 0 for final figures.")] = DEFAULT_LIMIT,
+    warmup: Annotated[int, typer.Option(help="Latency warm-up runs per row.")] = 5,
+    iters: Annotated[int, typer.Option(help="Timed latency runs per row.")] = 30,
+    threads: Annotated[int, typer.Option(help="CPU threads for every CPU backend (0: library default).")] = 0,
+    reuse: Annotated[bool, typer.Option("--reuse/--remeasure", help="Reuse accuracy figures measured before on the same artifact (sha256), images, preprocessing and settings (ARTIFACTS/result-cache/); --remeasure measures every row again and stores the new figures.")] = True,
+    reuse_latency: Annotated[bool, typer.Option("--reuse-latency/--measure-latency", help="Reuse latencies measured before on this machine with the same settings too (default: measured every run, and stored for a later --reuse-latency).")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Report folder (JSON, CSV, Markdown, plots, overlays).")] = Path("reports/compare"),
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure as JSON.")] = None,
+) -> None:
+    """Run every backend x precision that can run here; one table of accuracy and latency.
 
-        The model: --checkpoint, --arch with --weights, or --onnx; with none of them, what ARTIFACTS/model.onnx
-        already holds, else the shipped checkpoint."""
-        import torch
+    The model: --checkpoint, --arch with --weights, or --onnx; with none of them, what ARTIFACTS/model.onnx
+    already holds, else the shipped checkpoint."""
+    import torch
 
-        from aspp_deploy.backends.registry import open_runner
-        from aspp_deploy.backends.torch_backend import TorchRunner
-        from aspp_deploy.bench.compare import ValidationSet, run_compare
-        from aspp_deploy.bench.report import machine_description, write_report
-        from aspp_deploy.bench.rows import default_row_specs
-        from aspp_deploy.data.preprocess import Preprocess
-        from aspp_deploy.errors import InputError
-        from aspp_deploy.eval.evaluate import default_data_for
-        from aspp_deploy.export.ensure import ensure_fp32
+    from aspp_deploy.bench.compare import ValidationSet, run_compare
+    from aspp_deploy.bench.report import machine_description, write_report
+    from aspp_deploy.bench.row_keys import row_keys
+    from aspp_deploy.bench.rows import default_row_specs, row_opener
+    from aspp_deploy.runtime.preprocess import Preprocess
+    from aspp_deploy.errors import InputError
+    from aspp_deploy.eval.evaluate import default_data_for
+    from aspp_deploy.export.ensure import ensure_fp32
 
-        if limit < 0 or iters < 1 or warmup < 0 or threads < 0:
-            raise InputError("--limit, --warmup and --threads must be >= 0 and --iters >= 1")
-        if threads:
-            torch.set_num_threads(threads)
-        model_spec = M.build_spec(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
-                                  output_kind)
-        log = lambda m: console.print(escape(m), highlight=False)  # noqa: E731  (paths may hold [brackets])
-        from aspp_deploy.cli.export_cmd import parity_images
+    if limit < 0 or iters < 1 or warmup < 0 or threads < 0:
+        raise InputError("--limit, --warmup and --threads must be >= 0 and --iters >= 1")
+    if threads:
+        torch.set_num_threads(threads)
+    source = M.ModelSourceOptions(checkpoint, arch, arch_args, weights, trust_code)
+    model_spec = M.ModelSpecOptions(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
+                                    output_kind).build()
+    log = lambda m: console.print(escape(m), highlight=False)  # noqa: E731  (paths may hold [brackets])
+    if data is not None:  # real images join the parity check, as in `export` (masks or not)
+        from aspp_deploy.data.images import open_data
 
-        if data is not None:  # real images join the parity check, as in `export` (masks or not)
-            from aspp_deploy.data.images import open_data
+        images = [s.image for s in open_data(data).samples[:4]]
+    else:
+        images = parity_images(None)
+    fp32 = ensure_fp32(artifacts, model_spec, onnx=onnx, images=images, log=log, **source.keywords())
+    entry = fp32.entry
+    pre = Preprocess.from_dict(entry["preprocess"])
+    class_names = list(entry["classes"])
 
-            images = [s.image for s in open_data(data).samples[:4]]
-        else:
-            images = parity_images(None)
-        fp32 = ensure_fp32(artifacts, model_spec, checkpoint=checkpoint, arch=arch, arch_args=arch_args,
-                           weights=weights, onnx=onnx, images=images, log=log, trust_code=trust_code)
-        entry = fp32.entry
-        pre = Preprocess.from_dict(entry["preprocess"])
-        class_names = list(entry["classes"])
+    def export_fn() -> Path:
+        return ensure_fp32(artifacts, model_spec, onnx=onnx, images=images, log=log, **source.keywords()).path
 
-        def export_fn() -> Path:
-            return ensure_fp32(artifacts, model_spec, checkpoint=checkpoint, arch=arch, arch_args=arch_args,
-                               weights=weights, onnx=onnx, images=images, log=log, trust_code=trust_code).path
+    torch_model = fp32.source.files[0] if fp32.source and fp32.source.files else None
 
-        torch_model = fp32.source.files[0] if fp32.source and fp32.source.files else None
+    with progress_display() as progress:  # a bar on a terminal, plain lines in a log
+        gen = progress.add_task("generating the synthetic validation split", total=None, visible=False)
+        root = data if data is not None else default_data_for(
+            class_names, entry.get("source"), "compare",
+            lambda s, i, n: progress.update(gen, completed=i, total=n, visible=True))
+        progress.update(gen, visible=False)
+        specs = default_row_specs(torch_model, artifacts, export_fn, _quantizer(root, calib, threads),
+                                  no_torch=fp32.no_torch)
+        load = progress.add_task("loading validation images", total=None)
+        val = ValidationSet(root, pre, len(class_names), limit or None)
+        progress.update(load, visible=False)
 
-        def open_row(s):
-            if s.backend == "torch":
-                return TorchRunner(device=s.device, precision=s.precision, source=fp32.source, preprocess=pre)
-            return open_runner(s.backend, s.artifact, s.precision, s.device, threads)
+        def progress_factory(label: str):
+            task = progress.add_task(f"{label}: accuracy", total=len(val.inputs))
+            return lambda i, n: progress.update(task, completed=i)
 
-        with progress_display() as progress:  # a bar on a terminal, plain lines in a log
-            gen = progress.add_task("generating the synthetic validation split", total=None, visible=False)
-            root = data if data is not None else default_data_for(
-                class_names, entry.get("source"), "compare",
-                lambda s, i, n: progress.update(gen, completed=i, total=n, visible=True))
-            progress.update(gen, visible=False)
-            specs = default_row_specs(torch_model, artifacts, export_fn, _quantizer(root, calib, threads),
-                                      no_torch=fp32.no_torch)
-            load = progress.add_task("loading validation images", total=None)
-            val = ValidationSet(root, pre, len(class_names), limit or None)
-            progress.update(load, visible=False)
+        from aspp_deploy.bench.result_cache import FOLDER, ResultCache
 
-            def progress_factory(label: str):
-                task = progress.add_task(f"{label}: accuracy", total=len(val.inputs))
-                return lambda i, n: progress.update(task, completed=i)
-
-            from aspp_deploy.bench.result_cache import FOLDER, ResultCache
-
-            cache = ResultCache(artifacts / FOLDER, read=reuse)
-            machine = machine_description()
-            latency_key = {"warmup": warmup, "iters": iters, "threads": threads, "input": list(pre.input_shape(1)),
-                           "machine": machine}
-            rows = run_compare(specs, val, class_names, open_row, warmup, iters, log=log,
-                               progress_factory=progress_factory, cache=cache,
-                               row_key=_row_keys(fp32, pre, class_names, val, threads), latency_key=latency_key,
-                               reuse_latency=reuse_latency)
-        dicts = [r.to_dict() for r in rows]
-        reference = next((r for r in rows if r.status == "ok"), None)
-        ref_label = f"{reference.spec.backend} {reference.spec.precision}" if reference else "nothing"
-        print_results(dicts, ref_label, val.labels, iters, out_console)
-        settings = {"images": len(val.inputs), "split_images": val.split_size, "data": str(root),
-                    "labels": val.labels,
-                    "input": [pre.height, pre.width], "warmup": warmup, "iters": iters,
-                    "threads": threads or torch.get_num_threads(),
-                    "model": (entry.get("model") or {}).get("label"), "reference": ref_label,
-                    "checkpoint": str(torch_model) if torch_model else None}
-        from aspp_deploy.bench.report import accuracy_kind, images_text
-
-        settings["accuracy"] = accuracy_kind(settings, dicts)
-        out_console.print(f"accuracy on {images_text(settings)}"
-                          + (" (--limit 0 measures them all)" if val.split_size > len(val.inputs) else ""),
-                          highlight=False)
-        out_console.print(f"accuracy shown: {settings['accuracy']}", highlight=False, soft_wrap=True)
-        if report is not None:
-            preds = {f"{r.spec.backend} {r.spec.precision}": r.predictions for r in rows if r.status == "ok"}
-            written = write_report(report, dicts, machine, settings, samples=val.samples,
-                                   predictions=preds, palette=entry.get("palette"), classes=class_names)
-            console.print(escape(report_line(written, report)), highlight=False, soft_wrap=True)
-        write_json(json_out, {"machine": machine, "settings": settings, "rows": dicts})
-        if not any(r.status == "ok" for r in rows):
-            raise InputError("no row could run: see the reasons under \"not run here\"")
-
-
-def _row_keys(fp32, pre, class_names: list[str], val, threads: int):
-    """What a compare row's figures depend on (see ``aspp_deploy.bench.compare``): the artifact by
-    content (sha256; the PyTorch source by its fingerprint: files by content, factory, arguments),
-    the images and masks by content, the preprocessing, and the backend/precision settings."""
-    from aspp_deploy.export.manifest import tool_versions
-    from aspp_deploy.io import sha256_file
-
-    versions = tool_versions("openvino", "tensorrt")
-    library = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino", "trt": "tensorrt"}
-    hashed: dict[tuple, str] = {}
-
-    def sha(path) -> str:
-        st = path.stat()
-        memo = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-        if memo not in hashed:
-            hashed[memo] = sha256_file(path)
-        return hashed[memo]
-
-    def key(s) -> dict | None:
-        if s.backend == "torch":
-            if fp32.source is None:
-                return None
-            artifact = {"torch_source": fp32.source.fingerprint()}
-        elif s.artifact is not None and s.artifact.is_file():
-            artifact = {"sha256": sha(s.artifact)}
-        else:
-            return None
-        settings = {"backend": s.backend, "precision": s.precision, "device": s.device, "note": s.note,
-                    "threads": threads, "library": versions.get(library.get(s.backend, ""))}
-        if s.backend == "openvino":
-            from aspp_deploy.backends.openvino_backend import INFERENCE_PRECISION
-
-            settings["inference_precision"] = INFERENCE_PRECISION
-        return {"artifact": artifact, "data": val.digest, "labels": val.labels, "preprocess": pre.to_dict(),
-                "classes": class_names, "settings": settings}
-
-    return key
+        cache = ResultCache(artifacts / FOLDER, read=reuse)
+        machine = machine_description()
+        latency_key = {"warmup": warmup, "iters": iters, "threads": threads, "input": list(pre.input_shape(1)),
+                       "machine": machine}
+        rows = run_compare(specs, val, class_names, row_opener(fp32.source, pre, threads), warmup, iters,
+                           log=log, progress_factory=progress_factory, cache=cache,
+                           row_key=row_keys(fp32, pre, class_names, val, threads), latency_key=latency_key,
+                           reuse_latency=reuse_latency)
+    dicts = [r.to_dict() for r in rows]
+    reference = next((r for r in rows if r.status == "ok"), None)
+    ref_label = f"{reference.spec.backend} {reference.spec.precision}" if reference else "nothing"
+    print_results(dicts, ref_label, val.labels, iters, out_console)
+    settings = {"images": len(val.inputs), "split_images": val.split_size, "data": str(root),
+                "labels": val.labels,
+                "input": [pre.height, pre.width], "warmup": warmup, "iters": iters,
+                "threads": threads or torch.get_num_threads(),
+                "model": (entry.get("model") or {}).get("label"), "reference": ref_label,
+                "checkpoint": str(torch_model) if torch_model else None}
+    settings["accuracy"] = accuracy_kind(settings, dicts)
+    out_console.print(f"accuracy on {images_text(settings)}"
+                      + (" (--limit 0 measures them all)" if val.split_size > len(val.inputs) else ""),
+                      highlight=False)
+    out_console.print(f"accuracy shown: {settings['accuracy']}", highlight=False, soft_wrap=True)
+    if report is not None:
+        preds = {f"{r.spec.backend} {r.spec.precision}": r.predictions for r in rows if r.status == "ok"}
+        written = write_report(report, dicts, machine, settings, samples=val.samples,
+                               predictions=preds, palette=entry.get("palette"), classes=class_names)
+        console.print(escape(report_line(written, report)), highlight=False, soft_wrap=True)
+    write_json(json_out, {"machine": machine, "settings": settings, "rows": dicts})
+    if not any(r.status == "ok" for r in rows):
+        raise InputError("no row could run: see the reasons under \"not run here\"")
 
 
 def _quantizer(data: Path, calib: Optional[Path], threads: int):
@@ -323,3 +270,8 @@ def _quantizer(data: Path, calib: Optional[Path], threads: int):
                                     data=data, calib=calib, threads=threads, **kwargs)
 
     return make
+
+
+def register(app: typer.Typer) -> None:
+    """Adds this module's commands to ``app``."""
+    app.command(cls=Command)(compare)

@@ -7,7 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from aspp_deploy.cli._common import Command, Group, console, handle_errors, progress, write_json
+from aspp_deploy.cli._click import Command, Group
+from aspp_deploy.cli._console import console, write_json
+from aspp_deploy.cli._errors import handle_errors
+from aspp_deploy.cli._progress import progress
 from aspp_deploy.data.synthetic import write_calibration_folder, write_synthetic_voc
 from aspp_deploy.errors import InputError
 from aspp_deploy.io import ensure_writable

@@ -11,8 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from aspp_deploy.cli import _model_opts as M
-from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json, working
-from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
+from aspp_deploy.cli._click import Command
+from aspp_deploy.cli._console import console, out_console, write_json
+from aspp_deploy.cli._errors import handle_errors
+from aspp_deploy.cli._progress import working
+from aspp_deploy.cli._images import parity_images
 
 
 
@@ -29,25 +32,10 @@ class TrtVersion(str, Enum):
     v11 = "11"
 
 
-def image_files(folder: Path) -> list[Path]:
-    from aspp_deploy.data.voc import IMAGE_EXTENSIONS
-
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")) if folder.is_dir() else []
-
-
-def parity_images(data: Optional[Path]) -> list[Path]:
-    if data is None:
-        return image_files(SHIPPED_CALIBRATION)[:4]
-    from aspp_deploy.data.voc import VOCSegmentation
-
-    if Path(data).is_dir() and not (Path(data) / "ImageSets").exists():
-        return image_files(Path(data))[:4]  # a folder of images (no masks)
-    return [s.image for s in VOCSegmentation(data, "val").samples[:4]]
-
-
 def print_export(result, verb: str = "wrote") -> None:
     """The summary export and import share: notes, ASPP findings, passes, parity, pre-flight."""
+    from aspp_deploy.export.preflight import preflight_line
+
     entry = result.entry
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
@@ -84,24 +72,6 @@ def print_export(result, verb: str = "wrote") -> None:
     out_console.print(f"{verb} {result.onnx_path} and {result.manifest_path}", highlight=False)
 
 
-def preflight_line(entry: dict, onnx_path: Path, title: str = "TensorRT pre-flight: ") -> str:
-    """One line from an entry's pre-flight summary (or, from an older entry, its findings): the verdict
-    per version with its error and warning counts, and where every finding is."""
-    from aspp_deploy.export.trt_check import SIDECAR_KEY, version_summaries
-
-    def counts(c: dict) -> str:
-        parts = [f"{c[k]} {k if c[k] != 1 else k[:-1]}" for k in ("errors", "warnings") if c.get(k)]
-        return f" ({', '.join(parts)})" if parts else ""
-
-    checks = version_summaries(entry)
-    line = title + ", ".join(f"{v} {'ok' if c['ok'] else 'FAIL'}{counts(c)}" for v, c in checks.items())
-    sidecar = (entry.get(SIDECAR_KEY) or {}).get("file")
-    if any(c.get("errors") or c.get("warnings") for c in checks.values()):
-        where = f"every finding in {onnx_path.parent / sidecar}; " if sidecar else ""
-        line += f" ({where}`aspp-deploy check {onnx_path}` groups them)"
-    return line
-
-
 SHOW_NODES = 3  # node names printed per kind of finding (--json lists them all)
 
 
@@ -135,143 +105,147 @@ def print_check(model: Path, reports: list, groups: list) -> None:
                       highlight=False, soft_wrap=True)
 
 
+@handle_errors
+def export(
+    checkpoint: M.Checkpoint = None,
+    trust_code: M.TrustCode = False,
+    arch: M.Arch = None,
+    arch_args: M.ArchArgs = None,
+    weights: M.Weights = None,
+    spec: M.Spec = None,
+    height: M.Height = 0,
+    width: M.Width = 0,
+    layout: M.LayoutOpt = None,
+    channel_order: M.ChannelOrderOpt = None,
+    scale: M.Scale = None,
+    mean: M.Mean = None,
+    std: M.Std = None,
+    resize: M.Resize = None,
+    classes: M.Classes = None,
+    output_kind: M.OutputKindOpt = None,
+    output_layout: M.OutputLayoutOpt = None,
+    threshold: M.Threshold = None,
+    out: Annotated[Path, typer.Option(help="Output folder (MODEL.onnx + manifest.json).")] = Path("artifacts"),
+    name: Annotated[str, typer.Option(help="File stem of the ONNX model (a plain name).")] = "model",
+    batch: Annotated[int, typer.Option(help="Batch size (the static or the reference one).")] = 1,
+    dynamic: Annotated[Optional[str], typer.Option(help="Dynamic axes: 'batch', 'spatial' or 'batch,spatial' (default: the spec's, else none).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17 parses on every TensorRT from 8.5).")] = 17,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxsim.")] = True,
+    degenerate_atrous: Annotated[bool, typer.Option("--degenerate-atrous/--no-degenerate-atrous",
+                                                    help="Pass 1: atrous convs whose rate covers the feature map -> smaller convs.")] = True,
+    pool_broadcast: Annotated[bool, typer.Option("--pool-broadcast/--no-pool-broadcast",
+                                                 help="Pass 2: Resize of the 1x1 pooled map -> Expand.")] = True,
+    argmax: Annotated[bool, typer.Option("--argmax/--no-argmax", help="Pass 3: output class ids instead of logits.")] = False,
+    argmax_dtype: Annotated[ArgmaxDtype, typer.Option(help="Class-id dtype with --argmax.")] = ArgmaxDtype.int32,
+    data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val images join the parity check (default: shipped calibration images).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the manifest entry as JSON.")] = None,
+) -> None:
+    """Export a PyTorch model (our checkpoint, a factory + weights, TorchScript, torch.export) to a checked,
+    simplified, parity-verified ONNX with a manifest."""
+    from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_source
+
+    source = M.ModelSourceOptions(checkpoint, arch, arch_args, weights, trust_code)
+    model_spec = M.ModelSpecOptions(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
+                                    output_kind, output_layout=output_layout, threshold=threshold).build()
+    dyn = None if dynamic is None else frozenset(d.strip() for d in dynamic.split(",") if d.strip())
+    opts = ExportOptions(None, None, batch, dyn, opset, simplify, degenerate_atrous, pool_broadcast, argmax,
+                         argmax_dtype.value, name)
+    with working("exporting"):
+        result = onnx_from_source(source.load(), model_spec, out, opts, parity_images(data),
+                                  log=lambda m: console.print(m, highlight=False))
+    print_export(result)
+    write_json(json_out, result.entry)
+
+
+@handle_errors
+def import_command(
+    model: Annotated[Path, typer.Argument(help="A segmentation model made elsewhere: ONNX, or TFLite (.tflite; "
+                                                "pip install 'aspp-deploy[tflite]').")],
+    spec: M.Spec = None,
+    height: M.Height = 0,
+    width: M.Width = 0,
+    layout: M.LayoutOpt = None,
+    channel_order: M.ChannelOrderOpt = None,
+    scale: M.Scale = None,
+    mean: M.Mean = None,
+    std: M.Std = None,
+    resize: M.Resize = None,
+    classes: M.Classes = None,
+    output_kind: M.OutputKindOpt = None,
+    output_layout: M.OutputLayoutOpt = None,
+    threshold: M.Threshold = None,
+    out: Annotated[Path, typer.Option(help="Output folder (MODEL.onnx + manifest.json).")] = Path("artifacts"),
+    name: Annotated[str, typer.Option(help="File stem of the adopted ONNX (a plain name).")] = "model",
+    batch: Annotated[int, typer.Option(help="Batch size: the reference one, or the static one a pinned dynamic batch takes.")] = 1,
+    dynamic: Annotated[Optional[str], typer.Option(help="Dynamic axes to keep: 'batch', 'spatial', both, or '' to pin every dynamic axis (default: the graph's).")] = None,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxsim.")] = True,
+    degenerate_atrous: Annotated[bool, typer.Option("--degenerate-atrous/--no-degenerate-atrous",
+                                                    help="Pass 1: atrous convs whose rate covers the feature map -> smaller convs.")] = True,
+    pool_broadcast: Annotated[bool, typer.Option("--pool-broadcast/--no-pool-broadcast",
+                                                 help="Pass 2: Resize of the 1x1 pooled map -> Expand.")] = True,
+    argmax: Annotated[bool, typer.Option("--argmax/--no-argmax", help="Pass 3: output class ids instead of logits.")] = False,
+    argmax_dtype: Annotated[ArgmaxDtype, typer.Option(help="Class-id dtype with --argmax.")] = ArgmaxDtype.int32,
+    output_name: Annotated[Optional[str], typer.Option(help="The output that is the segmentation map, when the "
+                                                         "model has several (default: the first).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val images, or folder of images whose first four, join the parity check (default: shipped calibration images).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the manifest entry as JSON.")] = None,
+) -> None:
+    """Adopt a foreign ONNX or TFLite model: checker, onnxsim, ASPP passes, parity against the original, TensorRT
+    pre-flight and the manifest every later command reads."""
+    from aspp_deploy.export.onnx_export import ExportOptions
+    from aspp_deploy.export.onnx_import import onnx_from_foreign
+
+    model_spec = M.ModelSpecOptions(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
+                                    output_kind, dynamic, output_layout, threshold).build()
+    opts = ExportOptions(None, None, batch, None, 17, simplify, degenerate_atrous, pool_broadcast, argmax,
+                         argmax_dtype.value, name)
+    with working("importing"):
+        result = onnx_from_foreign(model, model_spec, out, opts, parity_images(data),
+                                   log=lambda m: console.print(m, highlight=False), output_name=output_name)
+    print_export(result, "adopted as")
+    write_json(json_out, result.entry)
+
+
+@handle_errors
+def presets(
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the presets as JSON.")] = None,
+) -> None:
+    """List the --arch presets (torchvision and segmentation_models_pytorch models)."""
+    from aspp_deploy.model.sources import PRESETS
+
+    table = Table(title="--arch presets (pretrained downloads forced off; --weights required)")
+    for col in ("preset", "factory", "class-count argument", "package"):
+        table.add_column(col)
+    for name, p in PRESETS.items():
+        table.add_row(name, p.target, p.classes_arg, p.package)
+    out_console.print(table)
+    write_json(json_out, {name: {"factory": p.target, "classes_arg": p.classes_arg, "package": p.package}
+                          for name, p in PRESETS.items()})
+
+@handle_errors
+def check(
+    model: Annotated[Path, typer.Argument(help="ONNX model to lint.")],
+    trt_version: Annotated[Optional[TrtVersion], typer.Option(help="TensorRT version (default: all).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the findings as JSON.")] = None,
+) -> None:
+    """Lint an ONNX model against the TensorRT ONNX parser's constraints (no TensorRT needed)."""
+    from aspp_deploy.export.graph import load_onnx
+    from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt, group_findings
+
+    graph = load_onnx(model)
+    versions = [trt_version.value] if trt_version else list(TRT_VERSIONS)
+    reports = [check_for_trt(graph, v) for v in versions]
+    groups = group_findings(reports)
+    print_check(model, reports, groups)
+    write_json(json_out, {"model": str(model), "reports": [r.to_dict() for r in reports],
+                          "grouped": [g.to_dict() for g in groups]})
+    if not all(reports):
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(cls=Command)
-    @handle_errors
-    def export(
-        checkpoint: M.Checkpoint = None,
-        trust_code: M.TrustCode = False,
-        arch: M.Arch = None,
-        arch_args: M.ArchArgs = None,
-        weights: M.Weights = None,
-        spec: M.Spec = None,
-        height: M.Height = 0,
-        width: M.Width = 0,
-        layout: M.LayoutOpt = None,
-        channel_order: M.ChannelOrderOpt = None,
-        scale: M.Scale = None,
-        mean: M.Mean = None,
-        std: M.Std = None,
-        resize: M.Resize = None,
-        classes: M.Classes = None,
-        output_kind: M.OutputKindOpt = None,
-        output_layout: M.OutputLayoutOpt = None,
-        threshold: M.Threshold = None,
-        out: Annotated[Path, typer.Option(help="Output folder (MODEL.onnx + manifest.json).")] = Path("artifacts"),
-        name: Annotated[str, typer.Option(help="File stem of the ONNX model (a plain name).")] = "model",
-        batch: Annotated[int, typer.Option(help="Batch size (the static or the reference one).")] = 1,
-        dynamic: Annotated[Optional[str], typer.Option(help="Dynamic axes: 'batch', 'spatial' or 'batch,spatial' (default: the spec's, else none).")] = None,
-        opset: Annotated[int, typer.Option(help="ONNX opset (17 parses on every TensorRT from 8.5).")] = 17,
-        simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxsim.")] = True,
-        degenerate_atrous: Annotated[bool, typer.Option("--degenerate-atrous/--no-degenerate-atrous",
-                                                        help="Pass 1: atrous convs whose rate covers the feature map -> smaller convs.")] = True,
-        pool_broadcast: Annotated[bool, typer.Option("--pool-broadcast/--no-pool-broadcast",
-                                                     help="Pass 2: Resize of the 1x1 pooled map -> Expand.")] = True,
-        argmax: Annotated[bool, typer.Option("--argmax/--no-argmax", help="Pass 3: output class ids instead of logits.")] = False,
-        argmax_dtype: Annotated[ArgmaxDtype, typer.Option(help="Class-id dtype with --argmax.")] = ArgmaxDtype.int32,
-        data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val images join the parity check (default: shipped calibration images).")] = None,
-        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the manifest entry as JSON.")] = None,
-    ) -> None:
-        """Export a PyTorch model (our checkpoint, a factory + weights, TorchScript, torch.export) to a checked,
-        simplified, parity-verified ONNX with a manifest."""
-        from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_source
-        from aspp_deploy.model.sources import load_source
-
-        model_spec = M.build_spec(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
-                                  output_kind, output_layout=output_layout, threshold=threshold)
-        dyn = None if dynamic is None else frozenset(d.strip() for d in dynamic.split(",") if d.strip())
-        opts = ExportOptions(None, None, batch, dyn, opset, simplify, degenerate_atrous, pool_broadcast, argmax,
-                             argmax_dtype.value, name)
-        with working("exporting"):
-            source = load_source(checkpoint, arch, arch_args, weights, trust_code=trust_code)
-            result = onnx_from_source(source, model_spec, out, opts, parity_images(data),
-                                      log=lambda m: console.print(m, highlight=False))
-        print_export(result)
-        write_json(json_out, result.entry)
-
-    @app.command("import", cls=Command)
-    @handle_errors
-    def import_command(
-        model: Annotated[Path, typer.Argument(help="A segmentation model made elsewhere: ONNX, or TFLite (.tflite; "
-                                                    "pip install 'aspp-deploy[tflite]').")],
-        spec: M.Spec = None,
-        height: M.Height = 0,
-        width: M.Width = 0,
-        layout: M.LayoutOpt = None,
-        channel_order: M.ChannelOrderOpt = None,
-        scale: M.Scale = None,
-        mean: M.Mean = None,
-        std: M.Std = None,
-        resize: M.Resize = None,
-        classes: M.Classes = None,
-        output_kind: M.OutputKindOpt = None,
-        output_layout: M.OutputLayoutOpt = None,
-        threshold: M.Threshold = None,
-        out: Annotated[Path, typer.Option(help="Output folder (MODEL.onnx + manifest.json).")] = Path("artifacts"),
-        name: Annotated[str, typer.Option(help="File stem of the adopted ONNX (a plain name).")] = "model",
-        batch: Annotated[int, typer.Option(help="Batch size: the reference one, or the static one a pinned dynamic batch takes.")] = 1,
-        dynamic: Annotated[Optional[str], typer.Option(help="Dynamic axes to keep: 'batch', 'spatial', both, or '' to pin every dynamic axis (default: the graph's).")] = None,
-        simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxsim.")] = True,
-        degenerate_atrous: Annotated[bool, typer.Option("--degenerate-atrous/--no-degenerate-atrous",
-                                                        help="Pass 1: atrous convs whose rate covers the feature map -> smaller convs.")] = True,
-        pool_broadcast: Annotated[bool, typer.Option("--pool-broadcast/--no-pool-broadcast",
-                                                     help="Pass 2: Resize of the 1x1 pooled map -> Expand.")] = True,
-        argmax: Annotated[bool, typer.Option("--argmax/--no-argmax", help="Pass 3: output class ids instead of logits.")] = False,
-        argmax_dtype: Annotated[ArgmaxDtype, typer.Option(help="Class-id dtype with --argmax.")] = ArgmaxDtype.int32,
-        output_name: Annotated[Optional[str], typer.Option(help="The output that is the segmentation map, when the "
-                                                             "model has several (default: the first).")] = None,
-        data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val images, or folder of images whose first four, join the parity check (default: shipped calibration images).")] = None,
-        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the manifest entry as JSON.")] = None,
-    ) -> None:
-        """Adopt a foreign ONNX or TFLite model: checker, onnxsim, ASPP passes, parity against the original, TensorRT
-        pre-flight and the manifest every later command reads."""
-        from aspp_deploy.export.onnx_export import ExportOptions
-        from aspp_deploy.export.onnx_import import onnx_from_foreign
-
-        model_spec = M.build_spec(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
-                                  output_kind, dynamic, output_layout, threshold)
-        opts = ExportOptions(None, None, batch, None, 17, simplify, degenerate_atrous, pool_broadcast, argmax,
-                             argmax_dtype.value, name)
-        with working("importing"):
-            result = onnx_from_foreign(model, model_spec, out, opts, parity_images(data),
-                                       log=lambda m: console.print(m, highlight=False), output_name=output_name)
-        print_export(result, "adopted as")
-        write_json(json_out, result.entry)
-
-    @app.command(cls=Command)
-    @handle_errors
-    def presets(
-        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the presets as JSON.")] = None,
-    ) -> None:
-        """List the --arch presets (torchvision and segmentation_models_pytorch models)."""
-        from aspp_deploy.model.sources import PRESETS
-
-        table = Table(title="--arch presets (pretrained downloads forced off; --weights required)")
-        for col in ("preset", "factory", "class-count argument", "package"):
-            table.add_column(col)
-        for name, p in PRESETS.items():
-            table.add_row(name, p.target, p.classes_arg, p.package)
-        out_console.print(table)
-        write_json(json_out, {name: {"factory": p.target, "classes_arg": p.classes_arg, "package": p.package}
-                              for name, p in PRESETS.items()})
-
-    @app.command(cls=Command)
-    @handle_errors
-    def check(
-        model: Annotated[Path, typer.Argument(help="ONNX model to lint.")],
-        trt_version: Annotated[Optional[TrtVersion], typer.Option(help="TensorRT version (default: all).")] = None,
-        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the findings as JSON.")] = None,
-    ) -> None:
-        """Lint an ONNX model against the TensorRT ONNX parser's constraints (no TensorRT needed)."""
-        from aspp_deploy.export.graph import load_onnx
-        from aspp_deploy.export.trt_check import TRT_VERSIONS, check_for_trt, group_findings
-
-        graph = load_onnx(model)
-        versions = [trt_version.value] if trt_version else list(TRT_VERSIONS)
-        reports = [check_for_trt(graph, v) for v in versions]
-        groups = group_findings(reports)
-        print_check(model, reports, groups)
-        write_json(json_out, {"model": str(model), "reports": [r.to_dict() for r in reports],
-                              "grouped": [g.to_dict() for g in groups]})
-        if not all(reports):
-            raise typer.Exit(1)
+    """Adds this module's commands to ``app``."""
+    app.command(cls=Command)(export)
+    app.command("import", cls=Command)(import_command)
+    app.command(cls=Command)(presets)
+    app.command(cls=Command)(check)

@@ -10,18 +10,16 @@ import typer
 from rich.table import Table
 
 from aspp_deploy.bench.stats import signed
-from aspp_deploy.cli._common import Command, console, handle_errors, out_console, write_json, working
+from aspp_deploy.cli._click import Command
+from aspp_deploy.cli._console import console, out_console, write_json
+from aspp_deploy.cli._errors import handle_errors
+from aspp_deploy.cli._progress import working
 from aspp_deploy.precision.calibration import DEFAULT_CALIB_SIZE
+from aspp_deploy.runtime.vocab import Precision, Target, subset
 
 
-class Precision(str, Enum):
-    fp16 = "fp16"
-    int8 = "int8"
-
-
-class Target(str, Enum):
-    trt = "trt"
-    cpu = "cpu"
+QuantPrecision = subset("QuantPrecision", Precision, Precision.fp16, Precision.int8)
+HighPrecision = subset("HighPrecision", Precision, Precision.fp32, Precision.fp16)
 
 
 class Method(str, Enum):
@@ -37,82 +35,76 @@ class Backend(str, Enum):
     ort = "ort"
 
 
-class HighPrecision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
+@handle_errors
+def quantize(
+    onnx: Annotated[Path, typer.Option("--onnx", "--model", help="FP32 ONNX made by `aspp-deploy export` or `import`.")],
+    precision: Annotated[QuantPrecision, typer.Option(help="fp16 (mixed precision) or int8 (Q/DQ).")],  # pyright: ignore[reportInvalidTypeForm]
+    target: Annotated[Target, typer.Option(help="INT8 for TensorRT (trt) or the ONNX Runtime CPU provider (cpu).")] = Target.trt,
+    calib: Annotated[Optional[Path], typer.Option(help="Folder of calibration images (default: the shipped calibration/).")] = None,
+    calib_size: Annotated[int, typer.Option(help="Use the first N images of --calib in name order (0: all).")] = DEFAULT_CALIB_SIZE,
+    method: Annotated[Optional[Method], typer.Option(help="Calibration method (default: entropy for trt, auto for cpu: minmax, entropy and percentile 99.99/99.999 measured on the budget images, the best kept).")] = None,
+    percentile: Annotated[float, typer.Option(help="Percentile for --method percentile.")] = 99.999,
+    data: Annotated[Optional[Path], typer.Option(help="Accuracy data: a VOC folder (its val split, against the masks) or a folder of images (agreement with the FP32 model's masks). Default: the synthetic split for the shipped model; for any other model the --calib images after the first --calib-size, held out.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output ONNX (default: MODEL.fp16.onnx / MODEL.int8-TARGET.onnx beside --onnx).")] = None,
+    max_miou_drop: Annotated[float, typer.Option("--max-drop", "--max-miou-drop", help="Accuracy budget: points of the task metric (foreground IoU for 2-class models, else mIoU) that may be lost against FP32 on average.")] = 0.5,
+    max_worst_drop: Annotated[float, typer.Option(help="Accuracy budget: points of the task metric that may be lost on the worst budget image (0: unchecked).")] = 7.0,
+    budget_images: Annotated[int, typer.Option(help="Val images the budget loop measures on (0: no budget loop).")] = 8,
+    eval_images: Annotated[int, typer.Option(help="Val images for the manifest's accuracy figures (0: all).")] = 0,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Calibration cache folder (default: calibration-cache/ beside the output).")] = None,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use and fill the calibration cache.")] = True,
+    backend: Annotated[Backend, typer.Option(help="auto: ModelOpt when installed (trt, fp16), else ONNX Runtime / onnxconverter-common.")] = Backend.auto,
+    high_precision: Annotated[HighPrecision, typer.Option(  # pyright: ignore[reportInvalidTypeForm]
+        help="INT8 trt: precision of the unquantized parts (fp16 needs opset 19: TensorRT 10+).")] = HighPrecision.fp32,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads for evaluation (0: default).")] = 0,
+    speed: Annotated[Optional[bool], typer.Option("--speed/--no-speed", help="INT8: time FP32, INT8 and FP16 here (ONNX Runtime, OpenVINO) in interleaved rounds; --target cpu refuses an INT8 that is not faster (default: on for --target cpu with the budget loop).")] = None,
+    allow_slower: Annotated[bool, typer.Option("--allow-slower", help="--target cpu: write the INT8 file even when it is not faster than FP32 here.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the manifest entry as JSON.")] = None,
+) -> None:
+    """Make an FP16 or INT8 ONNX, calibrated on images, within an mIoU budget, with a manifest entry."""
+    from aspp_deploy.export.preflight import preflight_line
+    from aspp_deploy.precision.quantize import QuantizeOptions, quantized_onnx_from_fp32
 
-
-def register(app: typer.Typer) -> None:
-    @app.command(cls=Command)
-    @handle_errors
-    def quantize(
-        onnx: Annotated[Path, typer.Option("--onnx", "--model", help="FP32 ONNX made by `aspp-deploy export` or `import`.")],
-        precision: Annotated[Precision, typer.Option(help="fp16 (mixed precision) or int8 (Q/DQ).")],
-        target: Annotated[Target, typer.Option(help="INT8 for TensorRT (trt) or the ONNX Runtime CPU provider (cpu).")] = Target.trt,
-        calib: Annotated[Optional[Path], typer.Option(help="Folder of calibration images (default: the shipped calibration/).")] = None,
-        calib_size: Annotated[int, typer.Option(help="Use the first N images of --calib in name order (0: all).")] = DEFAULT_CALIB_SIZE,
-        method: Annotated[Optional[Method], typer.Option(help="Calibration method (default: entropy for trt, auto for cpu: minmax, entropy and percentile 99.99/99.999 measured on the budget images, the best kept).")] = None,
-        percentile: Annotated[float, typer.Option(help="Percentile for --method percentile.")] = 99.999,
-        data: Annotated[Optional[Path], typer.Option(help="Accuracy data: a VOC folder (its val split, against the masks) or a folder of images (agreement with the FP32 model's masks). Default: the synthetic split for the shipped model; for any other model the --calib images after the first --calib-size, held out.")] = None,
-        out: Annotated[Optional[Path], typer.Option(help="Output ONNX (default: MODEL.fp16.onnx / MODEL.int8-TARGET.onnx beside --onnx).")] = None,
-        max_miou_drop: Annotated[float, typer.Option("--max-drop", "--max-miou-drop", help="Accuracy budget: points of the task metric (foreground IoU for 2-class models, else mIoU) that may be lost against FP32 on average.")] = 0.5,
-        max_worst_drop: Annotated[float, typer.Option(help="Accuracy budget: points of the task metric that may be lost on the worst budget image (0: unchecked).")] = 7.0,
-        budget_images: Annotated[int, typer.Option(help="Val images the budget loop measures on (0: no budget loop).")] = 8,
-        eval_images: Annotated[int, typer.Option(help="Val images for the manifest's accuracy figures (0: all).")] = 0,
-        cache_dir: Annotated[Optional[Path], typer.Option(help="Calibration cache folder (default: calibration-cache/ beside the output).")] = None,
-        cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use and fill the calibration cache.")] = True,
-        backend: Annotated[Backend, typer.Option(help="auto: ModelOpt when installed (trt, fp16), else ONNX Runtime / onnxconverter-common.")] = Backend.auto,
-        high_precision: Annotated[HighPrecision, typer.Option(help="INT8 trt: precision of the unquantized parts (fp16 needs opset 19: TensorRT 10+).")] = HighPrecision.fp32,
-        threads: Annotated[int, typer.Option(help="ONNX Runtime threads for evaluation (0: default).")] = 0,
-        speed: Annotated[Optional[bool], typer.Option("--speed/--no-speed", help="INT8: time FP32, INT8 and FP16 here (ONNX Runtime, OpenVINO) in interleaved rounds; --target cpu refuses an INT8 that is not faster (default: on for --target cpu with the budget loop).")] = None,
-        allow_slower: Annotated[bool, typer.Option("--allow-slower", help="--target cpu: write the INT8 file even when it is not faster than FP32 here.")] = False,
-        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the manifest entry as JSON.")] = None,
-    ) -> None:
-        """Make an FP16 or INT8 ONNX, calibrated on images, within an mIoU budget, with a manifest entry."""
-        from aspp_deploy.cli.export_cmd import preflight_line
-        from aspp_deploy.precision.quantize import QuantizeOptions, quantized_onnx_from_fp32
-
-        opts = QuantizeOptions(precision.value, target.value, calib, calib_size, method.value if method else None,
-                               percentile, data, out, max_miou_drop, budget_images, eval_images, cache_dir, cache,
-                               backend.value, high_precision.value, threads, max_worst_drop,
-                               target.value == "cpu" and budget_images > 0 if speed is None else speed, allow_slower)
-        with working(f"quantizing to {precision.value}"):
-            result = quantized_onnx_from_fp32(onnx, opts, log=lambda m: console.print(m, highlight=False))
-        entry = result.entry
-        for note in result.notes:
-            console.print(f"[yellow]note:[/] {note}", highlight=False)
-        q = entry["quantization"]
-        _print_survival(q)
-        acc = entry["accuracy"]
-        labelled = acc.get("labels", "masks") == "masks"
-        table = Table(title=f"{result.onnx_path} ({q['tool']}): {acc.get('accuracy_kind') or 'mIoU vs labels'}")
-        table.add_column("measure")
-        table.add_column("value", justify="right")
-        where = "val images" if labelled else \
-            ("images held out from calibration" if acc.get("held_out_from_calibration") else "images (no masks)")
-        table.add_row(where, str(acc["num_images"]))
-        vs = "" if labelled else " vs FP32 masks"
-        if acc.get("foreground_iou") is not None:
-            if labelled:
-                table.add_row("foreground IoU FP32", f"{acc['foreground_iou_fp32']:.4f}")
-            table.add_row(f"foreground IoU {precision.value}{vs}", f"{acc['foreground_iou']:.4f}")
+    opts = QuantizeOptions(precision.value, target.value, calib, calib_size, method.value if method else None,
+                           percentile, data, out, max_miou_drop, budget_images, eval_images, cache_dir, cache,
+                           backend.value, high_precision.value, threads, max_worst_drop,
+                           target.value == "cpu" and budget_images > 0 if speed is None else speed, allow_slower)
+    with working(f"quantizing to {precision.value}"):
+        result = quantized_onnx_from_fp32(onnx, opts, log=lambda m: console.print(m, highlight=False))
+    entry = result.entry
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    q = entry["quantization"]
+    _print_survival(q)
+    acc = entry["accuracy"]
+    labelled = acc.get("labels", "masks") == "masks"
+    table = Table(title=f"{result.onnx_path} ({q['tool']}): {acc.get('accuracy_kind') or 'mIoU vs labels'}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    where = "val images" if labelled else \
+        ("images held out from calibration" if acc.get("held_out_from_calibration") else "images (no masks)")
+    table.add_row(where, str(acc["num_images"]))
+    vs = "" if labelled else " vs FP32 masks"
+    if acc.get("foreground_iou") is not None:
         if labelled:
-            table.add_row("mIoU FP32", f"{acc['miou_fp32']:.4f}")
-        table.add_row(f"mIoU {precision.value}{vs}", f"{acc['miou']:.4f}")
-        table.add_row("delta mIoU", f"{signed(acc['delta_miou_points'] / 100)} ({signed(acc['delta_miou_points'], 2)} points)")
-        if acc.get("worst_image") is not None:
-            table.add_row(f"worst image ({acc.get('metric', 'mIoU')})",
-                          f"{acc['worst_image']:.4f} ({acc.get('worst_image_name') or '?'})")
-        table.add_row("pixel agreement with FP32", f"{acc['pixel_agreement']:.4f}")
-        if acc["max_abs_logit_diff"] is not None:
-            table.add_row("max abs logit difference", f"{acc['max_abs_logit_diff']:.4g}")
-        out_console.print(table)
-        out_console.print(preflight_line(entry, result.onnx_path), highlight=False, soft_wrap=True)
-        if len(entry["trt_versions"]) < len(entry["trt_check"]) and target.value == "cpu":
-            out_console.print("  a cpu-target file is for ONNX Runtime and OpenVINO (TensorRT takes --target trt)",
-                              highlight=False)
-        out_console.print(f"wrote {result.onnx_path} and {result.manifest_path}", highlight=False)
-        write_json(json_out, entry)
+            table.add_row("foreground IoU FP32", f"{acc['foreground_iou_fp32']:.4f}")
+        table.add_row(f"foreground IoU {precision.value}{vs}", f"{acc['foreground_iou']:.4f}")
+    if labelled:
+        table.add_row("mIoU FP32", f"{acc['miou_fp32']:.4f}")
+    table.add_row(f"mIoU {precision.value}{vs}", f"{acc['miou']:.4f}")
+    table.add_row("delta mIoU", f"{signed(acc['delta_miou_points'] / 100)} ({signed(acc['delta_miou_points'], 2)} points)")
+    if acc.get("worst_image") is not None:
+        table.add_row(f"worst image ({acc.get('metric', 'mIoU')})",
+                      f"{acc['worst_image']:.4f} ({acc.get('worst_image_name') or '?'})")
+    table.add_row("pixel agreement with FP32", f"{acc['pixel_agreement']:.4f}")
+    if acc["max_abs_logit_diff"] is not None:
+        table.add_row("max abs logit difference", f"{acc['max_abs_logit_diff']:.4g}")
+    out_console.print(table)
+    out_console.print(preflight_line(entry, result.onnx_path), highlight=False, soft_wrap=True)
+    if len(entry["trt_versions"]) < len(entry["trt_check"]) and target.value == "cpu":
+        out_console.print("  a cpu-target file is for ONNX Runtime and OpenVINO (TensorRT takes --target trt)",
+                          highlight=False)
+    out_console.print(f"wrote {result.onnx_path} and {result.manifest_path}", highlight=False)
+    write_json(json_out, entry)
 
 
 def _points(value) -> str:
@@ -177,3 +169,8 @@ def _print_survival(q: dict) -> None:
                   f"FP16 {speed['fp16_vs_fp32']:.2f}x FP32" if speed.get("fp16_vs_fp32") else ""]
         out_console.print(f"best runtime each: {line}; " + ", ".join(r for r in ratios if r), highlight=False,
                           soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Adds this module's commands to ``app``."""
+    app.command(cls=Command)(quantize)

@@ -10,8 +10,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from aspp_deploy.cli._common import Command, command_line, console, handle_errors, write_json
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.cli._click import Command
+from aspp_deploy.cli._console import command_line, console, write_json
+from aspp_deploy.cli._errors import handle_errors
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.data.voc import voc_palette
 from aspp_deploy.errors import DatasetError
 from aspp_deploy.io import read_json_object
@@ -69,56 +71,54 @@ def _check_train_options(steps: int, batch: int, crop: int, size: int, lr: float
         raise DatasetError(f"--aspp-depth {aspp_depth} is impossible: use 1 channel or more")
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(cls=Command)
-    @handle_errors
-    def train(
-        data: Annotated[Path, typer.Option("--data", help="VOC-style folder with a train split.")] = Path("data/synth"),
-        out: Annotated[Path, typer.Option("--out", help="Run folder (last.pt, model.pt).")] = Path("runs/train"),
-        backbone: Annotated[Backbone, typer.Option(help="Backbone.")] = Backbone.resnet18,
-        output_stride: Annotated[int, typer.Option(help="Output stride: 8 or 16.")] = 16,
-        rates: Annotated[str, typer.Option(help="Atrous rates, comma separated (default 6,12,18 at OS16, 12,24,36 at OS8).")] = "",
-        aspp_depth: Annotated[int, typer.Option(help="Channels per ASPP branch.")] = 256,
-        head: Annotated[Head, typer.Option(help="v3 (ASPP with BN and image pooling) or v2 (summed atrous convs).")] = Head.v3,
-        num_classes: Annotated[int, typer.Option(help="Classes incl. background (default: from dataset.json).")] = 0,
-        steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2400,
-        batch: Annotated[int, typer.Option(help="Batch size.")] = 8,
-        crop: Annotated[int, typer.Option(help="Square training crop in pixels.")] = 256,
-        size: Annotated[int, typer.Option(help="Model input size recorded for inference (square).")] = 512,
-        lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-3,
-        seed: Annotated[int, typer.Option(help="Seed for init, crops and dropout.")] = 0,
-        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-        threads: Annotated[int, typer.Option(help="CPU threads (0: PyTorch's default).")] = 0,
-        resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
-        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the run's files, settings and final loss as JSON.")] = None,
-    ) -> None:
-        """Train a DeepLabV3/ASPP model on a VOC-style folder (CPU or CUDA, resumable)."""
-        import torch
+@handle_errors
+def train(
+    data: Annotated[Path, typer.Option("--data", help="VOC-style folder with a train split.")] = Path("data/synth"),
+    out: Annotated[Path, typer.Option("--out", help="Run folder (last.pt, model.pt).")] = Path("runs/train"),
+    backbone: Annotated[Backbone, typer.Option(help="Backbone.")] = Backbone.resnet18,
+    output_stride: Annotated[int, typer.Option(help="Output stride: 8 or 16.")] = 16,
+    rates: Annotated[str, typer.Option(help="Atrous rates, comma separated (default 6,12,18 at OS16, 12,24,36 at OS8).")] = "",
+    aspp_depth: Annotated[int, typer.Option(help="Channels per ASPP branch.")] = 256,
+    head: Annotated[Head, typer.Option(help="v3 (ASPP with BN and image pooling) or v2 (summed atrous convs).")] = Head.v3,
+    num_classes: Annotated[int, typer.Option(help="Classes incl. background (default: from dataset.json).")] = 0,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2400,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 8,
+    crop: Annotated[int, typer.Option(help="Square training crop in pixels.")] = 256,
+    size: Annotated[int, typer.Option(help="Model input size recorded for inference (square).")] = 512,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-3,
+    seed: Annotated[int, typer.Option(help="Seed for init, crops and dropout.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[int, typer.Option(help="CPU threads (0: PyTorch's default).")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the run's files, settings and final loss as JSON.")] = None,
+) -> None:
+    """Train a DeepLabV3/ASPP model on a VOC-style folder (CPU or CUDA, resumable)."""
+    import torch
 
-        from aspp_deploy.model.deeplab import ModelConfig
-        from aspp_deploy.train import TrainSettings
-        from aspp_deploy.train import train as run_train
+    from aspp_deploy.model.deeplab import ModelConfig
+    from aspp_deploy.train import TrainSettings
+    from aspp_deploy.train import train as run_train
 
-        _check_train_options(steps=steps, batch=batch, crop=crop, size=size, lr=lr,
-                             output_stride=output_stride, aspp_depth=aspp_depth)
-        if threads:
-            torch.set_num_threads(threads)
-        classes, palette = _dataset_classes(data, num_classes or None)
-        try:
-            config = ModelConfig(num_classes=len(classes), backbone=backbone.value,
-                                 output_stride=output_stride, aspp_depth=aspp_depth, head=head.value,
-                                 atrous_rates=tuple(int(r) for r in rates.split(",") if r.strip()))
-        except ValueError as exc:
-            raise DatasetError(f"bad model options: {exc}") from None
-        settings = TrainSettings(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed)
-        started = time.perf_counter()
-        final = run_train(data, out, config, settings, classes, palette, Preprocess(size, size),
-                          device=device, resume=resume, command=command_line(),
-                          log=lambda m: console.print(m, highlight=False))
-        console.print(f"wrote {final}", highlight=False)
-        if json_out is not None:
-            write_json(json_out, _train_summary(out, final, data, config, settings, classes, device,
-                                                time.perf_counter() - started))
+    _check_train_options(steps=steps, batch=batch, crop=crop, size=size, lr=lr,
+                         output_stride=output_stride, aspp_depth=aspp_depth)
+    if threads:
+        torch.set_num_threads(threads)
+    classes, palette = _dataset_classes(data, num_classes or None)
+    try:
+        config = ModelConfig(num_classes=len(classes), backbone=backbone.value,
+                             output_stride=output_stride, aspp_depth=aspp_depth, head=head.value,
+                             atrous_rates=tuple(int(r) for r in rates.split(",") if r.strip()))
+    except ValueError as exc:
+        raise DatasetError(f"bad model options: {exc}") from None
+    settings = TrainSettings(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed)
+    started = time.perf_counter()
+    final = run_train(data, out, config, settings, classes, palette, Preprocess(size, size),
+                      device=device, resume=resume, command=command_line(),
+                      log=lambda m: console.print(m, highlight=False))
+    console.print(f"wrote {final}", highlight=False)
+    if json_out is not None:
+        write_json(json_out, _train_summary(out, final, data, config, settings, classes, device,
+                                            time.perf_counter() - started))
 
 
 def _train_summary(out: Path, final: Path, data: Path, config, settings, classes: list[str], device: str,
@@ -136,3 +136,8 @@ def _train_summary(out: Path, final: Path, data: Path, config, settings, classes
             "model": config.to_dict(), "settings": asdict(settings), "device": str(resolve_device(device)),
             "steps": len(history), "final_loss": sum(tail) / len(tail) if tail else None,
             "seconds": round(seconds, 3)}
+
+
+def register(app: typer.Typer) -> None:
+    """Adds this module's commands to ``app``."""
+    app.command(cls=Command)(train)

@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from aspp_deploy.errors import MissingDependencyError
+from aspp_deploy.errors import require
+from aspp_deploy.io import atomic_write_bytes, atomic_write_text, ensure_writable
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,8 @@ def _matplotlib(name: str) -> Callable[[], Image.Image]:
 
 def _skimage(name: str) -> Callable[[], Image.Image]:
     def load() -> Image.Image:
-        try:
-            import skimage.data
-        except ImportError:
-            raise MissingDependencyError("these photos ship with scikit-image: pip install scikit-image") from None
-        arr = np.asarray(getattr(skimage.data, name)())
+        data = require("skimage.data", "these photos ship with scikit-image: pip install scikit-image")
+        arr = np.asarray(getattr(data, name)())
         return Image.fromarray(arr).convert("RGB")
     return load
 
@@ -114,7 +112,6 @@ def write_photos(folder: Path, max_side: int = 512, people_only: bool = False) -
     ``max_side``; only those showing a person with ``people_only``: the domain of a person segmenter,
     which on a cat or a cup answers near its threshold, where agreement means little) and
     ``PHOTOS.md`` (sources and licences); returns the image paths in name order."""
-    from aspp_deploy.io import atomic_write_bytes, atomic_write_text, ensure_writable
 
     folder = Path(folder)
     ensure_writable(folder)

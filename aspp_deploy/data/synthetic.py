@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from aspp_deploy.data.voc import voc_palette, write_split_list
-from aspp_deploy.io import atomic_write_text, make_folder
+from aspp_deploy.io import atomic_save_image, atomic_write_text, make_folder
 
 CLASSES = ("background", "disc", "square", "triangle", "cross", "ring")
 GENERATOR_VERSION = 1
@@ -179,8 +179,6 @@ def write_synthetic_voc(root: Path, splits: dict[str, int], seed: int = 0,
 
 def write_pair(root: Path, name: str, image: np.ndarray, mask: np.ndarray,
                palette: list[tuple[int, int, int]]) -> None:
-    from aspp_deploy.io import atomic_save_image
-
     atomic_save_image(Image.fromarray(image), root / "JPEGImages" / f"{name}.jpg", inside=root, quality=95)
     m = Image.fromarray(mask, mode="P")
     m.putpalette([v for c in palette for v in c])
@@ -190,7 +188,6 @@ def write_pair(root: Path, name: str, image: np.ndarray, mask: np.ndarray,
 def write_calibration_folder(folder: Path, count: int, seed: int = 0, cfg: SynthConfig = SynthConfig(),
                              progress=None) -> Path:
     """Images only (no masks), from the calibration stream: disjoint from train and val."""
-    from aspp_deploy.io import atomic_save_image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

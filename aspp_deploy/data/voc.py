@@ -10,32 +10,16 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from aspp_deploy.errors import DatasetError
+# The image rules and the VOC colours are the portable runtime's (runtime/ imports nothing from data/);
+# they are this module's names too (voc_palette is re-exported).
+from aspp_deploy.runtime.images import IMAGE_EXTENSIONS, IMAGE_FORMATS, decode_image, decoded_size, voc_palette  # noqa: F401
 
 IGNORE_INDEX = 255
-# The one list of image files every command reads (calibration folders, JPEGImages/, predict, the
-# bundle's runtime), compared without regard to case: .JPG and .Tiff count.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-IMAGE_FORMATS = " ".join(IMAGE_EXTENSIONS) + " (any case)"
 
 
 def is_image_file(path: Path) -> bool:
     """A file whose extension is one of ``IMAGE_EXTENSIONS`` (any case) and not hidden."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
-def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
-    """The standard Pascal VOC colour map (bit-interleaved class ids)."""
-    palette = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
 
 
 def write_split_list(root: Path, split: str, ids: list[str]) -> None:
@@ -50,16 +34,12 @@ def load_image(path: Path | str) -> Image.Image:
     naming the file for a missing, undecodable, floating-point or too large image: a thin wrapper over
     ``aspp_deploy.runtime.images.decode_image``, the decoder the bundle's runtime and the Triton
     service use too (the rules for 16-bit, palette, alpha and float images are written there)."""
-    from aspp_deploy.runtime.images import decode_image  # imported here: runtime.images imports this module
-
     return decode_image(Path(path))
 
 
 def image_size(path: Path | str) -> tuple[int, int]:
     """(width, height) of an image as ``load_image`` returns it (EXIF orientation applied), from its
     header (no pixels decoded); InputError when unreadable."""
-    from aspp_deploy.runtime.images import decoded_size
-
     return decoded_size(Path(path))
 
 

@@ -10,9 +10,13 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 
 from aspp_deploy.backends.base import Runner, class_ids
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.data.images import LABEL_TEXT, open_data
+from aspp_deploy.data.synthetic import CLASSES, write_synthetic_voc
 from aspp_deploy.data.voc import VOCSegmentation, load_image, load_mask
-from aspp_deploy.eval.metrics import ConfusionMatrix, no_labelled_pixels
+from aspp_deploy.errors import DatasetError, InputError
+from aspp_deploy.eval.metrics import ConfusionMatrix, image_score, no_labelled_pixels
+from aspp_deploy.io import read_json_object, sha256_file
+from aspp_deploy.runtime.preprocess import Preprocess
 
 if TYPE_CHECKING:
     from aspp_deploy.data.images import DataSource
@@ -29,7 +33,6 @@ def default_data_dir() -> Path:
 
 def ensure_default_data(progress: Callable[[str, int, int], None] | None = None) -> Path:
     """The default validation data, regenerated deterministically if absent."""
-    from aspp_deploy.data.synthetic import write_synthetic_voc
 
     root = default_data_dir()
     if not (root / "ImageSets" / "Segmentation" / "val.txt").is_file():
@@ -42,8 +45,6 @@ def check_dataset_classes(data: Path, classes: list[str]) -> None:
     another number of them: its IoUs would be computed against the wrong labels. A folder without
     dataset.json is not checked here (masks with ids past the model's classes are refused later);
     a dataset.json that is not an object, or whose ``classes`` is not a list of names, is refused."""
-    from aspp_deploy.errors import DatasetError
-    from aspp_deploy.io import read_json_object
 
     meta = Path(data) / "dataset.json"
     if not meta.is_file():
@@ -78,8 +79,6 @@ class EvalResult:
 
     @property
     def accuracy_kind(self) -> str:
-        from aspp_deploy.data.images import LABEL_TEXT
-
         return LABEL_TEXT[self.labels]
 
     def to_dict(self) -> dict:
@@ -115,9 +114,6 @@ def evaluate(runner: Runner, data: "Path | DataSource", pre: Preprocess, classes
              progress: Callable[[int, int], None] | None = None, reference: Runner | None = None) -> EvalResult:
     """Accuracy of ``runner`` on ``data``: against its masks, or, for a folder of images without
     masks, against ``reference``'s masks (an FP32 model; required then)."""
-    from aspp_deploy.data.images import open_data
-    from aspp_deploy.errors import DatasetError
-    from aspp_deploy.eval.metrics import image_score
 
     ds = open_data(data, split)
     if not ds.labelled and reference is None:
@@ -152,7 +148,6 @@ def evaluate(runner: Runner, data: "Path | DataSource", pre: Preprocess, classes
 
 def shipped_checkpoint_sha256() -> str | None:
     """The shipped checkpoint's sha256 (from its models/*.json record, else hashed); None without it."""
-    from aspp_deploy.io import read_json_object, sha256_file
     from aspp_deploy.model.checkpoint import DEFAULT_CHECKPOINT
 
     record = DEFAULT_CHECKPOINT.with_suffix(".json")
@@ -170,7 +165,6 @@ def is_shipped_model(classes: list[str], source: dict | None) -> bool:
     """True for the shipped model (or an artifact made from it): the synthetic dataset's classes and
     the shipped checkpoint's sha256 as its source. Only that model is measured on the synthetic split
     by default: its labels mean nothing to any other model."""
-    from aspp_deploy.data.synthetic import CLASSES
 
     sha = (source or {}).get("checkpoint_sha256")
     return list(classes) == list(CLASSES) and bool(sha) and sha == shipped_checkpoint_sha256()
@@ -180,7 +174,6 @@ def default_data_for(classes: list[str], source: dict | None, what: str,
                      progress: Callable[[str, int, int], None] | None = None) -> Path:
     """``--data``'s default: the synthetic split for the shipped model; for any other model one
     InputError line naming --data (``what``: the command, for the message)."""
-    from aspp_deploy.errors import InputError
 
     if not is_shipped_model(classes, source):
         raise InputError(f"{what} needs --data for this model: a VOC-style folder with masks, or a folder of "

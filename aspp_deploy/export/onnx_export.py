@@ -23,14 +23,16 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from aspp_deploy.backends.onnxruntime_backend import ort_session
+from aspp_deploy.data.voc import load_image
 from aspp_deploy.errors import InputError, ParityError
 from aspp_deploy.export import passes as P
 from aspp_deploy.export.manifest import embed, tool_versions, write_with_entry
 from aspp_deploy.export.parity import ParityReport, compare_outputs
 from aspp_deploy.export.trt_check import SIDECAR_KEY, Preflight
-from aspp_deploy.io import ensure_writable
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.io import ensure_writable, TempFolder
 from aspp_deploy.model.sources import ModelSource, load_source, resolve_for_source
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.spec import GraphFacts, ModelSpec, ResolvedSpec, resolve_input
 
 MIN_SIDE = 32
@@ -353,7 +355,6 @@ def _find_aspp(graph: onnx.ModelProto) -> list[dict]:
 def parity_inputs(pre: Preprocess, shapes: list[tuple[int, int, int]], images: list[Path]) -> list[tuple[str, np.ndarray]]:
     """Random inputs at every (batch, H, W) in ``shapes`` and real images at the first one, in the
     model's layout."""
-    from aspp_deploy.data.voc import load_image
 
     cases = [(f"random {n}x{h}x{w}", pre.with_size(h, w).random_input(n, seed=i))
              for i, (n, h, w) in enumerate(shapes)]
@@ -381,7 +382,6 @@ def verification_shapes(batch: int, dynamic, h: int, w: int, stride: int) -> lis
 def run_parity(reference: Callable[[np.ndarray], np.ndarray], graph: onnx.ModelProto, final: onnx.ModelProto,
                cases: list[tuple[str, np.ndarray]], reference_ids: bool = False) -> ParityReport:
     """ONNX Runtime on ``graph`` (and ``final`` when it differs: class ids) against ``reference``."""
-    from aspp_deploy.backends.onnxruntime_backend import ort_session
 
     sessions = [("", ort_session_from_model(graph, ort_session))]
     if final is not graph:
@@ -505,8 +505,6 @@ def write_checked(onnx_path: Path, graph: onnx.ModelProto, entry: dict) -> Path:
 
 
 def ort_session_from_model(graph: onnx.ModelProto, factory):
-    from aspp_deploy.io import TempFolder
-
     with TempFolder("aspp-session-") as d:
         p = Path(d) / "candidate.onnx"
         p.write_bytes(graph.SerializeToString())

@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from aspp_deploy.errors import InputError, MissingDependencyError
+from aspp_deploy.errors import InputError, MissingDependencyError, require
 
 OPSET = 17
 _NCHW, _NHWC = (0, 3, 1, 2), (0, 2, 3, 1)
@@ -47,11 +47,7 @@ _INSTALL = "pip install 'aspp-deploy[tflite]'"
 
 
 def _require_tflite() -> Any:  # the generated schema classes; typed loosely on purpose
-    try:
-        import tflite
-    except ImportError as exc:
-        raise MissingDependencyError(f"reading .tflite files needs the tflite package: {_INSTALL}") from exc
-    return tflite
+    return require("tflite", f"reading .tflite files needs it: {_INSTALL}")
 
 
 def _read(path: Path) -> bytes:
@@ -567,11 +563,8 @@ def tflite_reference(path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
     """``run(x)`` -> the TFLite file's outputs, in its output order, computed by ai-edge-litert."""
     path = Path(path)
     _read(path)
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError as exc:
-        raise MissingDependencyError("running .tflite files needs ai-edge-litert: pip install ai-edge-litert"
-                                     ) from exc
+    Interpreter = require("ai_edge_litert.interpreter", "running .tflite files needs it: pip install ai-edge-litert"
+                          ).Interpreter
     try:
         with _quiet_stderr():  # LiteRT announces its XNNPACK delegate on the C stderr
             interpreter = Interpreter(model_path=str(path))

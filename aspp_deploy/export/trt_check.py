@@ -13,7 +13,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from aspp_deploy.errors import InputError
 from aspp_deploy.export.graph import attr, constant_values, initializers, to_array
+from aspp_deploy.io import json_text, sha256_file
 
 # Opset ranges the parser accepts. 8.5/8.6: up to 17. 10.0: 9..20 (onnx-tensorrt operators.md
 # for 10.0); later 10.x and 11.x accept more (10.15 and 11.2: 9..24), so "10.x" and "11" use
@@ -258,8 +260,6 @@ class Preflight:
         return cls(Path(onnx_name).name, [check_for_trt(model, v) for v in versions])
 
     def sidecar_bytes(self) -> bytes:
-        from aspp_deploy.io import json_text
-
         return json_text({"format": SIDECAR_FORMAT, "model": self.onnx_name,
                           "reports": [r.to_dict() for r in self.reports],
                           "grouped": [g.to_dict() for g in group_findings(self.reports)]},
@@ -297,8 +297,6 @@ def read_findings(onnx_path: Path | str, entry: dict) -> list[CheckReport] | Non
     else from its sidecar file (checked against the sha256 its entry recorded); None when the entry
     names no sidecar or the file is not there (a copied model: ``aspp-deploy check`` recomputes it).
     One InputError naming the sidecar when it is there but is not the one the entry recorded."""
-    from aspp_deploy.errors import InputError
-    from aspp_deploy.io import sha256_file
 
     checks = entry.get("trt_check") or {}
     if checks and all(isinstance(c, dict) and isinstance(c.get("findings"), list) for c in checks.values()):

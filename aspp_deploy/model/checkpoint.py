@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.data.voc import voc_palette
 from aspp_deploy.errors import CheckpointError
 from aspp_deploy.io import atomic_write_bytes
 from aspp_deploy.model.deeplab import DeepLabV3, ModelConfig, build_model
+from aspp_deploy.runtime.preprocess import Preprocess
 
 FORMAT = "aspp-deploy/checkpoint/v1"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -125,7 +126,6 @@ def checkpoint_from_torchvision(state_dict: dict[str, torch.Tensor], classes: li
     num_classes = int(weights["classifier.4.weight"].shape[0])
     if num_classes != len(classes):
         raise CheckpointError(f"the state dict predicts {num_classes} classes, {len(classes)} names given")
-    from aspp_deploy.data.voc import voc_palette
 
     config = ModelConfig(num_classes=num_classes, backbone=backbone, output_stride=output_stride,
                          aspp_depth=int(weights["classifier.0.project.0.weight"].shape[0]))

@@ -40,9 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.errors import CheckpointError, InputError
 from aspp_deploy.io import fingerprint, sha256_file
+from aspp_deploy.runtime.preprocess import Preprocess
+from aspp_deploy.spec import GraphFacts, read_output_layout, resolve, resolve_input
 
 if TYPE_CHECKING:
     from aspp_deploy.spec import ModelSpec, ResolvedSpec
@@ -505,7 +506,6 @@ class ScriptedAdapter(nn.Module):
 def plan_output(model: nn.Module, x: torch.Tensor, spec: "ModelSpec | None" = None) -> OutputPlan:
     """Run ``model`` once on ``x`` (N x 3 x H x W) and decide how to read a segmentation map from it
     (the spec settles what the shape cannot: output layout, probabilities or logits, threshold)."""
-    from aspp_deploy.spec import read_output_layout
 
     try:
         with torch.inference_mode():
@@ -611,7 +611,6 @@ def adapt(source: ModelSource, pre: Preprocess, batch: int = 1,
 def resolve_for_source(source: ModelSource, spec: "ModelSpec", batch: int = 1) -> tuple["ResolvedSpec", nn.Module, OutputPlan]:
     """The full spec for a PyTorch source (probing the model once for its class count and output kind),
     and the adapted module to export or run."""
-    from aspp_deploy.spec import GraphFacts, resolve, resolve_input
 
     pre0 = resolve_input(spec, GraphFacts(), source.preprocess)[0]
     module, plan = adapt(source, pre0, batch, spec)

@@ -17,10 +17,13 @@ from typing import Callable
 import numpy as np
 
 from aspp_deploy.backends.base import class_ids
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.backends.onnxruntime_backend import OrtRunner
+from aspp_deploy.bench.result_cache import samples_digest
 from aspp_deploy.data.images import LABEL_TEXT, DataSource, open_data
 from aspp_deploy.eval.evaluate import iter_batches, to_mask_size
 from aspp_deploy.eval.metrics import ConfusionMatrix, image_score
+from aspp_deploy.io import sha256_file
+from aspp_deploy.runtime.preprocess import Preprocess
 
 
 @dataclass
@@ -166,7 +169,6 @@ def compare_on_val(fp32_onnx: Path, candidate: Path, data: Path | DataSource, pr
                    progress: Callable[[int, int], None] | None = None) -> Comparison:
     """Stream the data through both models (memory stays one batch, whatever the split size). With
     masks, both are scored against them; without, the candidate against FP32's own masks."""
-    from aspp_deploy.backends.onnxruntime_backend import OrtRunner
 
     ds = open_data(data, split)
     n = min(limit, len(ds)) if limit else len(ds)
@@ -195,7 +197,6 @@ class Reference:
                  limit: int, split: str = "val", threads: int = 0, folder: Path | None = None) -> None:
         import weakref
 
-        from aspp_deploy.backends.onnxruntime_backend import OrtRunner
 
         self.classes, self.threads, self.pre = classes, threads, pre
         if folder is None:
@@ -234,8 +235,6 @@ class Reference:
             yield np.load(self.folder / f"x{i:05d}.npy"), masks, np.load(self.folder / f"ref{i:05d}.npy")
 
     def compare(self, candidate: Path) -> Comparison:
-        from aspp_deploy.backends.onnxruntime_backend import OrtRunner
-
         tally = _Tally(len(self.classes), self.class_output, self.pre, self.labels)
         with OrtRunner(candidate, threads=self.threads) as runner:
             k = 0
@@ -251,9 +250,7 @@ def comparison_key(fp32_sha256: str, candidate: Path, data: Path | DataSource, p
     """What a ``Comparison`` of ``candidate`` with its FP32 source depends on: both files by content
     (sha256), the first ``limit`` images and masks by content, the kind of labels, the preprocessing,
     the classes and the ONNX Runtime settings; and how many images that is."""
-    from aspp_deploy.bench.result_cache import samples_digest
     from aspp_deploy.export.manifest import tool_versions
-    from aspp_deploy.io import sha256_file
 
     ds = open_data(data, split)
     samples = ds.samples[:limit] if limit else ds.samples

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from aspp_deploy.errors import AsppDeployError
 from aspp_deploy.precision.accuracy import Comparison
 from aspp_deploy.precision.groups import LayerGroup
 
@@ -225,7 +226,6 @@ def choose_method(trials: list[MethodTrial], build_all: Callable[[MethodTrial], 
     """Build the fully quantized model with every method in ``trials`` (``build_all``), measure each by
     the task metric on the budget images, and return the best: (trial, its candidate, its comparison,
     why it was chosen). A method whose quantization fails is recorded with its error and skipped."""
-    from aspp_deploy.errors import AsppDeployError
 
     results: dict[str, tuple[Path, Comparison]] = {}
     for t in trials:

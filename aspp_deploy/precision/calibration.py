@@ -28,10 +28,10 @@ from typing import Iterator
 
 import numpy as np
 
-from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.data.voc import IMAGE_EXTENSIONS, load_image
 from aspp_deploy.errors import DatasetError
 from aspp_deploy.io import sha256_file
+from aspp_deploy.runtime.preprocess import Preprocess
 
 # The first 64 images in name order, as `build --legacy-int8` and `bundle` take: 64 images of 512x512 give
 # each activation histogram millions of samples, and a cold `compare` stays within 3 minutes on 2 cores.

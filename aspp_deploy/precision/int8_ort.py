@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from aspp_deploy.io import TempFolder
 from aspp_deploy.precision.cache import CacheLookup
 from aspp_deploy.precision.calibration import CalibrationData, ort_reader
 
@@ -248,7 +249,6 @@ def stream_calibrate(model_path: Path, calib: CalibrationData, method: str,
     chunk = chunk or chunk_batches(calib)
     reader = ort_reader(calib)
     starts = range(0, len(calib), chunk)
-    from aspp_deploy.io import TempFolder
 
     with TempFolder("aspp-calibrate-") as tmp:  # named with our pid: a killed run's is removed by the next
         calibrator = create_calibrator(Path(model_path), _calibration_op_types(op_types),
@@ -478,6 +478,5 @@ def _drop_dead_qdq(g: onnx.GraphProto) -> None:
 
 def work_dir(parent: Path | None = None):
     """A temporary folder ``aspp-quantize-<pid>-*`` (a killed run's is removed by the next run)."""
-    from aspp_deploy.io import TempFolder
 
     return TempFolder("aspp-quantize-", parent)

@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from aspp_deploy.errors import AsppDeployError, MissingDependencyError
+from aspp_deploy.io import atomic_write_text
 from aspp_deploy.precision.cache import CacheLookup
 from aspp_deploy.precision.calibration import CalibrationData
 
@@ -145,7 +146,6 @@ def activation_scales(model: onnx.ModelProto) -> dict[str, float]:
 def write_scale_table(scales: dict[str, float], path: Path, method: str) -> None:
     """TensorRT's calibration-cache text layout (header, then ``tensor: big-endian float32 hex``),
     the format ModelOpt's ``calibration_cache_path`` reads."""
-    from aspp_deploy.io import atomic_write_text
 
     header = "TRT-8501-EntropyCalibration2" if method == "entropy" else "TRT-8501-MinMaxCalibration"
     lines = [header] + [f"{name}: {struct.pack('!f', s).hex()}" for name, s in sorted(scales.items())]

@@ -26,8 +26,8 @@ from typing import Callable
 import onnx
 
 from aspp_deploy.errors import InputError, MissingDependencyError
-from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.export.graph import load_onnx
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.export.manifest import (embed, manifest_of, refuse_external_data, tool_versions,
                                          write_with_entry)
 from aspp_deploy.export.trt_check import SIDECAR_KEY, Preflight
@@ -36,7 +36,10 @@ from aspp_deploy.precision.budget import BudgetResult, run_budget
 from aspp_deploy.precision.cache import CacheKey, CacheLookup, CalibrationCache
 from aspp_deploy.precision.calibration import (DEFAULT_CALIB_SIZE, SHIPPED_CALIBRATION, CalibrationData,
                                                check_disjoint_from_val, choose_data, data_digest)
+from aspp_deploy.bench.result_cache import FOLDER as RESULTS_FOLDER, ResultCache
 from aspp_deploy.data.images import LABEL_TEXT, DataSource
+from aspp_deploy.precision.accuracy import cached_compare_on_val, LazyReference
+from aspp_deploy.precision.speed import fp16_variant, measure, NoWorthwhileInt8, slower_note, verdict
 
 PRECISIONS = ("fp16", "int8")
 TARGETS = ("trt", "cpu")
@@ -197,7 +200,6 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
     src_sha = sha256_file(src)
     key = CacheKey(src_sha, data_digest(files), settings, label=out.name)
     cache_dir = (opts.cache_dir or out.parent / CACHE_FOLDER) if opts.use_cache else None
-    from aspp_deploy.bench.result_cache import FOLDER as RESULTS_FOLDER, ResultCache
 
     # accuracy of a candidate measured before (same candidate bytes, images, settings) is reused
     results = ResultCache(out.parent / RESULTS_FOLDER if opts.use_cache else None)
@@ -210,7 +212,6 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
         lookup = CacheLookup(key, None, False, "fp16: no calibration ranges" if opts.precision == "fp16"
                              else "one entry per calibration method tried")
 
-    from aspp_deploy.precision.accuracy import LazyReference, cached_compare_on_val
     from aspp_deploy.precision.groups import budget_groups
     from aspp_deploy.precision.int8_ort import work_dir
 
@@ -404,7 +405,6 @@ def _speed_and_verdict(opts: QuantizeOptions, src: Path, candidate: Path, calib:
     """Time FP32 against the chosen INT8 mix (and FP16) when ``opts.speed``; on the cpu target, refuse
     (``NoWorthwhileInt8``, nothing written) a mix that misses the budget, keeps everything in higher
     precision, or is not faster than FP32 (unless ``opts.allow_slower``). Returns the timing or None."""
-    from aspp_deploy.precision.speed import NoWorthwhileInt8, fp16_variant, measure, verdict
 
     if opts.precision != "int8":
         return None
@@ -441,7 +441,6 @@ def _survival_entry(entry: dict, model: onnx.ModelProto, opts: QuantizeOptions, 
         if q["calibration"]["method"] == "percentile":
             q["calibration"]["percentile"] = (method_choice or {}).get("percentile") or opts.percentile
     q["speed"] = speed_report.to_dict() if speed_report is not None else None
-    from aspp_deploy.precision.speed import slower_note
 
     note = slower_note(speed_report)
     if note:

@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from aspp_deploy.backends.openvino_backend import openvino_unavailable_reason, OpenVinoRunner
+from aspp_deploy.bench.timing import time_calls
 from aspp_deploy.errors import AsppDeployError
 
 DEFAULT_ROUNDS = 7
@@ -130,7 +132,6 @@ def _runners(runtime: str, threads: int):
         from aspp_deploy.backends.onnxruntime_backend import OrtRunner
 
         return lambda p: OrtRunner(p, threads=threads)
-    from aspp_deploy.backends.openvino_backend import OpenVinoRunner, openvino_unavailable_reason
 
     reason = openvino_unavailable_reason()
     if reason:
@@ -143,7 +144,6 @@ def measure(variants: dict[str, Path], batch: np.ndarray, runtimes: tuple[str, .
             rounds: int = DEFAULT_ROUNDS, iters: int = DEFAULT_ITERS, threads: int = 0,
             log: Callable[[str], None] = lambda m: None) -> SpeedReport:
     """Median latency of each variant (name -> ONNX) on each runtime, timed in interleaved rounds."""
-    from aspp_deploy.bench.timing import time_calls
 
     report = SpeedReport(rounds, iters, threads)
     for runtime in runtimes:

@@ -14,10 +14,9 @@ from typing import Any, Callable, Dict, List, Sequence
 import numpy as np
 from PIL import Image
 
-from aspp_deploy.data.voc import IMAGE_EXTENSIONS, IMAGE_FORMATS
 from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.io import atomic_path, atomic_save_image
-from aspp_deploy.runtime.images import load_rgb, overlay, overlay_with_legend, palette_array
+from aspp_deploy.runtime.images import IMAGE_EXTENSIONS, IMAGE_FORMATS, load_rgb, overlay, overlay_with_legend, palette_array
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".h264")
 OPENCV_HINT = "reading video needs OpenCV: sudo apt install python3-opencv (JetPack) or pip install opencv-python"

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from aspp_deploy.errors import InputError
-from aspp_deploy.io import read_json_object
+from aspp_deploy.runtime.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from aspp_deploy.trt.plan import BuildPlan, BuildRequest, PlanError, Version, lint_profile, make_build_plan
 
-MANIFEST_NAME = "manifest.json"
 # The TensorRT versions a Jetson bundle documents (TENSORRT_NOTES.md) and the JetPack releases that ship them.
 JETPACK = [("5.1.x", (8, 5)), ("6.0", (8, 6)), ("6.1 / 6.2", (10, 3)), ("7.0 (Thor)", (10, 13)),
            ("7.2.2+ (AGX Orin, Thor)", (11, 4))]
@@ -29,14 +28,15 @@ CALIB_CACHE_SUFFIX = ".int8.calib"
 
 
 
+def read_entries(folder: Path | str) -> Dict[str, ArtifactEntry]:
+    """The verified entries of ``folder/manifest.json`` (JSON only: no onnx package needed)."""
+    manifest = Manifest.read_required(folder, "it records each ONNX file's preprocessing and precision")
+    return manifest.entries(folder)
+
+
 def read_models(folder: Path | str) -> Dict[str, Dict[str, Any]]:
-    """The ``artifacts`` entries of ``folder/manifest.json`` (JSON only: no onnx package needed)."""
-    path = Path(folder) / MANIFEST_NAME
-    data = read_json_object(path, "it records each ONNX file's preprocessing and precision")
-    artifacts = data.get("artifacts")
-    if not isinstance(artifacts, dict):
-        raise InputError(f"{path} has no artifacts: it is not an aspp-deploy manifest")
-    return artifacts
+    """The entries of ``folder/manifest.json`` as records (each verified), for ``choose_build``."""
+    return {name: entry.to_dict() for name, entry in read_entries(folder).items()}
 
 
 @dataclass(frozen=True)
@@ -145,16 +145,15 @@ def build_engine(choice: DeviceBuild, models_dir: Path, out: Path, *, calib_dir:
     onnx = Path(models_dir) / choice.onnx
     batches, data_key = None, None
     if choice.calibrates:
-        from aspp_deploy.data.preprocess import Preprocess
         from aspp_deploy.precision.calibration import CalibrationData, calibration_files, data_digest
 
         if calib_dir is None:
             raise InputError("legacy INT8 calibrates on images: give --calib DIR (the bundle ships calibration/images)")
-        entry = read_models(models_dir)[choice.onnx]
+        entry = Manifest.read_required(models_dir, "it records the ONNX's preprocessing").entry(choice.onnx, models_dir)
+        if entry is None or entry.input is None:
+            raise InputError(f"{choice.onnx} has no entry with its input tensor in {Path(models_dir) / MANIFEST_NAME}")
         files = calibration_files(calib_dir, calib_size)
-        batch = entry["inputs"][0]["shape"][0]
-        batches = CalibrationData(files, Preprocess.from_dict(entry["preprocess"]), entry["inputs"][0]["name"],
-                                  batch if isinstance(batch, int) and batch > 0 else 1)
+        batches = CalibrationData(files, entry.preprocess, entry.input.name, entry.static_batch or 1)
         data_key = data_digest(files)
         log(f"calibrating on {len(files)} image(s) from {calib_dir}")
     return engine_from_onnx(onnx, out, choice.request, workspace_mb=workspace_mb, calib_batches=batches,

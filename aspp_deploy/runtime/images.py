@@ -1,6 +1,6 @@
 """The CPU side of segmentation: images in, model input out; model output in, class map and overlay out.
 
-NumPy and Pillow only. Preprocessing is ``aspp_deploy.data.preprocess.Preprocess`` itself (the code the
+NumPy and Pillow only. Preprocessing is ``aspp_deploy.runtime.preprocess.Preprocess`` itself (the code the
 toolkit exports, evaluates and calibrates with), so the device feeds the engine bit-identically.
 
 Sizes follow Pillow: ``(width, height)``. Arrays are ``H x W`` (masks) or ``H x W x 3`` (RGB images).
@@ -17,14 +17,35 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from aspp_deploy.data.preprocess import Preprocess
-from aspp_deploy.data.voc import voc_palette
 from aspp_deploy.errors import InputError
+from aspp_deploy.runtime.preprocess import Preprocess
 
 ImageLike = Union[Image.Image, np.ndarray, str, Path]  # typing.Union: runs on Python 3.8 (JetPack 5)
 ImageSource = Union[str, Path, bytes, bytearray, memoryview]
 DEFAULT_ALPHA = 0.5
 NEAREST = getattr(getattr(Image, "Resampling", Image), "NEAREST")  # Image.Resampling from Pillow 9.1; older Pillows have the constant
+# The one list of image files every command reads (calibration folders, JPEGImages/, predict, the
+# bundle's runtime), compared without regard to case: .JPG and .Tiff count.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_FORMATS = " ".join(IMAGE_EXTENSIONS) + " (any case)"
+
+
+# -- colours ------------------------------------------------------------------------------------
+
+def voc_palette(n: int = 256) -> List[Tuple[int, int, int]]:
+    """The standard Pascal VOC colour map (bit-interleaved class ids)."""
+    palette = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
 
 
 # -- decoding: the one image decoder of predict, eval, calibration, the bundle's runtime and the server ----

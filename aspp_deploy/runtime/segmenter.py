@@ -1,96 +1,175 @@
-"""``Segmenter(engine).predict(image) -> class-id mask``: the embeddable API of the Jetson runtime.
+"""``Segmenter(engine).predict(image) -> class-id mask``: the embeddable API of the runtime, on any engine.
 
-Everything the engine needs to be fed correctly (preprocessing, classes, palette, tensor names) comes
-from the manifest ``python -m aspp_deploy.runtime build`` (or ``aspp-deploy build``) wrote beside the
-engine. TensorRT and the CUDA Python package are imported when a ``Segmenter`` is made, not before.
+Everything the engine needs to be fed correctly (preprocessing, classes, palette) comes from the
+engine's manifest: the one ``aspp-deploy build`` (or ``python -m aspp_deploy.runtime build``) wrote
+beside a TensorRT engine, or an ONNX's own (embedded, else ``manifest.json`` beside it). This is the
+one loop from images to masks: load, preprocess, batches the engine takes, infer, post-process.
 
 Example::
 
     from aspp_deploy.runtime import Segmenter, overlay
 
-    with Segmenter("engines/model.fp16.engine") as seg:
+    with Segmenter("engines/model.fp16.engine") as seg:   # a path: TensorRT (an .onnx: ONNX Runtime)
         mask = seg.predict("street.jpg")          # H x W uint8 class ids at the image's own size
         overlay("street.jpg", mask, seg.palette).save("street.overlay.png")
+
+    from aspp_deploy.runtime.engines.ov_engine import OvEngine
+    with Segmenter(OvEngine("models/model.onnx")) as seg:  # an engine: any runtime
+        masks = seg.predict_batch(["a.jpg", "b.jpg"])
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any, Iterable, List
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
+from PIL import Image
 
-from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.errors import InputError
+from aspp_deploy.runtime.engines import Engine, open_engine
 from aspp_deploy.runtime.images import ImageLike, load_rgb, postprocess, stack_inputs
+from aspp_deploy.runtime.manifest import EngineManifest
+from aspp_deploy.runtime.preprocess import Preprocess
+
+DEFAULT_DYNAMIC_BATCH = 4  # images per run for a model that takes any batch, unless asked otherwise
 
 
 class Segmenter:
-    """A TensorRT engine built from an aspp-deploy ONNX, with its preprocessing and post-processing."""
+    """An engine with its model's preprocessing and post-processing.
 
-    def __init__(self, engine: Path | str, cuda: str = "auto", use_cuda_graph: bool = False) -> None:
-        from aspp_deploy.trt.runtime import TrtRunner, read_engine_manifest
+    ``engine``: an ``Engine`` (``engines.ort_engine.OrtEngine``, ``engines.ov_engine.OvEngine``,
+    ``engines.trt_engine.TrtEngine``), or a path: an ``.onnx`` opens on ONNX Runtime, anything else as
+    a TensorRT engine (``cuda`` and ``use_cuda_graph`` go to it). ``batch``: images per run for an
+    engine that takes a range (default: its largest, at most ``DEFAULT_DYNAMIC_BATCH`` when unbounded);
+    an engine with a fixed batch always runs that batch (the last images are repeated to fill it).
+    """
 
-        self.engine_path = Path(engine)
-        manifest = read_engine_manifest(self.engine_path)  # InputError without preprocessing recorded
-        self.preprocess = Preprocess.from_dict(manifest["preprocess"])
-        self.classes: List[str] = [str(c) for c in manifest.get("classes") or []]
-        self.palette: List[List[int]] = [list(c) for c in manifest.get("palette") or []]
-        self.runner = TrtRunner(self.engine_path, cuda=cuda, use_cuda_graph=use_cuda_graph)
-        self.manifest = self.runner.manifest
-        if len(self.runner.inputs) != 1 or not self.runner.outputs:
-            raise InputError(f"{self.engine_path} has inputs {self.runner.input_names} and outputs "
-                             f"{self.runner.output_names}: a segmentation engine has one image input and an output")
-        tensor = self.runner.inputs[0]
-        assert tensor.profile is not None
-        lo, _, hi = tensor.profile
-        self.input_name = tensor.name
-        self.output_name = self.runner.outputs[0].name
-        self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
+    def __init__(self, engine: Union[Engine, str, Path], cuda: str = "auto", use_cuda_graph: bool = False,
+                 batch: Optional[int] = None) -> None:
+        if not isinstance(engine, Engine):
+            path = Path(engine)
+            if path.suffix.lower() == ".onnx":
+                engine = open_engine(path)
+            else:  # the manifest first: a missing preprocessing record is named before TensorRT is needed
+                _required_preprocess(EngineManifest.read(path), path)
+                engine = open_engine(path, cuda=cuda, use_cuda_graph=use_cuda_graph)
+        self.engine = engine
+        try:
+            self._setup(engine, batch)
+        except BaseException:
+            engine.close()
+            raise
+
+    def _setup(self, engine: Engine, batch: Optional[int]) -> None:
+        if len(engine.input_names) != 1 or not engine.output_names:
+            raise InputError("{} has inputs {} and outputs {}: a segmentation model has one image input and an "
+                             "output".format(engine.path, engine.input_names, engine.output_names))
+        manifest = engine.manifest()
+        self.preprocess = _required_preprocess(manifest, engine.path)  # type: Preprocess
+        self.classes = [str(c) for c in manifest.classes]  # type: List[str]
+        self.palette = [list(c) for c in manifest.palette]  # type: List[List[int]]
+        self.manifest = manifest.to_dict()  # type: Dict[str, Any]
         wanted = self.preprocess.input_shape(1)[1:]
-        if len(hi) != 4 or not all(int(a) <= w <= int(b) for a, w, b in zip(lo[1:], wanted, hi[1:])):
-            raise InputError(f"{self.engine_path} takes inputs {tuple(lo)}..{tuple(hi)}, but its preprocessing "
-                             f"makes {'x'.join(map(str, wanted))}: rebuild the engine from the ONNX it came with")
+        if not engine.takes(wanted):
+            raise InputError("{} does not take inputs of {}, which its preprocessing makes: rebuild the engine from "
+                             "the ONNX it came with".format(engine.path, "x".join(map(str, wanted))))
+        self.min_batch = engine.min_batch
+        if engine.static_batch is not None:
+            self.max_batch = engine.static_batch
+        elif batch:
+            if engine.max_batch is not None and batch > engine.max_batch:
+                raise InputError("{} takes at most {} images per batch; {} asked for".format(
+                    engine.path, engine.max_batch, batch))
+            self.max_batch = max(int(batch), engine.min_batch)
+        else:
+            self.max_batch = engine.max_batch or max(DEFAULT_DYNAMIC_BATCH, engine.min_batch)
+        # seconds spent in each step since the segmenter was made (``predict`` reports them per image)
+        self.timing = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}  # type: Dict[str, float]
+        self.on_run = None  # type: Optional[Callable[[int], None]]  # told the real images of each engine run
 
-    backend = "tensorrt"
+    # -- what the engine is ------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        return self.engine.kind
 
     @property
     def description(self) -> str:
         """Which engine runs the model, for the user: ``TensorRT 10.3.0: engines/model.fp16.engine (fp16)``."""
-        version = self.manifest.get("tensorrt_version") or "?"
-        return "TensorRT {}: {} ({})".format(version, self.engine_path, self.manifest.get("precision") or "?")
+        return self.engine.description
+
+    @property
+    def engine_path(self) -> Path:
+        return self.engine.path
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.engine.path
+
+    @property
+    def input_name(self) -> str:
+        return self.engine.input_name
+
+    @property
+    def output_name(self) -> str:
+        return self.engine.output_name
 
     @property
     def outputs_class_ids(self) -> bool:
-        """True when the engine outputs class ids (exported with ``--argmax``), False for logits."""
-        return self.runner.outputs[0].dtype.kind in "iu"
+        """True when the model outputs class ids (exported with ``--argmax``), False for scores."""
+        return self.engine.outputs_class_ids
+
+    # -- the loop ------------------------------------------------------------------------------------
 
     def predict(self, image: ImageLike) -> np.ndarray:
         """One image (path, PIL image or H x W x 3 RGB uint8 array) -> H x W class ids at its own size."""
         return self.predict_batch([image])[0]
 
     def predict_batch(self, images: Iterable[ImageLike]) -> List[np.ndarray]:
-        """Several images -> one mask each, run in batches of the engine's batch size."""
+        """Several images -> one mask each, run in batches of at most ``max_batch``."""
         rgb = [load_rgb(image) for image in images]
-        inputs = [self.preprocess(image) for image in rgb]
-        outputs: List[np.ndarray] = []
-        for start in range(0, len(inputs), self.max_batch):
-            chunk = inputs[start:start + self.max_batch]
-            feed = {self.input_name: stack_inputs(chunk, max(self.min_batch, len(chunk)))}
-            result = self.runner.infer(feed)[self.output_name]
-            outputs.extend(result[i] for i in range(len(chunk)))
+        masks = []  # type: List[np.ndarray]
+        for start in range(0, len(rgb), self.max_batch):
+            masks.extend(self.segment(rgb[start:start + self.max_batch]))
+        return masks
+
+    def segment(self, chunk: Sequence[Image.Image]) -> List[np.ndarray]:
+        """At most ``max_batch`` RGB images -> their masks, in one engine run."""
+        if len(chunk) > self.max_batch:
+            raise ValueError("{} images given to one run of at most {}".format(len(chunk), self.max_batch))
+        t0 = time.perf_counter()
+        x = stack_inputs([self.preprocess(image) for image in chunk], max(self.min_batch, len(chunk)))
+        t1 = time.perf_counter()
+        result = self.engine.infer(x)
+        t2 = time.perf_counter()
+        if self.on_run is not None:
+            self.on_run(len(chunk))
         classes = len(self.classes) or None
-        return [postprocess(out, image.size, classes, self.preprocess) for out, image in zip(outputs, rgb)]
+        masks = [postprocess(result[i], image.size, classes, self.preprocess) for i, image in enumerate(chunk)]
+        self.timing["preprocess"] += t1 - t0
+        self.timing["inference"] += t2 - t1
+        self.timing["postprocess"] += time.perf_counter() - t2
+        return masks
 
     def infer_raw(self, batch: np.ndarray) -> np.ndarray:
-        """A preprocessed float32 batch in the model's layout (``N x 3 x H x W`` or ``N x H x W x 3``) -> the engine's raw output (logits or class ids)."""
-        return self.runner.infer({self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[self.output_name]
+        """A preprocessed float32 batch in the model's layout (``N x 3 x H x W`` or ``N x H x W x 3``) -> the
+        engine's raw output (scores or class ids)."""
+        return self.engine.infer(batch)
 
     def close(self) -> None:
-        self.runner.close()
+        self.engine.close()
 
     def __enter__(self) -> "Segmenter":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _required_preprocess(manifest: Any, path: Path) -> Preprocess:
+    if manifest.preprocess is None:
+        raise InputError("{}'s manifest records no preprocessing: build the engine from an ONNX made by "
+                         "`aspp-deploy export`".format(path))
+    return manifest.preprocess

@@ -15,10 +15,10 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from aspp_deploy.data.preprocess import Preprocess
 from aspp_deploy.errors import InputError
 from aspp_deploy.io import read_json_object, sha256_file
 from aspp_deploy.runtime.images import preprocess_image
+from aspp_deploy.runtime.preprocess import Preprocess
 
 BUNDLE_JSON = "bundle.json"
 REFERENCE = "selftest/reference.json"

@@ -28,7 +28,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from aspp_deploy.errors import InputError, MissingDependencyError
+from aspp_deploy.data.voc import load_image
+from aspp_deploy.errors import InputError, require
+from aspp_deploy.io import atomic_write_text, json_text
 
 PROTOCOLS = ("http", "grpc")
 INPUTS = ("image", "raw")
@@ -119,15 +121,7 @@ class LevelResult:
 
 
 def _tritonclient(protocol: str):
-    try:
-        if protocol == "grpc":
-            import tritonclient.grpc as client
-        else:
-            import tritonclient.http as client
-    except ImportError as exc:
-        raise MissingDependencyError(f"tritonclient ({protocol}) is not installed ({exc}): "
-                                     "pip install 'aspp-deploy[serve]'") from None
-    return client
+    return require(f"tritonclient.{'grpc' if protocol == 'grpc' else 'http'}", "pip install 'aspp-deploy[serve]'")
 
 
 def _connect(endpoint: Endpoint, timeout_s: float) -> Tuple[Any, Callable[..., Any]]:
@@ -152,7 +146,6 @@ def _close(client: Any) -> None:
 
 def load_samples(images: List[Path], kind: str, expected: Optional[List[np.ndarray]] = None) -> List[Sample]:
     """The request payloads, made once: file bytes for ``image``, RGB arrays for ``raw``."""
-    from aspp_deploy.data.voc import load_image
 
     if kind not in INPUTS:
         raise InputError(f"input {kind!r}: choose image (encoded bytes) or raw (uint8 H x W x 3)")
@@ -480,7 +473,7 @@ def plot(results: List[LevelResult], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aspp_deploy.bench.report import _save_figure
+    from aspp_deploy.bench.report import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     groups: Dict[Tuple[str, str], List[LevelResult]] = {}
@@ -501,14 +494,13 @@ def plot(results: List[LevelResult], path: Path) -> None:
     ax.grid(alpha=0.3)
     if groups:
         ax.legend(fontsize=7)
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
 def write_report(folder: Path, results: List[LevelResult], settings: Dict[str, Any],
                  machine: Dict[str, Any]) -> List[Path]:
     """results.json, results.csv, summary.md and throughput_latency.png in ``folder``."""
-    from aspp_deploy.io import atomic_write_text, json_text
 
     folder.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine, "settings": settings, "rows": rows(results),

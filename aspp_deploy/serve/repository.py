@@ -34,7 +34,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from aspp_deploy.bundle import triton
 from aspp_deploy.errors import InputError
-from aspp_deploy.io import atomic_write_text, json_text, sha256_file
+from aspp_deploy.io import atomic_write_text, is_replaceable, json_text, replace_folder, sha256_file
+from aspp_deploy.runtime.portable import copy_runtime
 
 FORMAT = "aspp-deploy/triton-repository"
 EXECUTORS = ("onnxruntime", "triton")
@@ -231,7 +232,6 @@ def write_service(root: Path, name: str, onnx: Optional[Path], entry: Dict[str, 
                   batching: bool = True, model_dir: Optional[Path] = None, raw_only: bool = False) -> None:
     """The service model ``root/name`` (``onnx`` is copied in for the in-process executor; ``model_dir``:
     where ``root/name`` will finally be, for a relative ``python_env``)."""
-    from aspp_deploy.bundle.bundle import copy_runtime
 
     version = root / name / str(opts.version)
     version.mkdir(parents=True)
@@ -356,14 +356,12 @@ def _assemble(root: Path, out: Path, onnx: Path, entry: Dict[str, Any], opts: Tr
 
 def is_repository(out: Path) -> bool:
     """True when ``out`` may be replaced: missing, empty, or a repository this tool wrote."""
-    from aspp_deploy.bundle.bundle import is_replaceable
 
     return is_replaceable(out, "repository.json", FORMAT)
 
 
 def write_repository(onnx: Path, out: Path, opts: TritonOptions, plan: Optional[Path] = None) -> dict:
     """Write the repository ``out`` for ``onnx`` (an aspp-deploy ONNX); returns ``repository.json``'s content."""
-    from aspp_deploy.bundle.bundle import replace_folder
     from aspp_deploy.export.manifest import read_onnx_manifest
 
     opts.check()

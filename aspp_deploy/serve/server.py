@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
+from aspp_deploy.bundle.triton import pbtxt_quote, pbtxt_unquote
 from aspp_deploy.errors import AsppDeployError, InputError, MissingDependencyError, ServeFailure
 
 CONTAINER_BINARY = Path("/opt/tritonserver/bin/tritonserver")
@@ -145,7 +146,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _param(config: str, key: str) -> Optional[str]:
     """A string parameter of a ``config.pbtxt`` (its text-format escapes undone)."""
-    from aspp_deploy.bundle.triton import pbtxt_quote, pbtxt_unquote
 
     m = re.search(r'key:\s*' + re.escape(pbtxt_quote(key)) + r'\s*value:?\s*{\s*string_value:\s*"((?:[^"\\]|\\.)*)"',
                   config)

@@ -3,8 +3,8 @@
 Requests carry either ``IMAGE`` (encoded JPEG/PNG/BMP/TIFF bytes, ``[batch, 1]`` BYTES) or ``RAW``
 (``[batch, H, W, 3]`` RGB uint8); the response is ``MASK`` (``[batch, H, W]`` class ids at the
 image's own size, uint8, or int32 for more than 256 classes). Preprocessing, the inverse geometry and
-the class-id reduction are the toolkit's own (``aspp_deploy.data.preprocess`` and
-``aspp_deploy.runtime``, copied beside this file), so the server returns what ``aspp-deploy predict``
+the class-id reduction are the toolkit's own (``aspp_deploy.runtime``'s ``Segmenter``, copied
+beside this file), so the server returns what ``aspp-deploy predict``
 returns for the same image and model.
 
 Where the network runs is a config parameter, not code: ``EXECUTOR`` ``onnxruntime`` runs the
@@ -35,7 +35,10 @@ import triton_python_backend_utils as pb_utils  # noqa: E402  # pyright: ignore[
 from PIL import Image  # noqa: E402
 
 from aspp_deploy.errors import AsppDeployError  # noqa: E402
-from aspp_deploy.runtime.images import ImageDecodeError, decode_image, postprocess, stack_inputs  # noqa: E402
+from aspp_deploy.runtime.engines.base import Engine  # noqa: E402
+from aspp_deploy.runtime.images import ImageDecodeError, decode_image  # noqa: E402
+from aspp_deploy.runtime.manifest import ArtifactEntry  # noqa: E402
+from aspp_deploy.runtime.segmenter import Segmenter  # noqa: E402
 
 IMAGE, RAW, MASK = "IMAGE", "RAW", "MASK"
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -117,42 +120,31 @@ def _error(message: str, server_side: bool) -> Any:
     return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
 
-class TritonPythonModel:
-    """Triton's entry points: ``initialize``, ``execute``, ``finalize``."""
+class ServiceEngine(Engine):
+    """The network behind the service, as a runtime engine for the ``Segmenter``: ONNX Runtime in-process
+    (the runtime's ``OrtEngine``) or a model of the same repository through business-logic scripting."""
 
-    def initialize(self, args: Dict[str, str]) -> None:
-        config = json.loads(args["model_config"])
-        here = os.path.join(args["model_repository"], args["model_version"])
+    kind = "triton-service"
+
+    def __init__(self, config: Dict[str, Any], here: str, service: Dict[str, Any]) -> None:
+        self.path = os.path.join(here, "service.json")  # type: ignore[assignment]  # named in messages
         self.executor = _param(config, "EXECUTOR", "onnxruntime")
-        self.max_pixels = int(_param(config, "MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS)))
-        self.max_batch = max(1, int(config.get("max_batch_size") or 1))
-        mask = [o for o in config.get("output", []) if o.get("name") == MASK]
-        self.mask_dtype = pb_utils.triton_string_to_numpy(mask[0]["data_type"]) if mask else np.uint8
-        with open(os.path.join(here, "service.json")) as f:
-            service = json.load(f)
-        entry = service["manifest"]
-        from aspp_deploy.data.preprocess import Preprocess
-
-        self.preprocess = Preprocess.from_dict(entry["preprocess"])
-        self.num_classes = len(entry.get("classes") or []) or None
-        self.input_name, self.output_name = service["input"], service["output"]
-        self.model_batch = service.get("model_batch")  # the network's fixed batch, None when dynamic
+        self.entry = service["manifest"]
+        self.input_names, self.output_names = [service["input"]], [service["output"]]
+        model_batch = service.get("model_batch")  # the network's fixed batch, None when dynamic
+        if model_batch:
+            self.min_batch = self.max_batch = int(model_batch)
+        else:  # the batches Triton gathers, up to its max_batch_size
+            self.min_batch, self.max_batch = 1, max(1, int(config.get("max_batch_size") or 1))
         self.target_version = int(service.get("target_version") or -1)  # -1: the network model's latest
-        self.families, self.counters = _counters(str(args.get("model_name") or config.get("name") or ""),
-                                                 str(args["model_version"]), service.get("metrics") or {})
         self.session = None  # type: Any
         if self.executor == "onnxruntime":
-            import onnxruntime as ort
+            from aspp_deploy.runtime.engines.ort_engine import OrtEngine
 
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
             threads = int(_param(config, "THREADS", "0"))
             if threads <= 0:  # each instance its share of the cores, not every instance all of them
                 threads = max(1, cores() // instance_count(config))
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(os.path.join(here, service["onnx"]), opts,
-                                                providers=["CPUExecutionProvider"])
+            self.session = OrtEngine(os.path.join(here, service["onnx"]), threads=threads, inter_op_threads=1)
         elif self.executor == "triton":
             self.target = _param(config, "TARGET_MODEL")
             if not self.target:
@@ -160,35 +152,51 @@ class TritonPythonModel:
         else:
             raise ValueError("EXECUTOR must be onnxruntime or triton, got {!r}".format(self.executor))
 
-    def _infer(self, batch: np.ndarray, images: int) -> np.ndarray:
-        """One network run on ``batch`` (``images`` of its rows are real, the rest padding)."""
+    def manifest(self) -> ArtifactEntry:
+        return ArtifactEntry.from_dict(self.entry, self.path)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
         if self.session is not None:
-            result = np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0])
-        else:
-            request = pb_utils.InferenceRequest(model_name=self.target, model_version=self.target_version,
-                                                requested_output_names=[self.output_name],
-                                                inputs=[pb_utils.Tensor(self.input_name, batch)])
-            response = request.exec()
-            if response.has_error():
-                raise RuntimeError("{}: {}".format(self.target, response.error().message()))
-            result = np.asarray(pb_utils.get_output_tensor_by_name(response, self.output_name).as_numpy())
+            return self.session.infer(batch)
+        request = pb_utils.InferenceRequest(model_name=self.target, model_version=self.target_version,
+                                            requested_output_names=[self.output_name],
+                                            inputs=[pb_utils.Tensor(self.input_name, batch)])
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError("{}: {}".format(self.target, response.error().message()))
+        return np.asarray(pb_utils.get_output_tensor_by_name(response, self.output_name).as_numpy())
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        self.session = None
+
+
+class TritonPythonModel:
+    """Triton's entry points: ``initialize``, ``execute``, ``finalize``."""
+
+    def initialize(self, args: Dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        here = os.path.join(args["model_repository"], args["model_version"])
+        self.max_pixels = int(_param(config, "MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS)))
+        mask = [o for o in config.get("output", []) if o.get("name") == MASK]
+        self.mask_dtype = pb_utils.triton_string_to_numpy(mask[0]["data_type"]) if mask else np.uint8
+        with open(os.path.join(here, "service.json")) as f:
+            service = json.load(f)
+        self.families, self.counters = _counters(str(args.get("model_name") or config.get("name") or ""),
+                                                 str(args["model_version"]), service.get("metrics") or {})
+        self.segmenter = Segmenter(ServiceEngine(config, here, service))  # the one loop: preprocess, batches, infer, postprocess
+        self.segmenter.on_run = self._count
+        self.preprocess = self.segmenter.preprocess
+
+    def _count(self, images: int) -> None:
+        """One network run of ``images`` images (the rest of its batch, if any, padding) on the metrics port."""
         if self.counters:
             try:
                 self.counters[0].increment(1)
                 self.counters[1].increment(images)
             except Exception:  # noqa: BLE001 - a figure that cannot be counted never fails a request
                 pass
-        return result
-
-    def _run(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
-        """Preprocessed images -> the network's per-image outputs, in chunks the network takes."""
-        step = self.model_batch or self.max_batch
-        outputs = []  # type: List[np.ndarray]
-        for start in range(0, len(inputs), step):
-            chunk = inputs[start:start + step]
-            result = self._infer(stack_inputs(chunk, self.model_batch or len(chunk)), len(chunk))
-            outputs.extend(result[i] for i in range(len(chunk)))
-        return outputs
 
     def execute(self, requests: List[Any]) -> List[Any]:
         """One response per request, in order; the batch of all good requests runs together."""
@@ -206,9 +214,8 @@ class TritonPythonModel:
         masks = {}  # type: Dict[Tuple[int, int], np.ndarray]
         if order:
             try:
-                outputs = self._run([self.preprocess(images[i][k]) for i, k in order])
-                for (i, k), out in zip(order, outputs):
-                    masks[(i, k)] = postprocess(out, images[i][k].size, self.num_classes, self.preprocess)
+                found = self.segmenter.predict_batch([images[i][k] for i, k in order])
+                masks.update(zip(order, found))
             except Exception as exc:  # the network failed for the whole batch: every request says why
                 for i in images:
                     errors[i] = "inference failed: {}".format(exc)
@@ -222,6 +229,6 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        self.session = None
+        self.segmenter.close()
         self.counters = []  # the counters go before their families
         self.families = []

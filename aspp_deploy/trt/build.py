@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Mapping, Sequen
 
 from aspp_deploy.errors import AsppDeployError, InputError
 from aspp_deploy.io import atomic_write_bytes, atomic_write_text, json_text, sha256_file
+from aspp_deploy.runtime.manifest import ArtifactEntry, EngineManifest, read_artifact_entry
 from aspp_deploy.trt.plan import BuildPlan, BuildRequest, feature_support, make_build_plan, parse_version
 from aspp_deploy.trt.runtime import (MANIFEST_FORMAT, dims_to_tuple, import_tensorrt, input_profile, manifest_path,
                                      numpy_dtype)
@@ -167,29 +168,21 @@ def io_tensors(engine: tensorrt.ICudaEngine) -> list[dict[str, Any]]:
 
 
 def artifact_metadata(onnx_path: Path | str) -> dict[str, Any]:
-    """preprocess / classes / palette from the ONNX's aspp-deploy manifest; {} when it has none.
+    """preprocess / classes / palette from the ONNX's verified aspp-deploy manifest; {} when it has none
+    (or one that does not verify)."""
+    try:
+        record = _verified_entry(Path(onnx_path)).to_dict()
+    except InputError:
+        return {}
+    return {key: record[key] for key in ("preprocess", "classes", "palette")}
 
-    Without the onnx package (the torch-free Jetson bundle) only ``manifest.json`` beside the ONNX is read.
-    """
+
+def _verified_entry(onnx: Path) -> ArtifactEntry:
     try:
         from aspp_deploy.export.manifest import read_onnx_manifest
-    except ImportError:
-        entry = _sidecar_entry(Path(onnx_path))
-    else:
-        try:
-            entry = read_onnx_manifest(onnx_path).entry
-        except InputError:
-            return {}
-    return {key: entry[key] for key in ("preprocess", "classes", "palette") if key in entry}
-
-
-def _sidecar_entry(onnx: Path) -> dict[str, Any]:
-    try:
-        artifacts = json.loads((onnx.parent / "manifest.json").read_text()).get("artifacts", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    entry = artifacts.get(onnx.name) if isinstance(artifacts, dict) else None
-    return entry if isinstance(entry, dict) else {}
+    except ImportError:  # no onnx package (the torch-free Jetson bundle): only manifest.json beside the ONNX
+        return read_artifact_entry(onnx, None)
+    return read_onnx_manifest(onnx).typed
 
 
 def _builder_flag(name: str) -> tensorrt.BuilderFlag:
@@ -354,6 +347,7 @@ def engine_from_onnx(onnx_path: Path | str, out_path: Path | str, req: BuildRequ
         "trtexec": trtexec_command(plan, onnx, out, profiles=profiles, workspace_mb=workspace_mb,
                                    timing_cache=timing_cache, calib_cache=calib_path),
     }
+    manifest = EngineManifest.from_dict(manifest, manifest_path(out)).to_dict()  # written as every reader reads it
     atomic_write_text(manifest_path(out), json_text(manifest))
     log(f"wrote {out} ({len(data) / 1e6:.1f} MB, {seconds:.1f} s) and {manifest_path(out).name}")
     return manifest

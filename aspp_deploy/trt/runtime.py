@@ -1,8 +1,8 @@
 """Run a TensorRT engine with NumPy in and out, checked against its manifest.
 
 Embeddable in a Jetson application: this module imports only NumPy, the standard library,
-``tensorrt`` (inside functions), ``aspp_deploy.trt.cuda``, ``aspp_deploy.errors`` and
-``aspp_deploy.io`` - never torch or onnx.
+``tensorrt`` (inside functions), ``aspp_deploy.trt.cuda``, ``aspp_deploy.errors`` and the portable
+core's typed manifest (``aspp_deploy.runtime.manifest``) - never torch or onnx.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, Tuple
 import numpy as np
 
 from aspp_deploy.errors import InputError, MissingDependencyError
-from aspp_deploy.io import read_json_object
+from aspp_deploy.runtime.manifest import ENGINE_FORMAT, EngineManifest, engine_manifest_path
 from aspp_deploy.trt.cuda import CudaError, DeviceBuffer, get_cuda
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ TRT_INSTALL_HINT = "TensorRT is not installed: pip install tensorrt-cu12 (deskto
 NUMPY_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "UINT8": "uint8", "INT32": "int32",
                 "INT64": "int64", "BOOL": "bool"}  # trt.DataType member name -> NumPy dtype
 VC_ACROSS_MAJORS = {(8, 10), (10, 11)}  # version-compatible engines also run one major version on
-MANIFEST_FORMAT = "aspp-deploy/tensorrt-engine"
+MANIFEST_FORMAT = ENGINE_FORMAT
 Shape = Tuple[int, ...]  # typing.Tuple: the Jetson runtime also runs on Python 3.8 (JetPack 5)
 
 
@@ -71,21 +71,12 @@ def input_profile(engine: tensorrt.ICudaEngine, name: str) -> tuple[Shape, Shape
 
 def manifest_path(engine_path: Path | str) -> Path:
     """``model.engine`` -> ``model.engine.json``."""
-    return Path(str(engine_path) + ".json")
+    return engine_manifest_path(engine_path)
 
 
 def read_engine_manifest(engine_path: Path | str, need_preprocess: bool = True) -> dict[str, Any]:
-    """The manifest ``aspp-deploy build`` wrote beside an engine (InputError when missing or foreign)."""
-    engine, path = Path(engine_path), manifest_path(engine_path)
-    if not engine.is_file():
-        raise InputError(f"engine not found: {engine}")
-    manifest = read_json_object(path, "build engines with `aspp-deploy build`, which writes it")
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise InputError(f"{path} is not an aspp-deploy engine manifest")
-    if need_preprocess and not manifest.get("preprocess"):
-        raise InputError(f"{path} records no preprocessing: build the engine from an ONNX made by "
-                         "`aspp-deploy export`")
-    return manifest
+    """The manifest ``aspp-deploy build`` wrote beside an engine, verified (``EngineManifest.read``), as a record."""
+    return EngineManifest.read(engine_path, need_preprocess).to_dict()
 
 
 def _version3(text: str) -> tuple[int, int, int]:
@@ -203,17 +194,18 @@ class TrtRunner:
 
     def __init__(self, engine_path: Path | str, cuda: str = "auto", use_cuda_graph: bool = False) -> None:
         path = Path(engine_path)
-        self.manifest = read_engine_manifest(path, need_preprocess=False)
-        if self.manifest.get("engine_bytes") not in (None, path.stat().st_size):
-            raise InputError(f"{path} does not match its manifest (the engine was replaced): rebuild it")
+        self.typed = EngineManifest.read(path, need_preprocess=False)  # the size is checked here, the bytes below
+        self.manifest = self.typed.to_dict()
         trt = import_tensorrt()
         self.cuda = get_cuda(cuda)
         check_engine_manifest(self.manifest, trt.__version__, self.cuda.device_name(), self.cuda.compute_capability())
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        if self.manifest.get("version_compatible"):
+        if self.typed.version_compatible:
             self._runtime.engine_host_code_allowed = True  # the engine carries its own lean runtime
-        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        data = path.read_bytes()
+        self.typed.verify_bytes(data, path)
+        self.engine = self._runtime.deserialize_cuda_engine(data)
         if self.engine is None:
             raise InputError(f"TensorRT {trt.__version__} cannot deserialize {path} (its log above says why)")
         self.context = self.engine.create_execution_context()

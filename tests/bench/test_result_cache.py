@@ -14,8 +14,8 @@ from PIL import Image
 
 from aspp_deploy.bench.compare import RowSpec, ValidationSet
 from aspp_deploy.bench.result_cache import FORMAT, ResultCache, digest_of
-from aspp_deploy.cli.compare_cmd import _row_keys
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.bench.row_keys import row_keys
+from aspp_deploy.runtime.preprocess import Preprocess
 from tests.conftest import TINY_SIZE
 
 CLASSES = ["background", "a", "b", "c", "d", "e"]
@@ -37,7 +37,7 @@ def test_the_key_changes_when_any_of_its_parts_changes(tiny_data, tmp_path):
     spec = RowSpec("onnxruntime", "fp32", "cpu", art)
 
     def digest(spec=spec, fp32=fp32, pre=pre, classes=CLASSES, val=val, threads=0) -> str:
-        return digest_of(_row_keys(fp32, pre, classes, val, threads)(spec))
+        return digest_of(row_keys(fp32, pre, classes, val, threads)(spec))
 
     base = digest()
     assert base == digest()  # the same inputs: the same key (nothing random, no time in it)
@@ -75,8 +75,8 @@ def test_the_key_changes_when_any_of_its_parts_changes(tiny_data, tmp_path):
         assert d != base, f"the key did not change with the {part}"
     assert len({base, torch_base, *variants.values()}) == len(variants) + 2
     # a row that cannot be identified by content is not cached at all
-    assert _row_keys(SimpleNamespace(source=None), pre, CLASSES, val, 0)(torch_spec) is None
-    assert _row_keys(fp32, pre, CLASSES, val, 0)(RowSpec("onnxruntime", "fp32", "cpu", tmp_path / "gone.onnx")) is None
+    assert row_keys(SimpleNamespace(source=None), pre, CLASSES, val, 0)(torch_spec) is None
+    assert row_keys(fp32, pre, CLASSES, val, 0)(RowSpec("onnxruntime", "fp32", "cpu", tmp_path / "gone.onnx")) is None
 
 
 def _entry(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.data.voc import load_image
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent('''
     for name in modules:
         importlib.import_module(name)
     import numpy as np
-    from aspp_deploy.data.preprocess import Preprocess
+    from aspp_deploy.runtime.preprocess import Preprocess
     from aspp_deploy.runtime import class_map, colorize, load_rgb, overlay, postprocess, preprocess_image
     entry = json.loads(Path("models/manifest.json").read_text())["artifacts"]["model.onnx"]
     pre = Preprocess.from_dict(entry["preprocess"])

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from aspp_deploy.bundle.deepstream import NVINFER_PROPERTY_KEYS, check_nvinfer_config, nvinfer_config
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.errors import InputError
 
 ort = pytest.importorskip("onnxruntime")

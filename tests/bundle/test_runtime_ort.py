@@ -20,6 +20,7 @@ from aspp_deploy.backends.base import class_ids
 from aspp_deploy.backends.onnxruntime_backend import OrtRunner
 from aspp_deploy.data.voc import load_image
 from aspp_deploy.errors import InputError
+from aspp_deploy.io import sha256_file
 from aspp_deploy.export.manifest import read_onnx_manifest
 from aspp_deploy.runtime.__main__ import main as runtime_main
 from aspp_deploy.runtime.ort_segmenter import OrtSegmenter
@@ -72,6 +73,11 @@ def test_ort_segmenter_reads_the_sidecar_manifest_and_refuses_an_onnx_without_on
     with_sidecar.mkdir()
     onnx.save(model, str(with_sidecar / "model.onnx"))
     shutil.copyfile(made_bundle.out / "models" / "manifest.json", with_sidecar / "manifest.json")
+    with pytest.raises(InputError, match="does not match its entry .*sha256 differs"):  # the bytes are verified
+        OrtSegmenter(with_sidecar / "model.onnx")
+    sidecar = json.loads((with_sidecar / "manifest.json").read_text())
+    sidecar["artifacts"]["model.onnx"]["onnx_sha256"] = sha256_file(with_sidecar / "model.onnx")
+    (with_sidecar / "manifest.json").write_text(json.dumps(sidecar))
     image = _selftest_images(made_bundle.out)[0]
     with OrtSegmenter(with_sidecar / "model.onnx") as seg, OrtSegmenter(made_bundle.out / "models" / "model.onnx") as ref:
         assert seg.preprocess == ref.preprocess and seg.classes == ref.classes

@@ -43,7 +43,7 @@ def device_bundle(made_bundle, tmp_path_factory):
 @requires_trt
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_segmenter_matches_onnx_runtime(device_bundle, precision):
-    from aspp_deploy.data.preprocess import Preprocess
+    from aspp_deploy.runtime.preprocess import Preprocess
     from aspp_deploy.data.voc import load_image
     from aspp_deploy.runtime import Segmenter, postprocess
 

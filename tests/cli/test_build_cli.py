@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from aspp_deploy.cli import app
-from aspp_deploy.cli.build_cmd import lint_version, onnx_kind, parse_shape
+from aspp_deploy.cli.build_cmd import lint_version, parse_shape
+from aspp_deploy.export.onnx_kind import onnx_kind
 from aspp_deploy.errors import InputError
 from aspp_deploy.export.graph import load_onnx
 from aspp_deploy.export.trt_check import TRT_VERSIONS

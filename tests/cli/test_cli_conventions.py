@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from aspp_deploy.bench.stats import latency_stats
 from aspp_deploy.cli import app
-from aspp_deploy.cli._common import Command, Group, LineProgress, working
+from aspp_deploy.cli._click import Command, Group
+from aspp_deploy.cli._progress import LineProgress, working
 from aspp_deploy.data.voc import IMAGE_FORMATS, VOCSegmentation
 from aspp_deploy.export.trt_check import CheckReport, Finding, group_findings
 
@@ -249,7 +250,7 @@ def test_third_party_warnings_and_logs_become_one_note(monkeypatch):
     import logging
     import warnings
 
-    from aspp_deploy.cli._common import third_party_noise
+    from aspp_deploy.cli._noise import third_party_noise
 
     monkeypatch.delenv("ASPP_DEPLOY_DEBUG", raising=False)
     out = Console(record=True, width=400, force_terminal=False)
@@ -279,7 +280,7 @@ def test_third_party_warnings_and_logs_become_one_note(monkeypatch):
 def test_third_party_noise_passes_through_in_debug_mode(monkeypatch):
     import warnings
 
-    from aspp_deploy.cli._common import third_party_noise
+    from aspp_deploy.cli._noise import third_party_noise
 
     monkeypatch.setenv("ASPP_DEPLOY_DEBUG", "1")
     out = Console(record=True, width=200, force_terminal=False)

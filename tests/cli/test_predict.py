@@ -5,6 +5,7 @@ areas that add up, overlays with a legend, contained and distinct output names, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -116,15 +117,15 @@ def test_areas_add_up_to_the_pixel_count(tiny_onnx, images, tmp_path):
 
 def test_torch_backend_equals_the_eval_runner(tiny_checkpoint, tiny_onnx, images, tmp_path):
     """``--checkpoint`` runs PyTorch like ``aspp-deploy eval --backend torch``, and agrees with its ONNX."""
-    from aspp_deploy.cli._model_opts import build_spec
+    from aspp_deploy.cli._model_opts import ModelSourceOptions, ModelSpecOptions
     from aspp_deploy.cli.eval_cmd import EvalBackend, _open_runner
 
     out = tmp_path / "pred"
     r = _predict(images, "--checkpoint", tiny_checkpoint, "--out", out, "--batch", "2")
     assert r.exit_code == 0, r.output
     assert "torch fp32 on cpu" in r.output and "batch 2" in r.output
-    torch_runner, pre, _ = _open_runner(EvalBackend.torch, (tiny_checkpoint, None, None, None), build_spec(None),
-                                        None, "cpu", 0)
+    torch_runner, pre, _ = _open_runner(EvalBackend.torch, ModelSourceOptions(tiny_checkpoint),
+                                        ModelSpecOptions().build(), None, "cpu", 0)
     agree = []
     for path in _image_files(images):
         image = load_image(path)
@@ -249,19 +250,17 @@ def test_a_corrupt_or_missing_image_is_skipped_and_the_exit_code_says_so(tiny_on
 
 
 def test_a_backend_added_to_the_registry_is_usable(tiny_onnx, images, tmp_path, monkeypatch):
-    """Backends come from the registry: a new one (here ONNX Runtime under another name) works unchanged."""
-    monkeypatch.setattr(registry, "BACKENDS", (*registry.BACKENDS, "newrt"))
-    monkeypatch.setitem(registry.SUFFIXES, "newrt", (".onnx",))
+    """Backends are data in the registry: a new record (here ONNX Runtime under another name) works unchanged."""
+    base = registry.REGISTRY["onnxruntime"]
     opened = []
-    original = registry.open_runner
 
-    def open_runner(backend, model, precision="fp32", device="cpu", threads=0):
-        if backend == "newrt":
-            opened.append(model)
-            return original("onnxruntime", model, precision, device, threads)
-        return original(backend, model, precision, device, threads)
+    def open_newrt(model, precision, device, threads):
+        opened.append(model)
+        return base.open(model, precision, device, threads)
 
-    monkeypatch.setattr(registry, "open_runner", open_runner)
+    monkeypatch.setitem(registry.REGISTRY, "newrt", dataclasses.replace(base, name="newrt", open=open_newrt))
+    monkeypatch.setattr(registry, "BACKENDS", tuple(registry.REGISTRY))
+    monkeypatch.setitem(registry.SUFFIXES, "newrt", base.suffixes)
     out = tmp_path / "new"
     r = _predict(images, "--model", tiny_onnx, "--backend", "newrt", "--out", out)
     assert r.exit_code == 0, r.output

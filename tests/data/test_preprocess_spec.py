@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.errors import InputError
 from aspp_deploy.spec import GraphFacts, ModelSpec, load_spec, resolve, spec_from_dict
 

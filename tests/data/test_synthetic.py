@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.data.synthetic import CLASSES, SynthConfig, generate_sample
 from aspp_deploy.data.voc import VOCSegmentation, load_mask
 from aspp_deploy.errors import DatasetError

@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from aspp_deploy.cli.export_cmd import preflight_line
+from aspp_deploy.export.preflight import preflight_line
 from aspp_deploy.errors import InputError
 from aspp_deploy.export.manifest import embed, read_embedded, read_onnx_manifest, write_with_entry
 from aspp_deploy.export.trt_check import (SIDECAR_KEY, TRT_VERSIONS, CheckReport, Finding, check_for_trt,

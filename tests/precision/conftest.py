@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.data.synthetic import SynthConfig, write_calibration_folder
 from aspp_deploy.data.voc import voc_palette, write_split_list
 from aspp_deploy.export.manifest import embed, update_sidecar

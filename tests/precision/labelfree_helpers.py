@@ -69,7 +69,7 @@ def balance_foreground(onnx_path: Path, images: list[Path]) -> None:
     """Set the last Conv's class-1 bias so that about half of the pixels of ``images`` are foreground
     (random weights otherwise predict one class everywhere), in place, manifest updated."""
     from aspp_deploy.backends.onnxruntime_backend import ort_session
-    from aspp_deploy.data.preprocess import Preprocess
+    from aspp_deploy.runtime.preprocess import Preprocess
     from aspp_deploy.export.manifest import embed, read_onnx_manifest, write_with_entry
 
     entry = read_onnx_manifest(onnx_path).entry

@@ -87,7 +87,7 @@ def export(path: Path, seed: int = 0, attention: bool = False) -> Path:
     """The model as an FP32 ONNX with its manifest entry (what `aspp-deploy import` writes)."""
     import onnx
 
-    from aspp_deploy.data.preprocess import Preprocess
+    from aspp_deploy.runtime.preprocess import Preprocess
     from aspp_deploy.data.voc import voc_palette
     from aspp_deploy.export.manifest import embed, update_sidecar
 

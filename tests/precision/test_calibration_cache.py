@@ -9,7 +9,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.export.manifest import embed, read_embedded, read_sidecar, update_sidecar
 from aspp_deploy.io import sha256_file
 from aspp_deploy.precision.cache import CacheKey, CalibrationCache

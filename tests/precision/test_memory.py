@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.data.synthetic import SynthConfig, write_calibration_folder
 from aspp_deploy.precision.calibration import CalibrationData, calibration_files, ort_reader
 from aspp_deploy.precision.int8_ort import (TRT_OP_TYPES, _calibration_op_types, _calibrator_options,

@@ -37,7 +37,7 @@ def selfie(real_tflite, people, tmp_path_factory) -> Path:
 
 
 def _inputs(model: Path, photos: list[Path]) -> list[np.ndarray]:
-    from aspp_deploy.data.preprocess import Preprocess
+    from aspp_deploy.runtime.preprocess import Preprocess
     from aspp_deploy.data.voc import load_image
 
     entry = json.loads((model.parent / "manifest.json").read_text())["artifacts"]["model.onnx"]
@@ -57,7 +57,7 @@ def _fg_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _builder(selfie: Path, people: Path, work: Path):
-    from aspp_deploy.data.preprocess import Preprocess
+    from aspp_deploy.runtime.preprocess import Preprocess
     from aspp_deploy.precision.cache import CacheKey, CacheLookup
     from aspp_deploy.precision.calibration import CalibrationData
     from aspp_deploy.precision.int8_ort import CPU_RECIPE, OrtInt8Builder

@@ -44,7 +44,7 @@ def masks_agree_with_litert(real_tflite, name: str, art: Path, photos: Path, out
     pytest.importorskip("ai_edge_litert", reason="the TFLite runtime: pip install 'aspp-deploy[tflite]'")
     import onnxruntime as ort
 
-    from aspp_deploy.data.preprocess import Preprocess
+    from aspp_deploy.runtime.preprocess import Preprocess
     from aspp_deploy.data.voc import load_image
     from aspp_deploy.export.tflite_import import tflite_reference
 

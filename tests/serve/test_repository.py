@@ -62,7 +62,7 @@ def test_both_executors_write_configs_tritons_schema_accepts(tmp_path, served_mo
     assert plan.platform == "tensorrt_plan" and list(plan.input[0].dims) == [-1, 3, 128, 128]
     assert (tmp_path / "b" / "aspp" / "3" / "model.py").is_file()
     files = json.loads((tmp_path / "b" / "repository.json").read_text())["files"]
-    assert "aspp/3/aspp_deploy/data/preprocess.py" in files and "aspp/3/model.onnx" not in files
+    assert "aspp/3/aspp_deploy/runtime/preprocess.py" in files and "aspp/3/model.onnx" not in files
 
 
 def test_a_foreign_folder_is_never_overwritten_and_our_own_is_replaced(tmp_path, served_model):

@@ -6,7 +6,7 @@ import shlex
 import pytest
 
 from aspp_deploy.errors import InputError
-from aspp_deploy.data.preprocess import Preprocess
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.trt.build import artifact_metadata, resolve_profiles, summarize_layers, trtexec_command
 from aspp_deploy.trt.plan import BuildRequest, make_build_plan
 

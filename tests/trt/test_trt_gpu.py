@@ -85,7 +85,7 @@ def test_fp32_engine_matches_onnxruntime(tmp_path):
     from aspp_deploy.trt.plan import BuildRequest
     from aspp_deploy.trt.runtime import TrtRunner
 
-    from aspp_deploy.data.preprocess import Preprocess
+    from aspp_deploy.runtime.preprocess import Preprocess
     from aspp_deploy.export.manifest import embed
     from aspp_deploy.trt.runtime import read_engine_manifest
 

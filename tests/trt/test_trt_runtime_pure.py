@@ -149,6 +149,7 @@ def test_modules_import_without_torch_onnx_tensorrt_or_cuda(module):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     loaded = set(eval(result.stdout.strip().splitlines()[-1]))
-    if module == "aspp_deploy.trt.runtime":  # what a Jetson application embeds
+    if module == "aspp_deploy.trt.runtime":  # what a Jetson application embeds: the portable core and no more
+        loaded = {m for m in loaded if m.split(".")[:2] != ["aspp_deploy", "runtime"]}
         assert loaded <= {"aspp_deploy", "aspp_deploy.errors", "aspp_deploy.io", "aspp_deploy.trt",
                           "aspp_deploy.trt.cuda", "aspp_deploy.trt.runtime"}, loaded

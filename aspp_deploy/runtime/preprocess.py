@@ -26,13 +26,17 @@ from typing import Any, Dict, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from aspp_deploy.runtime.vocab import ChannelOrder, Layout, ResizePolicy
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_FILTERS = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}
-POLICIES = ("stretch", "letterbox", "center_crop")
-LAYOUTS = ("NCHW", "NHWC")
-CHANNEL_ORDERS = ("RGB", "BGR")
-_NEAREST = Image.NEAREST
+_FILTERS = getattr(Image, "Resampling", Image)  # Image.Resampling from Pillow 9.1; older Pillows have the constants
+RESIZE_FILTERS = {name: getattr(_FILTERS, name.upper()) for name in ("bilinear", "nearest", "bicubic")}
+# The words of the record, as the shared vocabulary spells them
+POLICIES = tuple(p.value for p in ResizePolicy)
+LAYOUTS = tuple(layout.value for layout in Layout)
+CHANNEL_ORDERS = tuple(c.value for c in ChannelOrder)
+_NEAREST = getattr(_FILTERS, "NEAREST")
 
 
 @dataclass(frozen=True)
