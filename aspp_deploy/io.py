@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator
 
+from aspp_deploy.errors import DatasetError, InputError
+
 
 TMP_SUFFIX = ".tmp"
 _cleaned: set = set()
@@ -109,8 +111,6 @@ def _kind(mode: int) -> str:
 def refuse_unsafe_destination(path: Path | str, st: os.stat_result | None = None, label: str = "cannot write") -> None:
     """One InputError when ``path`` exists and is not a regular file: a symbolic link (never followed
     nor replaced), a folder, a device, a FIFO or a socket. A missing path passes."""
-    from aspp_deploy.errors import InputError
-
     if st is None:
         try:
             st = os.lstat(path)
@@ -132,8 +132,6 @@ def refuse_unsafe_destination(path: Path | str, st: os.stat_result | None = None
 def _open_folder_inside(root: str, parts: list, final: Path) -> int:
     """An fd of ``root/parts...``, made where missing, never passing through a link below ``root``
     (``root`` itself is followed: the user named it)."""
-    from aspp_deploy.errors import InputError
-
     flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
     nofollow = getattr(os, "O_NOFOLLOW", 0)
     os.makedirs(root, exist_ok=True)
@@ -167,8 +165,6 @@ def _open_folder_inside(root: str, parts: list, final: Path) -> int:
 def make_folder(root: Path | str, rel: Path | str) -> Path:
     """Make ``root/rel`` (and the folders on the way); a link inside ``root`` is refused, never
     followed (``root`` itself may be one: the user named it)."""
-    from aspp_deploy.errors import InputError
-
     path = Path(root) / rel
     parts = [p for p in Path(rel).parts if p not in ("", ".")]
     if ".." in parts or Path(rel).is_absolute():
@@ -184,8 +180,6 @@ def _open_parent(final: Path, inside: Path | str | None) -> int:
     """An fd of ``final``'s folder (made where missing). Below an output folder (``inside``, else the
     deepest one registered by ``ensure_writable``) no component may be a link, and the folder must
     resolve inside it."""
-    from aspp_deploy.errors import InputError
-
     abs_final = os.path.abspath(final)
     root = os.path.abspath(inside) if inside is not None else _root_for(abs_final)
     if root is not None:
@@ -207,8 +201,6 @@ def _open_parent(final: Path, inside: Path | str | None) -> int:
 def _create_temp(final: Path, suffix: str | None, inside: Path | str | None) -> tuple:
     """(folder fd, temp name, temp fd): an empty temporary file beside ``final``, created with
     O_CREAT|O_EXCL|O_NOFOLLOW (never an existing file or a planted link), mode 0666 less the umask."""
-    from aspp_deploy.errors import InputError
-
     final = Path(final)
     try:
         refuse_unsafe_destination(final)  # before any folder is made for it
@@ -532,8 +524,6 @@ def ensure_writable(folder: Path | str) -> None:
     The probe is a new file of a unique name (O_CREAT|O_EXCL|O_NOFOLLOW: never a planted file or
     link), removed at once. ``folder`` becomes an output folder: writes below it never pass through
     a link found inside it (see ``atomic_path``)."""
-    from aspp_deploy.errors import InputError
-
     folder = Path(folder)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -549,8 +539,6 @@ def ensure_writable(folder: Path | str) -> None:
 
 def read_json_object(path: Path | str, missing_hint: str) -> Dict[str, Any]:
     """A JSON object from ``path``; one clear InputError when it is missing, not JSON or not an object."""
-    from aspp_deploy.errors import InputError
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} is missing: {missing_hint}")
@@ -611,3 +599,14 @@ def replace_folder(out: Path, assemble: Callable[[Path], Any]) -> Any:
         if old is not None:
             old.cleanup()
     return info
+
+
+def check_inside(path: Path, root: Path, real_root: str | None = None) -> None:
+    """One DatasetError unless ``path`` resolves (links followed) inside the dataset folder ``root``:
+    a link in a dataset never makes a command read a file from elsewhere. ``root`` itself may be a
+    link (the user named it)."""
+    real_root = real_root or os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise DatasetError(f"{path} resolves to {real}, outside the dataset folder {root}: a dataset's files "
+                           "must lie inside it (copy the file in, or give the folder it is in)")

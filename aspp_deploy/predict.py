@@ -30,6 +30,7 @@ from PIL import Image
 
 from aspp_deploy.backends import registry
 from aspp_deploy.backends.base import ModelFacts, Runner, RunnerEngine
+from aspp_deploy.backends.torch_backend import open_torch_source
 from aspp_deploy.data.voc import IMAGE_EXTENSIONS, IMAGE_FORMATS, load_image
 from aspp_deploy.errors import AsppDeployError, InputError
 from aspp_deploy.io import atomic_save_image, ensure_writable
@@ -80,7 +81,6 @@ class PredictModel:
 
 def backend_for(model: Path) -> str:
     """The registry backend whose artifacts end like ``model`` (the first one listed wins)."""
-
     suffixes = getattr(registry, "SUFFIXES", {})
     for name in registry.BACKENDS:
         if model.suffix.lower() in suffixes.get(name, ()):
@@ -145,7 +145,6 @@ def open_model(backend: str | None = None, model: Path | None = None, source_opt
     ``(checkpoint, arch, arch_args, weights)`` as ``aspp-deploy eval`` takes them, resolved with ``spec``;
     with neither, the shipped checkpoint. Every other backend opens ``model`` through the registry and
     reads the model description from its manifest."""
-
     checkpoint, arch, arch_args, weights = source_options
     torch_options = checkpoint is not None or arch is not None
     if backend is None:
@@ -185,8 +184,6 @@ def open_model(backend: str | None = None, model: Path | None = None, source_opt
 
 
 def _open_torch(source_options: tuple, spec: Any, batch: int, device: str, threads: int) -> PredictModel:
-    from aspp_deploy.backends.torch_backend import open_torch_source
-
     runner, resolved = open_torch_source(source_options, spec if spec is not None else spec_from_flags(None),
                                          device, threads)
     chosen = _choose_batch(batch, None, None, runner.source.label)
@@ -307,7 +304,6 @@ def predict_images(model: PredictModel, files: Sequence[Path], out: Path, overla
     """Segment ``files`` in batches of ``model.batch``; write ``<stem>.mask.png`` (and, with ``overlay``,
     ``<stem>.overlay.png``) into ``out``. Returns the summary (per-image outputs and class areas, the
     images that could not be read, timings) that ``--json`` writes."""
-
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"--alpha must be in [0, 1], got {alpha}")
     ensure_writable(out)

@@ -37,7 +37,7 @@ def main() -> int:
     from aspp_deploy.data.voc import load_image
     from aspp_deploy.export.manifest import read_onnx_manifest
     from aspp_deploy.io import atomic_path
-    from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION, calibration_files
+    from aspp_deploy.runtime.calibration import SHIPPED_CALIBRATION, calibration_files
 
     manifest = read_onnx_manifest(args.onnx)
     pre = manifest.preprocess()

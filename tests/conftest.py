@@ -61,3 +61,25 @@ def exported(tmp_path_factory, tiny_checkpoint) -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep the default-data cache out of the user's home."""
     monkeypatch.setenv("ASPP_DEPLOY_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_server_outlives_the_run(tmp_path_factory):
+    """Tests kill servers with SIGKILL on purpose; Triton's Python-backend stubs outlive a killed server.
+    At the end of the run, every tritonserver or stub still serving a repository under this run's
+    temporary folder is killed, so a test run leaves no process behind."""
+    yield
+    import os
+    import signal
+
+    base = str(tmp_path_factory.getbasetemp())
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if base in cmdline and ("tritonserver" in cmdline or "triton_python_backend_stub" in cmdline):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass

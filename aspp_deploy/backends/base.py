@@ -13,6 +13,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
+from aspp_deploy.errors import InputError
 from aspp_deploy.runtime.engines.base import Engine
 from aspp_deploy.runtime.preprocess import Preprocess
 
@@ -56,8 +57,6 @@ class Runner(ABC):
 
 def class_ids(output: np.ndarray, outputs_class_ids: bool) -> np.ndarray:
     """Turn a runner's output into (N, H, W) class ids."""
-    from aspp_deploy.errors import InputError
-
     shape = tuple(getattr(output, "shape", ()))
     if len(shape) != 4 and not (outputs_class_ids and len(shape) == 3):
         raise InputError(f"the model's output has shape {list(shape)}: a segmentation model outputs N x C x H x W "

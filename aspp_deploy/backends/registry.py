@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 from aspp_deploy.backends.base import Runner
+from aspp_deploy.backends.onnxruntime_backend import OrtRunner
+from aspp_deploy.backends.openvino_backend import OpenVinoRunner, openvino_unavailable_reason as openvino_reason
+from aspp_deploy.backends.torch_backend import TorchRunner
+from aspp_deploy.backends.trt_backend import TrtBackendRunner
 from aspp_deploy.errors import InputError, MissingDependencyError
+from aspp_deploy.runtime.trt.cuda import get_cuda
+from aspp_deploy.runtime.trt.runtime import tensorrt_installed, TRT_INSTALL_HINT
 
 Opener = Callable[[Optional[Path], str, str, int], Runner]  # (model, precision, device, threads) -> runner
 
@@ -28,41 +34,30 @@ class Backend:
 def _open_torch(model: Optional[Path], precision: str, device: str, threads: int) -> Runner:
     import torch
 
-    from aspp_deploy.backends.torch_backend import TorchRunner
-
     if threads:
         torch.set_num_threads(threads)
     return TorchRunner(model, device=device, precision=precision)
 
 
 def _open_onnxruntime(model: Optional[Path], precision: str, device: str, threads: int) -> Runner:
-    from aspp_deploy.backends.onnxruntime_backend import OrtRunner
-
     assert model is not None
     return OrtRunner(model, device=device, threads=threads, precision=precision)
 
 
 def _open_trt(model: Optional[Path], precision: str, device: str, threads: int) -> Runner:
-    from aspp_deploy.backends.trt_backend import TrtBackendRunner
-
     assert model is not None
     return TrtBackendRunner(model)
 
 
 def _open_openvino(model: Optional[Path], precision: str, device: str, threads: int) -> Runner:
-    from aspp_deploy.backends.openvino_backend import OpenVinoRunner
-
     assert model is not None
     return OpenVinoRunner(model, device=device, threads=threads, precision=precision)
 
 
 def trt_unavailable_reason() -> Optional[str]:
     """Why TensorRT cannot run here (checked in order: TensorRT, then a CUDA device), or None."""
-    from aspp_deploy.trt.runtime import TRT_INSTALL_HINT, tensorrt_installed
-
     if not tensorrt_installed():
         return TRT_INSTALL_HINT
-    from aspp_deploy.trt.cuda import get_cuda
 
     try:
         if get_cuda().device_count() < 1:
@@ -74,9 +69,7 @@ def trt_unavailable_reason() -> Optional[str]:
 
 def openvino_unavailable_reason() -> Optional[str]:
     """Why OpenVINO cannot run here (not installed: the pip command), or None."""
-    from aspp_deploy.backends.openvino_backend import openvino_unavailable_reason as reason
-
-    return reason()
+    return openvino_reason()
 
 
 REGISTRY: Dict[str, Backend] = {b.name: b for b in (

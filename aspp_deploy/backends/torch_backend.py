@@ -13,6 +13,7 @@ import numpy as np
 
 from aspp_deploy.backends.base import Runner, RunnerInfo
 from aspp_deploy.errors import MissingDependencyError
+from aspp_deploy.runtime.preprocess import Preprocess
 
 if TYPE_CHECKING:
     from aspp_deploy.runtime.preprocess import Preprocess
@@ -30,7 +31,6 @@ class TorchRunner(Runner):
         torch.export ``checkpoint`` (``--trust-code``; None: as ``sources.code_trusted`` says)."""
         import torch
 
-        from aspp_deploy.runtime.preprocess import Preprocess
         from aspp_deploy.model.sources import adapt, load_source
 
         if device.startswith("cuda") and not torch.cuda.is_available():

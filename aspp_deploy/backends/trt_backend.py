@@ -1,4 +1,4 @@
-"""TensorRT runner: the runtime's ``TrtEngine`` (over the torch-free ``aspp_deploy.trt.runtime.TrtRunner``)
+"""TensorRT runner: the runtime's ``TrtEngine`` (over the torch-free ``aspp_deploy.runtime.trt.runtime.TrtRunner``)
 behind the common interface."""
 
 from __future__ import annotations
@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from aspp_deploy.backends.base import Runner, RunnerInfo
+from aspp_deploy.runtime.engines.trt_engine import TrtEngine
+from aspp_deploy.runtime.manifest import EngineManifest
 
 
 class TrtBackendRunner(Runner):
     def __init__(self, engine: Path | str, use_cuda_graph: bool = False) -> None:
-        from aspp_deploy.runtime.engines.trt_engine import TrtEngine
-        from aspp_deploy.runtime.manifest import EngineManifest
-
         EngineManifest.read(engine)  # an engine without its preprocessing recorded is refused before TensorRT loads
         self.engine = TrtEngine(engine, use_cuda_graph=use_cuda_graph)
         self.runner = self.engine.runner

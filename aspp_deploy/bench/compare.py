@@ -25,13 +25,14 @@ from aspp_deploy.backends.base import class_ids
 from aspp_deploy.bench.result_cache import Cached, ResultCache, samples_digest
 from aspp_deploy.bench.stats import latency_stats
 from aspp_deploy.bench.timing import BenchResult, bench_runner
-from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.data.images import DataSource, open_data
 from aspp_deploy.data.voc import image_size, load_image, load_mask
 from aspp_deploy.errors import AsppDeployError
 from aspp_deploy.eval.boundary import BoundaryF
 from aspp_deploy.eval.evaluate import to_mask_size
 from aspp_deploy.eval.metrics import ConfusionMatrix, image_score
+from aspp_deploy.io import TempFolder
+from aspp_deploy.runtime.preprocess import Preprocess
 
 KEPT_PREDICTIONS = 8   # masks a non-reference row keeps (the report's overlays use the first few)
 
@@ -144,8 +145,6 @@ class LogitStore:
     classes at 512x512 are 1.4 GB, which a laptop or a Jetson should not hold for a table."""
 
     def __init__(self) -> None:
-        from aspp_deploy.io import TempFolder
-
         self._dir = TempFolder("aspp-deploy-logits-")  # pid-stamped and locked: a killed run's is cleaned
         self.count = 0
 

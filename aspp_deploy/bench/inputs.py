@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 from aspp_deploy.errors import InputError
 from aspp_deploy.export.manifest import read_onnx_manifest
 from aspp_deploy.runtime.preprocess import Preprocess
-from aspp_deploy.trt.runtime import read_engine_manifest
+from aspp_deploy.runtime.trt.runtime import read_engine_manifest
 
 
 def input_geometry(backend: str, model: Optional[Path], batch: int, height: int, width: int,

@@ -19,6 +19,7 @@ from aspp_deploy.bench.cells import (accuracy_kind, images_text, is_binary, refe
 from aspp_deploy.bench.html_report import html_report
 from aspp_deploy.export.manifest import tool_versions
 from aspp_deploy.io import atomic_write_bytes, atomic_write_text, json_text
+from aspp_deploy.runtime.images import _font, overlay
 
 CSV_COLUMNS = ["backend", "precision", "device", "status", "reason", "size_bytes", "labels", "miou", "delta_miou",
                "foreground_iou", "worst_image", "worst_image_name", "pixel_agreement", "boundary_f", "max_abs_logit_diff", "p50_ms", "p99_ms", "throughput",
@@ -224,8 +225,6 @@ def overlay_panel(image: np.ndarray, truth: np.ndarray, preds: list[tuple[str, n
     differ; under the image, the ground truth and the reference, a legend of the classes present.
     """
     from PIL import ImageDraw, ImageFilter
-
-    from aspp_deploy.runtime.images import _font, overlay
 
     # the differences at the image's own size: their share, and where they are, thickened enough to
     # survive scaling to the panel's width and then down in a browser

@@ -6,10 +6,14 @@ from pathlib import Path
 from typing import Callable
 
 from aspp_deploy.backends.base import Runner
-from aspp_deploy.backends.registry import open_runner
+from aspp_deploy.backends.registry import open_runner, openvino_unavailable_reason, trt_unavailable_reason
 from aspp_deploy.backends.torch_backend import TorchRunner
 from aspp_deploy.bench.compare import RowSpec
+from aspp_deploy.errors import InputError
 from aspp_deploy.io import sha256_file
+from aspp_deploy.runtime.trt.build import engine_from_onnx
+from aspp_deploy.runtime.trt.plan import BuildRequest, parse_version
+from aspp_deploy.runtime.trt.runtime import import_tensorrt
 
 # (precision label, ONNX file name, quantize arguments); made from the FP32 ONNX on demand.
 ONNX_VARIANTS = [
@@ -21,7 +25,6 @@ ONNX_VARIANTS = [
 
 def _source(onnx_path: Path) -> dict | None:
     """The ``source`` record of an ONNX file's manifest ({} when it has none), None without a manifest."""
-    from aspp_deploy.errors import InputError
     from aspp_deploy.export.manifest import read_onnx_manifest
 
     try:
@@ -82,8 +85,6 @@ def default_row_specs(torch_model: Path | None, artifacts: Path, export_fn, quan
                       no_torch: str | None = None) -> list[RowSpec]:
     """Every backend x precision; the first runnable row is the reference (PyTorch FP32, or ONNX
     Runtime FP32 when the model came as ONNX: ``no_torch`` says why there is no PyTorch row)."""
-    from aspp_deploy.backends.registry import trt_unavailable_reason
-
     fp32 = artifacts / "model.onnx"
     cuda = no_torch or _cuda_reason()
     specs = [
@@ -97,7 +98,6 @@ def default_row_specs(torch_model: Path | None, artifacts: Path, export_fn, quan
         specs.append(RowSpec("onnxruntime", precision, "cpu", path, refresh=variant_is_stale(path, fp32),
                              produce=lambda kw=kwargs, p=path: quantize_fn(fp32, p, **kw)))
     # OpenVINO on the CPU reads the same ONNX files: FP32 and the cpu-target INT8 (Q/DQ).
-    from aspp_deploy.backends.registry import openvino_unavailable_reason
 
     ov_reason = openvino_unavailable_reason()
     specs.append(RowSpec("openvino", "fp32", "cpu", fp32, produce=export_fn, unavailable=ov_reason,
@@ -131,7 +131,6 @@ def default_row_specs(torch_model: Path | None, artifacts: Path, export_fn, quan
 def row_opener(source, preprocess, threads: int) -> Callable[[RowSpec], Runner]:
     """Opens a row's runner: torch rows run ``source`` (the PyTorch model the FP32 ONNX was exported
     from, with ``preprocess``), every other row its artifact on its backend with ``threads``."""
-
     def open_row(s: RowSpec) -> Runner:
         if s.backend == "torch":
             return TorchRunner(device=s.device, precision=s.precision, source=source, preprocess=preprocess)
@@ -169,11 +168,11 @@ def engine_is_stale(engine: Path, artifacts: Path) -> bool:
 
 
 def build_engine(precision: str, engine: Path, onnx_for_engine) -> Path:
-    from aspp_deploy.trt.build import engine_from_onnx
-    from aspp_deploy.trt.plan import BuildRequest, parse_version
-    from aspp_deploy.trt.runtime import import_tensorrt
+    from aspp_deploy.export.manifest import read_onnx_manifest
 
     name, kind = engine_source(precision, parse_version(import_tensorrt().__version__))
-    engine_from_onnx(onnx_for_engine(name), engine, BuildRequest(precision=precision, onnx_kind=kind))
+    onnx = onnx_for_engine(name)
+    engine_from_onnx(onnx, engine, BuildRequest(precision=precision, onnx_kind=kind),
+                     entry=read_onnx_manifest(onnx).typed)
     return engine
 

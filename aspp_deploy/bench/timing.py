@@ -17,8 +17,9 @@ import numpy as np
 
 from aspp_deploy.backends.base import Runner, class_ids
 from aspp_deploy.bench.stats import LatencyStats, latency_stats
-from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.data.voc import load_image
+from aspp_deploy.eval.evaluate import to_mask_size
+from aspp_deploy.runtime.preprocess import Preprocess
 
 
 @dataclass
@@ -77,6 +78,4 @@ def bench_runner(runner: Runner, batch: np.ndarray, warmup: int = 10, iters: int
 
 
 def _postprocess(output: np.ndarray, outputs_class_ids: bool, size: tuple[int, int], pre: Preprocess) -> np.ndarray:
-    from aspp_deploy.eval.evaluate import to_mask_size
-
     return np.stack([to_mask_size(p, size, pre) for p in class_ids(output, outputs_class_ids)])

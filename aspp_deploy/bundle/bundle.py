@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from aspp_deploy.bundle import deepstream, texts, triton
+from aspp_deploy.bundle import deepstream, texts
 from aspp_deploy.errors import InputError
 from aspp_deploy.io import atomic_write_text, json_text, replace_folder, sha256_file
 from aspp_deploy.io import atomic_save_image, is_replaceable as io_is_replaceable
@@ -22,6 +22,8 @@ from aspp_deploy.runtime.builder import choose_build, JETPACK, trtexec_line
 from aspp_deploy.runtime.portable import copy_runtime, runtime_files
 from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.runtime.selftest import input_reference, library_versions, REFERENCE
+from aspp_deploy.runtime.trt.build import DEFAULT_WORKSPACE_MB
+from aspp_deploy.serve import triton_config as triton
 from aspp_deploy.serve.repository import TritonOptions, write_service
 
 __all__ = ["FORMAT", "BundleRequest", "bundle_from_onnx", "copy_runtime", "is_replaceable", "replace_folder",
@@ -124,8 +126,6 @@ def _deepstream(root: Path, req: BundleRequest, fp32: dict, variants: dict, mode
 
 
 def _build_paths(models: dict, fp32_name: str, precisions: List[str], can_calibrate: bool, info: dict) -> dict:
-    from aspp_deploy.trt.build import DEFAULT_WORKSPACE_MB
-
     paths: Dict[str, Dict[str, Any]] = {}
     for _, version in JETPACK:
         key = f"{version[0]}.{version[1]}"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from aspp_deploy.data.voc import IMAGE_EXTENSIONS, VOCSegmentation
-from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
+from aspp_deploy.runtime.calibration import SHIPPED_CALIBRATION
 
 
 def image_files(folder: Path) -> List[Path]:

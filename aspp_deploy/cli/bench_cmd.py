@@ -16,7 +16,7 @@ from aspp_deploy.cli._errors import handle_errors
 from aspp_deploy.cli._progress import working
 from aspp_deploy.cli import _model_opts as M
 from aspp_deploy.cli._images import image_files
-from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
+from aspp_deploy.runtime.calibration import SHIPPED_CALIBRATION
 from aspp_deploy.errors import InputError
 
 

@@ -12,9 +12,9 @@ from aspp_deploy.cli._click import Command
 from aspp_deploy.cli._console import console, out_console, write_json
 from aspp_deploy.cli._errors import handle_errors
 from aspp_deploy.errors import InputError
-from aspp_deploy.precision.calibration import DEFAULT_CALIB_SIZE
+from aspp_deploy.runtime.calibration import DEFAULT_CALIB_SIZE
 from aspp_deploy.runtime.vocab import Precision
-from aspp_deploy.trt.plan import lint_profile as lint_version
+from aspp_deploy.runtime.trt.plan import lint_profile as lint_version
 
 
 class CalibAlgo(str, Enum):
@@ -58,9 +58,10 @@ def build(
     from aspp_deploy.export.graph import load_onnx
     from aspp_deploy.export.onnx_kind import onnx_kind
     from aspp_deploy.export.trt_check import check_for_trt, group_findings
-    from aspp_deploy.trt.build import engine_from_onnx
-    from aspp_deploy.trt.plan import BuildRequest, parse_version
-    from aspp_deploy.trt.runtime import import_tensorrt
+    from aspp_deploy.export.manifest import read_onnx_manifest
+    from aspp_deploy.runtime.trt.build import engine_from_onnx
+    from aspp_deploy.runtime.trt.plan import BuildRequest, parse_version
+    from aspp_deploy.runtime.trt.runtime import import_tensorrt
 
     if not onnx.is_file():
         raise InputError(f"ONNX model not found: {onnx} (make it with `aspp-deploy export`)")
@@ -88,8 +89,7 @@ def build(
     engine = out or onnx.with_name(f"{onnx.stem}.{precision.value}.engine")
     batches, data_key = None, None
     if precision is Precision.int8 and kind != "qdq":
-        from aspp_deploy.export.manifest import read_onnx_manifest
-        from aspp_deploy.precision.calibration import (SHIPPED_CALIBRATION, CalibrationData, calibration_files,
+        from aspp_deploy.runtime.calibration import (SHIPPED_CALIBRATION, CalibrationData, calibration_files,
                                                        data_digest)
 
         manifest = read_onnx_manifest(onnx)
@@ -99,7 +99,11 @@ def build(
         batches = CalibrationData(files, manifest.preprocess(), entry["inputs"][0]["name"],
                                   batch if isinstance(batch, int) else 1)
         data_key = data_digest(files)
-    manifest = engine_from_onnx(onnx, engine, req, workspace_mb=workspace_mb, opt_level=opt_level,
+    try:
+        entry = read_onnx_manifest(onnx).typed
+    except InputError:
+        entry = None  # an ONNX without an aspp-deploy manifest: the engine manifest records no preprocessing
+    manifest = engine_from_onnx(onnx, engine, req, workspace_mb=workspace_mb, opt_level=opt_level, entry=entry,
                                 timing_cache=timing_cache, calib_batches=batches,
                                 calib_cache=calib_cache or engine.with_suffix(".calib"), calib_data_key=data_key,
                                 calib_algorithm=calib_algo.value, dla_core=dla_core,

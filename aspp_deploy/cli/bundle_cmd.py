@@ -111,8 +111,8 @@ def bundle(
     """Make a self-contained Jetson bundle: ONNX files, torch-free runtime, device build step, DeepStream, Triton."""
     from aspp_deploy.bundle.bundle import BundleRequest, is_replaceable, bundle_from_onnx
     from aspp_deploy.bundle.variants import quantized_variants
-    from aspp_deploy.precision.calibration import calibration_files
-    from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
+    from aspp_deploy.runtime.calibration import calibration_files
+    from aspp_deploy.runtime.calibration import SHIPPED_CALIBRATION
 
     if target.lower() not in TARGETS:
         raise InputError(f"--target {target} is not supported: only jetson (for a desktop GPU, build an engine "

@@ -14,7 +14,7 @@ from aspp_deploy.cli._click import Command
 from aspp_deploy.cli._console import console, out_console, write_json
 from aspp_deploy.cli._errors import handle_errors
 from aspp_deploy.cli._progress import working
-from aspp_deploy.precision.calibration import DEFAULT_CALIB_SIZE
+from aspp_deploy.runtime.calibration import DEFAULT_CALIB_SIZE
 from aspp_deploy.runtime.vocab import Precision, Target, subset
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from aspp_deploy.errors import DatasetError
+from aspp_deploy.io import atomic_write_text, check_inside  # noqa: F401  (check_inside: this module's name too)
 # The image rules and the VOC colours are the portable runtime's (runtime/ imports nothing from data/);
 # they are this module's names too (voc_palette is re-exported).
 from aspp_deploy.runtime.images import IMAGE_EXTENSIONS, IMAGE_FORMATS, decode_image, decoded_size, voc_palette  # noqa: F401
@@ -23,8 +24,6 @@ def is_image_file(path: Path) -> bool:
 
 
 def write_split_list(root: Path, split: str, ids: list[str]) -> None:
-    from aspp_deploy.io import atomic_write_text
-
     atomic_write_text(Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt", "\n".join(ids) + "\n",
                       inside=root)
 
@@ -74,19 +73,6 @@ def load_mask(path: Path | str, num_classes: int, size: tuple[int, int] | None =
 def is_plain_name(name: str) -> bool:
     """A file stem that stays in its folder: no separators, no '..', no leading dot, no NUL."""
     return bool(name) and not any(c in name for c in "/\\\0") and not name.startswith(".") and ":" not in name
-
-
-def check_inside(path: Path, root: Path, real_root: str | None = None) -> None:
-    """One DatasetError unless ``path`` resolves (links followed) inside the dataset folder ``root``:
-    a link in a dataset never makes a command read a file from elsewhere. ``root`` itself may be a
-    link (the user named it)."""
-    import os
-
-    real_root = real_root or os.path.realpath(root)
-    real = os.path.realpath(path)
-    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
-        raise DatasetError(f"{path} resolves to {real}, outside the dataset folder {root}: a dataset's files "
-                           "must lie inside it (copy the file in, or give the folder it is in)")
 
 
 def read_split_list(list_file: Path) -> list[str]:

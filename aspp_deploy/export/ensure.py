@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 from aspp_deploy.errors import AsppDeployError, InputError
-from aspp_deploy.export.onnx_export import ExportOptions
+from aspp_deploy.export.manifest import read_onnx_manifest
+from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_source
+from aspp_deploy.export.onnx_import import onnx_from_foreign
 from aspp_deploy.io import sha256_file
-from aspp_deploy.model.sources import ModelSource, load_source
+from aspp_deploy.model.sources import _archive_kind, _checkpoint_source, load_source, ModelSource, resolve_for_source
 from aspp_deploy.spec import ModelSpec
 
 FP32_NAME = "model"
@@ -32,8 +34,6 @@ class Fp32Artifact:
 
 
 def _entry(path: Path) -> dict | None:
-    from aspp_deploy.export.manifest import read_onnx_manifest
-
     if not path.is_file():
         return None
     try:
@@ -70,8 +70,6 @@ def source_from_record(record: dict) -> ModelSource:
     """The PyTorch model a manifest's ``source`` record names, when it is one of our checkpoints (plain
     tensors, read with ``weights_only=True``, sha256 checked); a record that names code is refused
     with the flag that would run it, so nothing read from a file chooses code to run."""
-    from aspp_deploy.model.sources import _archive_kind, _checkpoint_source
-
     kind = record.get("kind")
     if kind in CODE_SOURCES:
         how = CODE_SOURCES[kind].format(**{k: record.get(k) or "?" for k in ("arch", "weights", "file")})
@@ -96,10 +94,6 @@ def ensure_fp32(artifacts: Path, spec: ModelSpec, *, checkpoint: Path | None = N
                 trust_code: bool = False) -> Fp32Artifact:
     """``trust_code`` (``--trust-code``) lets a named ``checkpoint`` that is TorchScript or torch.export load;
     it never applies to a model a manifest names."""
-    from aspp_deploy.export.onnx_export import onnx_from_source
-    from aspp_deploy.export.onnx_import import onnx_from_foreign
-    from aspp_deploy.model.sources import resolve_for_source
-
     fp32 = artifacts / f"{FP32_NAME}.onnx"
     entry = _entry(fp32)
     named = checkpoint is not None or arch is not None or onnx is not None

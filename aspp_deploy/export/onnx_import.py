@@ -24,13 +24,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from aspp_deploy.backends.onnxruntime_backend import ort_session
 from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.export.graph import load_onnx
-from aspp_deploy.export.onnx_export import (ExportOptions, ExportResult, finish_graph, manifest_entry,
-                                            parity_inputs, require_parity, resolved_notes, run_parity,
-                                            describe_parity, verification_shapes, validate_options,
-                                            write_artifact, MIN_SIDE)
-from aspp_deploy.backends.onnxruntime_backend import ort_session
+from aspp_deploy.export.onnx_export import (describe_parity, ExportOptions, ExportResult, finish_graph, manifest_entry,
+                                            MIN_SIDE, ort_session_from_model, parity_inputs, require_parity,
+                                            resolved_notes, run_parity, validate_options, verification_shapes,
+                                            write_artifact)
 from aspp_deploy.export.parity import compare_outputs, ParityReport
 from aspp_deploy.io import ensure_writable, fingerprint, sha256_file
 from aspp_deploy.spec import GraphFacts, ModelSpec, read_output_layout, resolve, resolve_input
@@ -63,8 +63,6 @@ def _layout(dims: list[int | str], said: str | None) -> str:
 
 
 def _session(model: onnx.ModelProto):
-    from aspp_deploy.export.onnx_export import ort_session_from_model
-
     return ort_session_from_model(model, ort_session)
 
 
@@ -258,7 +256,6 @@ def _tflite_check(path: Path, original: onnx.ModelProto, output_index: int, post
                   cases: list[tuple[str, np.ndarray]], ids: bool, log: Callable[[str], None]) -> dict:
     """The converted graph against the TFLite file run by a real TFLite runtime (LiteRT), on the parity
     inputs, read through the same output adaptations; refuses a conversion that disagrees."""
-
     try:
         from aspp_deploy.export.tflite_import import tflite_reference
 

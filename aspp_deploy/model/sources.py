@@ -42,6 +42,7 @@ from torch import nn
 
 from aspp_deploy.errors import CheckpointError, InputError
 from aspp_deploy.io import fingerprint, sha256_file
+from aspp_deploy.model.checkpoint import load_checkpoint
 from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.spec import GraphFacts, read_output_layout, resolve, resolve_input
 
@@ -172,8 +173,6 @@ def _archive_kind(path: Path) -> str:
 
 
 def _checkpoint_source(path: Path | None) -> ModelSource:
-    from aspp_deploy.model.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(path)
     assert ckpt.path is not None
     cfg = ckpt.config
@@ -506,7 +505,6 @@ class ScriptedAdapter(nn.Module):
 def plan_output(model: nn.Module, x: torch.Tensor, spec: "ModelSpec | None" = None) -> OutputPlan:
     """Run ``model`` once on ``x`` (N x 3 x H x W) and decide how to read a segmentation map from it
     (the spec settles what the shape cannot: output layout, probabilities or logits, threshold)."""
-
     try:
         with torch.inference_mode():
             y = model(x)
@@ -611,7 +609,6 @@ def adapt(source: ModelSource, pre: Preprocess, batch: int = 1,
 def resolve_for_source(source: ModelSource, spec: "ModelSpec", batch: int = 1) -> tuple["ResolvedSpec", nn.Module, OutputPlan]:
     """The full spec for a PyTorch source (probing the model once for its class count and output kind),
     and the adapted module to export or run."""
-
     pre0 = resolve_input(spec, GraphFacts(), source.preprocess)[0]
     module, plan = adapt(source, pre0, batch, spec)
     resolved = resolve(spec, GraphFacts(num_classes=plan.num_classes, output_kind=plan.kind,

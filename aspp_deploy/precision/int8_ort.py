@@ -49,7 +49,7 @@ import onnx
 
 from aspp_deploy.io import TempFolder
 from aspp_deploy.precision.cache import CacheLookup
-from aspp_deploy.precision.calibration import CalibrationData, ort_reader
+from aspp_deploy.runtime.calibration import CalibrationData, ort_reader
 
 DEFAULT_PERCENTILE = 99.999
 METHODS = ("entropy", "minmax", "percentile")

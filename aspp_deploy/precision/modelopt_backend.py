@@ -32,7 +32,7 @@ import onnx
 from aspp_deploy.errors import AsppDeployError, MissingDependencyError
 from aspp_deploy.io import atomic_write_text
 from aspp_deploy.precision.cache import CacheLookup
-from aspp_deploy.precision.calibration import CalibrationData
+from aspp_deploy.runtime.calibration import CalibrationData
 
 OPSET_FOR_TRT8 = 17
 MODELOPT_METHODS = {"entropy": "entropy", "minmax": "max"}

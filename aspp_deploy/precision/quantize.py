@@ -25,21 +25,25 @@ from typing import Callable
 
 import onnx
 
+from aspp_deploy.bench.result_cache import FOLDER as RESULTS_FOLDER, ResultCache
+from aspp_deploy.data.images import LABEL_TEXT, DataSource
 from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.export.graph import load_onnx
-from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.export.manifest import (embed, manifest_of, refuse_external_data, tool_versions,
                                          write_with_entry)
 from aspp_deploy.export.trt_check import SIDECAR_KEY, Preflight
 from aspp_deploy.io import ensure_writable, sha256_file
-from aspp_deploy.precision.budget import BudgetResult, run_budget
-from aspp_deploy.precision.cache import CacheKey, CacheLookup, CalibrationCache
-from aspp_deploy.precision.calibration import (DEFAULT_CALIB_SIZE, SHIPPED_CALIBRATION, CalibrationData,
-                                               check_disjoint_from_val, choose_data, data_digest)
-from aspp_deploy.bench.result_cache import FOLDER as RESULTS_FOLDER, ResultCache
-from aspp_deploy.data.images import LABEL_TEXT, DataSource
 from aspp_deploy.precision.accuracy import cached_compare_on_val, LazyReference
+from aspp_deploy.precision.budget import Budget, BudgetResult, choose_method, MethodTrial, quietly, run_budget
+from aspp_deploy.precision.cache import CacheKey, CacheLookup, CalibrationCache
+from aspp_deploy.precision.calibration import check_disjoint_from_val, choose_data
+from aspp_deploy.precision.fp16 import onnxconverter_available
+from aspp_deploy.precision.groups import budget_groups
+from aspp_deploy.precision.int8_ort import CPU_RECIPE, METHODS, OrtInt8Builder, TRT_RECIPE, work_dir
+from aspp_deploy.precision.modelopt_backend import canonical_tensors, modelopt_available
 from aspp_deploy.precision.speed import fp16_variant, measure, NoWorthwhileInt8, slower_note, verdict
+from aspp_deploy.runtime.calibration import DEFAULT_CALIB_SIZE, SHIPPED_CALIBRATION, CalibrationData, data_digest
+from aspp_deploy.runtime.preprocess import Preprocess
 
 PRECISIONS = ("fp16", "int8")
 TARGETS = ("trt", "cpu")
@@ -93,8 +97,6 @@ def default_output(src: Path, precision: str, target: str) -> Path:
 
 def validate(opts: QuantizeOptions) -> str:
     """Check the options; returns the calibration method to use."""
-    from aspp_deploy.precision.int8_ort import METHODS
-
     if opts.precision not in PRECISIONS:
         raise InputError(f"--precision {opts.precision} is not supported: use {' or '.join(PRECISIONS)}")
     if opts.target not in TARGETS:
@@ -142,9 +144,6 @@ def _batch_and_input(model: onnx.ModelProto) -> tuple[str, int]:
 
 def choose_backend(opts: QuantizeOptions, method: str) -> str:
     """'modelopt', 'ort' (or 'converter' for fp16 without ModelOpt)."""
-    from aspp_deploy.precision.fp16 import onnxconverter_available
-    from aspp_deploy.precision.modelopt_backend import modelopt_available
-
     if opts.precision == "int8" and opts.target == "cpu":
         if opts.backend == "modelopt":
             raise InputError("--target cpu uses ONNX Runtime's quantizer: drop --backend modelopt")
@@ -212,9 +211,6 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
         lookup = CacheLookup(key, None, False, "fp16: no calibration ranges" if opts.precision == "fp16"
                              else "one entry per calibration method tried")
 
-    from aspp_deploy.precision.groups import budget_groups
-    from aspp_deploy.precision.int8_ort import work_dir
-
     notes: list[str] = list(data_notes)
     with work_dir() as tmp:
         work = Path(tmp)
@@ -244,7 +240,6 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
         log(f"measuring accuracy ({LABEL_TEXT[data_root.labels]}) on {data_root}")
         accuracy = cached_compare_on_val(results, src, src_sha, candidate, data_root, pre, classes,
                                          opts.eval_images or None, threads=opts.threads)
-        from aspp_deploy.precision.modelopt_backend import canonical_tensors
 
         result_model = canonical_tensors(onnx.load(str(candidate)))  # one encoding: same values, same bytes
     preflight = Preflight.run(result_model, out.name)
@@ -260,8 +255,6 @@ def quantized_onnx_from_fp32(src: Path, opts: QuantizeOptions,
 def _builder(backend: str, opts: QuantizeOptions, src: Path, work: Path, calib: CalibrationData,
              method: str, lookup: CacheLookup):
     import shutil
-
-    from aspp_deploy.precision.budget import quietly
 
     # The quantizers read a private copy, never the user's file: ModelOpt saves the model it loaded back
     # to the path it was given, which rewrote the source ONNX's modification time.
@@ -280,7 +273,6 @@ def _builder(backend: str, opts: QuantizeOptions, src: Path, work: Path, calib: 
         from aspp_deploy.precision.modelopt_backend import ModelOptInt8Builder
 
         return ModelOptInt8Builder(src, work, calib, method, lookup, opts.high_precision)
-    from aspp_deploy.precision.int8_ort import CPU_RECIPE, TRT_RECIPE, OrtInt8Builder
 
     recipe = CPU_RECIPE if opts.target == "cpu" else TRT_RECIPE
     return quietly(OrtInt8Builder, src, work, calib, method, recipe, lookup, opts.percentile)
@@ -288,8 +280,6 @@ def _builder(backend: str, opts: QuantizeOptions, src: Path, work: Path, calib: 
 
 def _key_settings(opts: QuantizeOptions, method: str, backend: str, pre, input_name: str, batch: int) -> dict:
     """Everything that shapes the calibration ranges (not which layers are kept: that is after)."""
-    from aspp_deploy.precision.int8_ort import CPU_RECIPE, TRT_RECIPE
-
     versions = tool_versions("nvidia-modelopt")
     recipe = {"modelopt": {"recipe": "modelopt-trt", "high_precision": opts.high_precision},
               "ort": (CPU_RECIPE if opts.target == "cpu" else TRT_RECIPE).to_dict()}.get(backend, {})
@@ -355,8 +345,6 @@ def _choose_method(backend: str, opts: QuantizeOptions, src: Path, work: Path, c
     the record for the manifest)."""
     import dataclasses
 
-    from aspp_deploy.precision.budget import Budget, MethodTrial, choose_method
-
     fixed = "entropy" if opts.target == "trt" or backend == "modelopt" else "minmax"
     trials = [MethodTrial(m if p is None else f"{m} {p:g}", m, p)
               for m, p in (MODELOPT_AUTO_TRIALS if backend == "modelopt" else AUTO_TRIALS)]
@@ -383,8 +371,6 @@ def _choose_method(backend: str, opts: QuantizeOptions, src: Path, work: Path, c
                                                             f"the {opts.target} target's usual method", "tried": []}
 
     def build_all(t: MethodTrial) -> Path:
-        from aspp_deploy.precision.budget import quietly
-
         lookup, builder, folder = make(t)
         out = folder / "all-quantized.onnx"
         quietly(builder.build, [], out)
@@ -405,7 +391,6 @@ def _speed_and_verdict(opts: QuantizeOptions, src: Path, candidate: Path, calib:
     """Time FP32 against the chosen INT8 mix (and FP16) when ``opts.speed``; on the cpu target, refuse
     (``NoWorthwhileInt8``, nothing written) a mix that misses the budget, keeps everything in higher
     precision, or is not faster than FP32 (unless ``opts.allow_slower``). Returns the timing or None."""
-
     if opts.precision != "int8":
         return None
     budget_text = f"{opts.max_miou_drop:g} points on average" + (

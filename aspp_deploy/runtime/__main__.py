@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from aspp_deploy.errors import AsppDeployError, InputError, MissingDependencyError
-from aspp_deploy.trt.build import DEFAULT_WORKSPACE_MB
+from aspp_deploy.runtime.trt.build import DEFAULT_WORKSPACE_MB
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CUDA_BACKENDS = ("auto", "cuda-python", "pycuda")
@@ -32,8 +32,8 @@ def _say(message: str) -> None:
 
 
 def _installed_version() -> tuple:
-    from aspp_deploy.trt.plan import parse_version
-    from aspp_deploy.trt.runtime import import_tensorrt
+    from aspp_deploy.runtime.trt.plan import parse_version
+    from aspp_deploy.runtime.trt.runtime import import_tensorrt
 
     trt = import_tensorrt()  # MissingDependencyError: one line naming TensorRT and how to get it
     return parse_version(trt.__version__), str(trt.__version__)
@@ -62,7 +62,7 @@ def _calib_cache(args: argparse.Namespace, engine: Path) -> Path:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from aspp_deploy.runtime.builder import trtexec_line
-    from aspp_deploy.trt.plan import parse_version
+    from aspp_deploy.runtime.trt.plan import parse_version
 
     version = parse_version(args.trt_version) if args.trt_version else _installed_version()[0]
     choice, _ = _choice(args, version)
@@ -112,7 +112,7 @@ def open_segmenter(args: argparse.Namespace):
     """``(segmenter, why)``: TensorRT when it is installed and there is an engine (``--engine``, else the
     bundle's built primary engine), else the CPU with ``--onnx``: OpenVINO when it is installed, else
     ONNX Runtime; ``why`` says why the fallback was taken (None for TensorRT)."""
-    from aspp_deploy.trt.runtime import TRT_INSTALL_HINT, tensorrt_installed
+    from aspp_deploy.runtime.trt.runtime import TRT_INSTALL_HINT, tensorrt_installed
 
     runtime = getattr(args, "runtime", "auto")
     why = None

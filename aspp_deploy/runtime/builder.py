@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from aspp_deploy.errors import InputError
 from aspp_deploy.runtime.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
-from aspp_deploy.trt.plan import BuildPlan, BuildRequest, PlanError, Version, lint_profile, make_build_plan
+from aspp_deploy.runtime.trt.plan import BuildPlan, BuildRequest, PlanError, Version, lint_profile, make_build_plan
 
 # The TensorRT versions a Jetson bundle documents (TENSORRT_NOTES.md) and the JetPack releases that ship them.
 JETPACK = [("5.1.x", (8, 5)), ("6.0", (8, 6)), ("6.1 / 6.2", (10, 3)), ("7.0 (Thor)", (10, 13)),
@@ -129,7 +129,7 @@ def choose_build(models: Mapping[str, Dict[str, Any]], onnx: str, precision: str
 def trtexec_line(choice: DeviceBuild, models_dir: str, engine: str, calib_cache: Optional[str] = None,
                  workspace_mb: Optional[int] = None) -> str:
     """The trtexec command that builds the same engine (a legacy INT8 build needs the cache to exist)."""
-    from aspp_deploy.trt.build import trtexec_command
+    from aspp_deploy.runtime.trt.build import trtexec_command
 
     onnx = f"{models_dir.rstrip('/')}/{choice.onnx}" if models_dir else choice.onnx
     return trtexec_command(choice.plan, onnx, engine, workspace_mb=workspace_mb,
@@ -140,12 +140,12 @@ def build_engine(choice: DeviceBuild, models_dir: Path, out: Path, *, calib_dir:
                  calib_cache: Optional[Path] = None, calib_size: int = 0, workspace_mb: Optional[int] = 1024,
                  cuda: str = "auto", log: Callable[[str], None] = lambda m: None) -> Dict[str, Any]:
     """Build ``out`` (+ ``out.json``) on the installed TensorRT; returns the engine manifest."""
-    from aspp_deploy.trt.build import engine_from_onnx
+    from aspp_deploy.runtime.trt.build import engine_from_onnx
 
     onnx = Path(models_dir) / choice.onnx
     batches, data_key = None, None
     if choice.calibrates:
-        from aspp_deploy.precision.calibration import CalibrationData, calibration_files, data_digest
+        from aspp_deploy.runtime.calibration import CalibrationData, calibration_files, data_digest
 
         if calib_dir is None:
             raise InputError("legacy INT8 calibrates on images: give --calib DIR (the bundle ships calibration/images)")

@@ -1,11 +1,10 @@
 """What the portable runtime is made of, as files: the ``runtime`` package whole (the portable core)
 and what it runs with, so that a Jetson bundle or a Triton service can ship it beside itself.
 
-* ``runtime/`` and ``trt/`` whole: the core (manifest, preprocessing, images, engines, Segmenter,
-  the device build) and TensorRT's build and run;
-* the package's ``__init__``, ``errors`` and ``io``;
-* the image-folder reader and calibration feeder an on-device legacy INT8 build uses
-  (``precision/calibration.py``, ``data/voc.py``).
+* ``runtime/`` whole: the core (manifest, preprocessing, images, engines, Segmenter, the device
+  build, the calibration feeder an on-device legacy INT8 build uses) and TensorRT's build and run
+  (``runtime/trt/``);
+* the package's ``__init__``, ``errors`` and ``io``.
 
 Every one of these files parses as Python 3.8 and imports neither torch nor onnx (tests check it).
 """
@@ -19,9 +18,8 @@ from typing import List
 from aspp_deploy.errors import InputError
 
 PACKAGE = Path(__file__).resolve().parents[1]  # aspp_deploy/
-RUNTIME_PACKAGES = ("runtime", "trt")
-RUNTIME_MODULES = ("__init__.py", "errors.py", "io.py", "data/__init__.py", "data/voc.py", "precision/__init__.py",
-                   "precision/calibration.py")
+RUNTIME_PACKAGES = ("runtime",)
+RUNTIME_MODULES = ("__init__.py", "errors.py", "io.py")
 
 
 def runtime_files() -> List[Path]:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from aspp_deploy.bundle import triton
+from aspp_deploy.serve import triton_config as triton
 from aspp_deploy.errors import InputError
 from aspp_deploy.io import atomic_write_text, is_replaceable, json_text, replace_folder, sha256_file
 from aspp_deploy.runtime.portable import copy_runtime

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
-from aspp_deploy.bundle.triton import pbtxt_quote, pbtxt_unquote
+from aspp_deploy.serve.triton_config import pbtxt_quote, pbtxt_unquote
 from aspp_deploy.errors import AsppDeployError, InputError, MissingDependencyError, ServeFailure
 
 CONTAINER_BINARY = Path("/opt/tritonserver/bin/tritonserver")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from aspp_deploy.trt.runtime import tensorrt_installed
+from aspp_deploy.runtime.trt.runtime import tensorrt_installed
 from aspp_deploy.cli import app
 from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
 
@@ -152,7 +152,7 @@ def test_quantized_variant_made_from_another_model_is_stale(tiny_checkpoint, tin
                                                   ((11, 0), ("model.fp16.onnx", "fp16"))])
 def test_engine_rows_build_from_the_onnx_each_version_takes(version, fp16_source):
     from aspp_deploy.bench.rows import engine_source
-    from aspp_deploy.trt.plan import BuildRequest, make_build_plan
+    from aspp_deploy.runtime.trt.plan import BuildRequest, make_build_plan
 
     assert engine_source("fp16", version) == fp16_source
     for precision in ("fp32", "fp16", "int8"):

@@ -23,8 +23,8 @@ EXPECTED = [
     "triton/model_repository/aspp/config.pbtxt", "triton/model_repository/aspp/1/model.py",
     "triton/model_repository/aspp/1/service.json", "triton/model_repository/aspp/1/aspp_deploy/runtime/images.py",
     "calibration/README.md", "selftest/reference.json",
-    "aspp_deploy/__init__.py", "aspp_deploy/runtime/preprocess.py", "aspp_deploy/trt/build.py",
-    "aspp_deploy/trt/runtime.py", "aspp_deploy/runtime/segmenter.py", "aspp_deploy/runtime/__main__.py",
+    "aspp_deploy/__init__.py", "aspp_deploy/runtime/preprocess.py", "aspp_deploy/runtime/trt/build.py",
+    "aspp_deploy/runtime/trt/runtime.py", "aspp_deploy/runtime/segmenter.py", "aspp_deploy/runtime/__main__.py",
     "aspp_deploy/runtime/manifest.py", "aspp_deploy/runtime/engines/ort_engine.py",
 ]
 

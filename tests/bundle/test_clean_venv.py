@@ -91,8 +91,8 @@ def test_runtime_runs_torch_free_and_preprocesses_bit_identically(request, venv_
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["heavy_loaded"] == [] and report["not_installed"] == ["torch", "onnx", "onnxruntime"]
-    assert {"aspp_deploy.runtime.segmenter", "aspp_deploy.trt.build", "aspp_deploy.trt.runtime",
-            "aspp_deploy.precision.calibration"} <= set(report["modules"])
+    assert {"aspp_deploy.runtime.segmenter", "aspp_deploy.runtime.trt.build", "aspp_deploy.runtime.trt.runtime",
+            "aspp_deploy.runtime.calibration"} <= set(report["modules"])
     assert Image.open(tmp_path / "overlay.png").size == load_image(sorted(odd_images.iterdir())[0]).size
 
     # the toolkit's own preprocessing, in this process, on the same files

@@ -25,7 +25,7 @@ from aspp_deploy.export.manifest import read_onnx_manifest
 from aspp_deploy.runtime.__main__ import main as runtime_main
 from aspp_deploy.runtime.ort_segmenter import OrtSegmenter
 from aspp_deploy.runtime.ov_segmenter import OpenVinoSegmenter, openvino_installed
-from aspp_deploy.trt.runtime import tensorrt_installed
+from aspp_deploy.runtime.trt.runtime import tensorrt_installed
 from tests.bundle.conftest import _base_python, _make_venv, _python38
 
 no_tensorrt = pytest.mark.skipif(tensorrt_installed(), reason="checks the fallback taken where TensorRT is absent")

@@ -11,7 +11,7 @@ from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.runtime import class_map, colorize, overlay, postprocess
 from aspp_deploy.runtime.app import find_inputs, segment_images, segment_video
 from aspp_deploy.runtime.builder import choose_build, lint_profile
-from aspp_deploy.trt.plan import PlanError
+from aspp_deploy.runtime.trt.plan import PlanError
 
 ALL = ["8.5", "8.6", "10.3", "10.x", "11"]
 

@@ -12,7 +12,7 @@ from aspp_deploy.export.onnx_kind import onnx_kind
 from aspp_deploy.errors import InputError
 from aspp_deploy.export.graph import load_onnx
 from aspp_deploy.export.trt_check import TRT_VERSIONS
-from aspp_deploy.trt.runtime import tensorrt_installed
+from aspp_deploy.runtime.trt.runtime import tensorrt_installed
 
 runner = CliRunner()
 

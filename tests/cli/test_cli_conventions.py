@@ -193,7 +193,7 @@ def test_voc_finds_images_in_any_case_and_tiff(tmp_path):
 
 
 def test_calibration_and_predict_read_the_same_formats(tmp_path):
-    from aspp_deploy.precision.calibration import calibration_files
+    from aspp_deploy.runtime.calibration import calibration_files
     from aspp_deploy.predict import find_images
 
     for name, fmt in (("a.JPG", "JPEG"), ("b.tif", "TIFF"), ("c.BMP", "BMP")):

@@ -24,7 +24,7 @@ from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
 from aspp_deploy.predict import contained, output_stems, safe_stem
 from aspp_deploy.runtime.images import overlay, palette_array
 from aspp_deploy.spec import ModelSpec
-from aspp_deploy.trt.runtime import tensorrt_installed
+from aspp_deploy.runtime.trt.runtime import tensorrt_installed
 
 runner = CliRunner()
 SIZES = [(37, 251), (300, 97), (9, 13), (128, 128), (200, 150)]  # (height, width): odd, tall, tiny, model-sized

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from aspp_deploy.io import atomic_path, atomic_write_text, clean_orphans, sha256_file
-from aspp_deploy.precision.calibration import calibration_files
+from aspp_deploy.runtime.calibration import calibration_files
 from tests.hostile.conftest import cli, refused
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import onnx
 from onnx import numpy_helper
 from PIL import Image, ImageOps
 
-from aspp_deploy.precision.calibration import SHIPPED_CALIBRATION
+from aspp_deploy.runtime.calibration import SHIPPED_CALIBRATION
 
 MODELS_FILE = Path(__file__).resolve().parents[1] / "byom" / "tiny_models.py"
 CLASSES = "background,person"

@@ -13,7 +13,7 @@ from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.export.manifest import embed, read_embedded, read_sidecar, update_sidecar
 from aspp_deploy.io import sha256_file
 from aspp_deploy.precision.cache import CacheKey, CalibrationCache
-from aspp_deploy.precision.calibration import CalibrationData, calibration_files, ort_reader
+from aspp_deploy.runtime.calibration import CalibrationData, calibration_files, ort_reader
 from aspp_deploy.precision.modelopt_backend import activation_scales, modelopt_available
 from aspp_deploy.precision.quantize import QuantizeOptions, quantized_onnx_from_fp32
 

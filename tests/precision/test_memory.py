@@ -21,7 +21,7 @@ import pytest
 
 from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.data.synthetic import SynthConfig, write_calibration_folder
-from aspp_deploy.precision.calibration import CalibrationData, calibration_files, ort_reader
+from aspp_deploy.runtime.calibration import CalibrationData, calibration_files, ort_reader
 from aspp_deploy.precision.int8_ort import (TRT_OP_TYPES, _calibration_op_types, _calibrator_options,
                                             chunk_batches, stream_calibrate)
 from tests.conftest import EXPORT_SIZE

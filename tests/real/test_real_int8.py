@@ -59,7 +59,7 @@ def _fg_iou(a: np.ndarray, b: np.ndarray) -> float:
 def _builder(selfie: Path, people: Path, work: Path):
     from aspp_deploy.runtime.preprocess import Preprocess
     from aspp_deploy.precision.cache import CacheKey, CacheLookup
-    from aspp_deploy.precision.calibration import CalibrationData
+    from aspp_deploy.runtime.calibration import CalibrationData
     from aspp_deploy.precision.int8_ort import CPU_RECIPE, OrtInt8Builder
 
     entry = json.loads((selfie.parent / "manifest.json").read_text())["artifacts"]["model.onnx"]

@@ -1,7 +1,6 @@
 """The portable runtime, as shipped (``runtime_files``: the bundle and the Triton service copy exactly
-these): every file parses as Python 3.8 and imports neither torch nor onnx; the core (``runtime/``,
-``trt/``) imports from the package only what is shipped beside it (or guards the import against its
-absence)."""
+these): every file parses as Python 3.8, imports neither torch nor onnx, and imports from the package
+only what is shipped beside it (or guards the import against its absence)."""
 
 from __future__ import annotations
 
@@ -48,8 +47,7 @@ def test_python38_and_no_torch_or_onnx(rel):
     for module, node, guarded in _imports(tree):
         root = module.split(".")[0]
         assert root not in FORBIDDEN, f"{rel}:{node.lineno} imports {module}"
-        core = rel.split("/")[0] in ("runtime", "trt")  # (precision/calibration.py also serves the host, lazily)
-        if root == "aspp_deploy" and core and not guarded:
+        if root == "aspp_deploy" and not guarded:
             assert module in SHIPPED_MODULES or any(m.startswith(module + ".") for m in SHIPPED_MODULES), (
                 f"{rel}:{node.lineno} imports {module}, which the runtime does not ship")
 

@@ -9,8 +9,8 @@ import pytest
 from packaging.requirements import Requirement
 
 from aspp_deploy.errors import MissingDependencyError
-from aspp_deploy.trt import cuda as cuda_layer
-from aspp_deploy.trt.cuda import no_device_message
+from aspp_deploy.runtime.trt import cuda as cuda_layer
+from aspp_deploy.runtime.trt.cuda import no_device_message
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ refused with one InputError line, never a TypeError/ValueError traceback."""
 import pytest
 
 from aspp_deploy.errors import InputError
-from aspp_deploy.trt.runtime import check_engine_manifest
+from aspp_deploy.runtime.trt.runtime import check_engine_manifest
 
 GOOD_GPU = {"name": "Orin", "compute_capability": [8, 7]}
 

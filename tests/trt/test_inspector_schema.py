@@ -4,7 +4,7 @@ TensorRT 8.x-10.x and the separate ``DataType`` / ``Format`` keys of TensorRT 11
 
 import json
 
-from aspp_deploy.trt.build import summarize_layers
+from aspp_deploy.runtime.trt.build import summarize_layers
 
 
 def _layer(name, kind, ins, outs):

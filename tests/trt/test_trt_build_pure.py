@@ -7,8 +7,8 @@ import pytest
 
 from aspp_deploy.errors import InputError
 from aspp_deploy.runtime.preprocess import Preprocess
-from aspp_deploy.trt.build import artifact_metadata, resolve_profiles, summarize_layers, trtexec_command
-from aspp_deploy.trt.plan import BuildRequest, make_build_plan
+from aspp_deploy.runtime.trt.build import artifact_metadata, resolve_profiles, summarize_layers, trtexec_command
+from aspp_deploy.runtime.trt.plan import BuildRequest, make_build_plan
 
 DYNAMIC = {"input": ((1, 3, 512, 512), (4, 3, 512, 512), (8, 3, 512, 512))}
 
@@ -117,7 +117,7 @@ def test_engine_manifest_carries_the_onnx_preprocessing(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    from aspp_deploy.export.manifest import embed
+    from aspp_deploy.export.manifest import embed, read_onnx_manifest
 
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 8, 8]) for n in ("input", "output")]
     model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "g", io[:1], io[1:]),
@@ -129,6 +129,7 @@ def test_engine_manifest_carries_the_onnx_preprocessing(tmp_path):
              "palette": [[0, 0, 0], [128, 0, 0]], "opset": 17}
     embed(model, entry)
     onnx.save(model, str(path))
-    carried = artifact_metadata(path)
+    assert artifact_metadata(path) == {}  # embedded only: the device runtime (no onnx package) reads manifest.json
+    carried = artifact_metadata(path, read_onnx_manifest(path).typed)  # what the host's build passes
     assert carried == {k: entry[k] for k in ("preprocess", "classes", "palette")}
     assert Preprocess.from_dict(carried["preprocess"]) == Preprocess(256, 320)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from aspp_deploy.errors import InputError
-from aspp_deploy.trt.calibrator import (CalibrationBatches, CalibrationCache, calibration_cache_key, check_batch,
+from aspp_deploy.runtime.trt.calibrator import (CalibrationBatches, CalibrationCache, calibration_cache_key, check_batch,
                                         data_key_from_batches)
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from aspp_deploy.errors import InputError, MissingDependencyError
-from aspp_deploy.trt import cuda as cuda_layer
-from aspp_deploy.trt.cuda import DeviceBuffer, get_cuda
+from aspp_deploy.runtime.trt import cuda as cuda_layer
+from aspp_deploy.runtime.trt.cuda import DeviceBuffer, get_cuda
 
 
 def installed(module):

@@ -67,14 +67,14 @@ def test_tiny_models_are_valid(tmp_path, fp16, batch):
 
 @pytest.fixture(scope="module")
 def trt_version():
-    from aspp_deploy.trt.plan import parse_version
-    from aspp_deploy.trt.runtime import import_tensorrt
+    from aspp_deploy.runtime.trt.plan import parse_version
+    from aspp_deploy.runtime.trt.runtime import import_tensorrt
 
     return parse_version(import_tensorrt().__version__)
 
 
 def build(onnx_path, engine_path, req, **kwargs):
-    from aspp_deploy.trt.build import engine_from_onnx
+    from aspp_deploy.runtime.trt.build import engine_from_onnx
 
     return engine_from_onnx(onnx_path, engine_path, req, **kwargs)
 
@@ -82,12 +82,12 @@ def build(onnx_path, engine_path, req, **kwargs):
 @pytest.mark.tensorrt
 @requires_trt_gpu
 def test_fp32_engine_matches_onnxruntime(tmp_path):
-    from aspp_deploy.trt.plan import BuildRequest
-    from aspp_deploy.trt.runtime import TrtRunner
+    from aspp_deploy.runtime.trt.plan import BuildRequest
+    from aspp_deploy.runtime.trt.runtime import TrtRunner
 
     from aspp_deploy.runtime.preprocess import Preprocess
     from aspp_deploy.export.manifest import embed
-    from aspp_deploy.trt.runtime import read_engine_manifest
+    from aspp_deploy.runtime.trt.runtime import read_engine_manifest
 
     onnx_path = conv_relu_onnx(tmp_path / "fp32.onnx")
     model = onnx.load(str(onnx_path))
@@ -111,8 +111,8 @@ def test_fp32_engine_matches_onnxruntime(tmp_path):
 @pytest.mark.tensorrt
 @requires_trt_gpu
 def test_fp16_engines_match_onnxruntime(tmp_path, trt_version):
-    from aspp_deploy.trt.plan import BuildRequest, PlanError
-    from aspp_deploy.trt.runtime import TrtRunner
+    from aspp_deploy.runtime.trt.plan import BuildRequest, PlanError
+    from aspp_deploy.runtime.trt.runtime import TrtRunner
 
     x = sample()
     fp16_onnx = conv_relu_onnx(tmp_path / "fp16.onnx", fp16=True)
@@ -137,8 +137,8 @@ def test_fp16_engines_match_onnxruntime(tmp_path, trt_version):
 @pytest.mark.tensorrt
 @requires_trt_gpu
 def test_dynamic_batch_profile_graphs_and_timing(tmp_path):
-    from aspp_deploy.trt.plan import BuildRequest
-    from aspp_deploy.trt.runtime import TrtRunner
+    from aspp_deploy.runtime.trt.plan import BuildRequest
+    from aspp_deploy.runtime.trt.runtime import TrtRunner
 
     onnx_path = conv_relu_onnx(tmp_path / "dyn.onnx", batch="N")
     manifest = build(onnx_path, tmp_path / "dyn.engine", BuildRequest(), min_shapes={"input": (1, 3, 32, 32)},
@@ -162,8 +162,8 @@ def test_dynamic_batch_profile_graphs_and_timing(tmp_path):
 @pytest.mark.tensorrt
 @requires_trt_gpu
 def test_engine_for_another_tensorrt_or_gpu_is_refused(tmp_path):
-    from aspp_deploy.trt.plan import BuildRequest
-    from aspp_deploy.trt.runtime import TrtRunner, manifest_path
+    from aspp_deploy.runtime.trt.plan import BuildRequest
+    from aspp_deploy.runtime.trt.runtime import TrtRunner, manifest_path
 
     engine = tmp_path / "m.engine"
     manifest = build(conv_relu_onnx(tmp_path / "m.onnx"), engine, BuildRequest())
@@ -179,9 +179,9 @@ def test_engine_for_another_tensorrt_or_gpu_is_refused(tmp_path):
 @pytest.mark.tensorrt
 @requires_trt_gpu
 def test_legacy_int8_calibrates_then_reuses_its_cache(tmp_path, trt_version):
-    from aspp_deploy.trt.calibrator import data_key_from_batches
-    from aspp_deploy.trt.plan import BuildRequest
-    from aspp_deploy.trt.runtime import TrtRunner
+    from aspp_deploy.runtime.trt.calibrator import data_key_from_batches
+    from aspp_deploy.runtime.trt.plan import BuildRequest
+    from aspp_deploy.runtime.trt.runtime import TrtRunner
 
     if trt_version >= (11, 0):
         pytest.skip("TensorRT 11 has no INT8 calibrators")

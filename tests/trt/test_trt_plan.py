@@ -5,7 +5,7 @@ import json
 import pytest
 
 from aspp_deploy.errors import InputError
-from aspp_deploy.trt.plan import BuildRequest, PlanError, feature_support, make_build_plan, parse_version
+from aspp_deploy.runtime.trt.plan import BuildRequest, PlanError, feature_support, make_build_plan, parse_version
 
 V85, V86, V103, V1013, V114 = (8, 5), (8, 6), (10, 3), (10, 13), (11, 4)
 ALL = (V85, V86, V103, V1013, V114)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aspp_deploy.errors import InputError, MissingDependencyError
-from aspp_deploy.trt.runtime import (MANIFEST_FORMAT, TrtRunner, Timing, check_engine_manifest, check_input_shape,
+from aspp_deploy.runtime.trt.runtime import (MANIFEST_FORMAT, TrtRunner, Timing, check_engine_manifest, check_input_shape,
                                      import_tensorrt, manifest_path, numpy_dtype, read_engine_manifest,
                                      tensorrt_installed)
 
@@ -138,8 +138,8 @@ BLOCKER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("module", ["aspp_deploy.trt.runtime", "aspp_deploy.trt.build", "aspp_deploy.trt.plan",
-                                    "aspp_deploy.trt.calibrator", "aspp_deploy.trt.cuda"])
+@pytest.mark.parametrize("module", ["aspp_deploy.runtime.trt.runtime", "aspp_deploy.runtime.trt.build", "aspp_deploy.runtime.trt.plan",
+                                    "aspp_deploy.runtime.trt.calibrator", "aspp_deploy.runtime.trt.cuda"])
 def test_modules_import_without_torch_onnx_tensorrt_or_cuda(module):
     code = BLOCKER + textwrap.dedent(f"""
         import importlib
@@ -149,7 +149,7 @@ def test_modules_import_without_torch_onnx_tensorrt_or_cuda(module):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     loaded = set(eval(result.stdout.strip().splitlines()[-1]))
-    if module == "aspp_deploy.trt.runtime":  # what a Jetson application embeds: the portable core and no more
+    if module == "aspp_deploy.runtime.trt.runtime":  # what a Jetson application embeds: the portable core and no more
         loaded = {m for m in loaded if m.split(".")[:2] != ["aspp_deploy", "runtime"]}
-        assert loaded <= {"aspp_deploy", "aspp_deploy.errors", "aspp_deploy.io", "aspp_deploy.trt",
-                          "aspp_deploy.trt.cuda", "aspp_deploy.trt.runtime"}, loaded
+        assert loaded <= {"aspp_deploy", "aspp_deploy.errors", "aspp_deploy.io", "aspp_deploy.runtime.trt",
+                          "aspp_deploy.runtime.trt.cuda", "aspp_deploy.runtime.trt.runtime"}, loaded

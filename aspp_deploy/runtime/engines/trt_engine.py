@@ -1,4 +1,4 @@
-"""TensorRT: an engine built by ``aspp-deploy build`` (``aspp_deploy.trt.runtime.TrtRunner`` does the
+"""TensorRT: an engine built by ``aspp-deploy build`` (``aspp_deploy.runtime.trt.runtime.TrtRunner`` does the
 device work: checks against the engine manifest, buffers, streams, CUDA graphs). TensorRT and the
 CUDA Python package are imported when an engine is made. Python 3.8 syntax."""
 
@@ -20,7 +20,7 @@ class TrtEngine(Engine):
     kind = "tensorrt"
 
     def __init__(self, engine: Union[str, Path], cuda: str = "auto", use_cuda_graph: bool = False) -> None:
-        from aspp_deploy.trt.runtime import TrtRunner
+        from aspp_deploy.runtime.trt.runtime import TrtRunner
 
         self.path = Path(engine)
         self.runner = TrtRunner(self.path, cuda=cuda, use_cuda_graph=use_cuda_graph)

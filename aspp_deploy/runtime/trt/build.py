@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Mapping, Sequen
 from aspp_deploy.errors import AsppDeployError, InputError
 from aspp_deploy.io import atomic_write_bytes, atomic_write_text, json_text, sha256_file
 from aspp_deploy.runtime.manifest import ArtifactEntry, EngineManifest, read_artifact_entry
-from aspp_deploy.trt.plan import BuildPlan, BuildRequest, feature_support, make_build_plan, parse_version
-from aspp_deploy.trt.runtime import (MANIFEST_FORMAT, dims_to_tuple, import_tensorrt, input_profile, manifest_path,
+from aspp_deploy.runtime.trt.plan import BuildPlan, BuildRequest, feature_support, make_build_plan, parse_version
+from aspp_deploy.runtime.trt.runtime import (MANIFEST_FORMAT, dims_to_tuple, import_tensorrt, input_profile, manifest_path,
                                      numpy_dtype)
 
 if TYPE_CHECKING:
@@ -167,22 +167,18 @@ def io_tensors(engine: tensorrt.ICudaEngine) -> list[dict[str, Any]]:
     return found
 
 
-def artifact_metadata(onnx_path: Path | str) -> dict[str, Any]:
-    """preprocess / classes / palette from the ONNX's verified aspp-deploy manifest; {} when it has none
-    (or one that does not verify)."""
-    try:
-        record = _verified_entry(Path(onnx_path)).to_dict()
-    except InputError:
-        return {}
-    return {key: record[key] for key in ("preprocess", "classes", "palette")}
-
-
-def _verified_entry(onnx: Path) -> ArtifactEntry:
-    try:
-        from aspp_deploy.export.manifest import read_onnx_manifest
-    except ImportError:  # no onnx package (the torch-free Jetson bundle): only manifest.json beside the ONNX
-        return read_artifact_entry(onnx, None)
-    return read_onnx_manifest(onnx).typed
+def artifact_metadata(onnx_path: Path | str, entry: ArtifactEntry | None = None) -> dict[str, Any]:
+    """preprocess / classes / palette from the ONNX's verified aspp-deploy manifest entry; {} when it
+    has none (or one that does not verify). ``entry``: the entry as the caller read and verified it (the
+    host reads the one embedded in the ONNX with the onnx package, which the device runtime lacks);
+    without it, the entry in ``manifest.json`` beside the ONNX."""
+    if entry is None:
+        try:
+            entry = read_artifact_entry(Path(onnx_path), None)
+        except InputError:
+            return {}
+    record = entry.to_dict()
+    return {key: record[key] for key in ("preprocess", "classes", "palette") if key in record}
 
 
 def _builder_flag(name: str) -> tensorrt.BuilderFlag:
@@ -232,10 +228,12 @@ def engine_from_onnx(onnx_path: Path | str, out_path: Path | str, req: BuildRequ
                      calib_batches: Iterable[Mapping[str, Any]] | None = None,
                      calib_cache: Path | str | None = None, calib_data_key: str | None = None,
                      calib_algorithm: str = "entropy", dla_core: int | None = None, cuda: str = "auto",
+                     entry: ArtifactEntry | None = None,
                      log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
-    """Build ``out_path`` from ``onnx_path`` and write ``<out_path>.json``; returns that manifest."""
-    from aspp_deploy.trt.calibrator import data_key_from_batches, feeder_of, make_calibrator
-    from aspp_deploy.trt.cuda import get_cuda
+    """Build ``out_path`` from ``onnx_path`` and write ``<out_path>.json``; returns that manifest.
+    ``entry``: the ONNX's verified manifest entry, when the caller has read it (see ``artifact_metadata``)."""
+    from aspp_deploy.runtime.trt.calibrator import data_key_from_batches, feeder_of, make_calibrator
+    from aspp_deploy.runtime.trt.cuda import get_cuda
 
     onnx, out = Path(onnx_path), Path(out_path)
     if not onnx.is_file():
@@ -317,7 +315,7 @@ def engine_from_onnx(onnx_path: Path | str, out_path: Path | str, req: BuildRequ
     if timing_cache:
         atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
 
-    metadata = artifact_metadata(onnx)
+    metadata = artifact_metadata(onnx, entry)
     if "preprocess" not in metadata:
         log(f"{onnx.name} has no aspp-deploy manifest: the engine manifest records no preprocessing")
     runtime = trt.Runtime(logger)

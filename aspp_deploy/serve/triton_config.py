@@ -135,7 +135,7 @@ def model_config_text(config: Mapping[str, Any], comment: str = "") -> str:
         from tritonclient.grpc import model_config_pb2
     except ImportError:
         return text
-    text_format.Parse(text, model_config_pb2.ModelConfig())  # a bug here, never the user's input
+    text_format.Parse(text, model_config_pb2.ModelConfig())  # a bug here, never the user's input  # pyright: ignore[reportAttributeAccessIssue]
     return text
 
 

@@ -21,7 +21,7 @@ from aspp_deploy.io import atomic_write_bytes, atomic_write_text
 if TYPE_CHECKING:
     from tensorrt import IInt8Calibrator
 
-    from aspp_deploy.trt.cuda import CudaApi, DeviceBuffer
+    from aspp_deploy.runtime.trt.cuda import CudaApi, DeviceBuffer
 
 ALGORITHMS = ("entropy", "minmax")
 Batch = Mapping[str, np.ndarray]
@@ -201,7 +201,7 @@ def make_calibrator(trt: Any, batches: Iterable[Batch] | None, cache_path: Path 
     if data is None and cache.read() is None:
         raise InputError(f"no calibration data and no reusable cache ({cache.reason}): give calibration images")
     if cuda is None:
-        from aspp_deploy.trt.cuda import get_cuda
+        from aspp_deploy.runtime.trt.cuda import get_cuda
 
         cuda = get_cuda()
     feeder = CalibrationFeeder(data, cache, cuda)

@@ -1,7 +1,7 @@
 """Run a TensorRT engine with NumPy in and out, checked against its manifest.
 
 Embeddable in a Jetson application: this module imports only NumPy, the standard library,
-``tensorrt`` (inside functions), ``aspp_deploy.trt.cuda``, ``aspp_deploy.errors`` and the portable
+``tensorrt`` (inside functions), ``aspp_deploy.runtime.trt.cuda``, ``aspp_deploy.errors`` and the portable
 core's typed manifest (``aspp_deploy.runtime.manifest``) - never torch or onnx.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.runtime.manifest import ENGINE_FORMAT, EngineManifest, engine_manifest_path
-from aspp_deploy.trt.cuda import CudaError, DeviceBuffer, get_cuda
+from aspp_deploy.runtime.trt.cuda import CudaError, DeviceBuffer, get_cuda
 
 if TYPE_CHECKING:
     import tensorrt
