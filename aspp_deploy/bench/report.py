@@ -19,7 +19,7 @@ from aspp_deploy.bench.cells import (accuracy_kind, images_text, is_binary, refe
 from aspp_deploy.bench.html_report import html_report
 from aspp_deploy.export.manifest import tool_versions
 from aspp_deploy.io import atomic_write_bytes, atomic_write_text, json_text
-from aspp_deploy.runtime.images import _font, overlay
+from aspp_deploy.runtime.images import label_font, overlay
 
 CSV_COLUMNS = ["backend", "precision", "device", "status", "reason", "size_bytes", "labels", "miou", "delta_miou",
                "foreground_iou", "worst_image", "worst_image_name", "pixel_agreement", "boundary_f", "max_abs_logit_diff", "p50_ms", "p99_ms", "throughput",
@@ -237,7 +237,7 @@ def overlay_panel(image: np.ndarray, truth: np.ndarray, preds: list[tuple[str, n
     h, w = truth.shape
     grown = [np.asarray(g.resize((w, h), Image.Resampling.NEAREST)) > 0 for g in grown]
     size = max(14, w // 22)
-    font, pad = _font(size), size // 2
+    font, pad = label_font(size), size // 2
     ref_label = preds[0][0] if preds else "the reference"
     top = [("image", image), (truth_label, np.asarray(overlay(image, truth, palette, 0.55)))]
     top += [(label, np.asarray(overlay(image, p, palette, 0.55))) for label, p in preds]

@@ -63,7 +63,7 @@ def _check_sources(req: BundleRequest) -> tuple:
     fp32 = _entry(req.fp32_onnx)
     if fp32.get("precision", "fp32") != "fp32":
         raise InputError(f"{req.fp32_onnx} is {fp32.get('precision')}: give the FP32 ONNX from `aspp-deploy export`")
-    deepstream._static_input(fp32)
+    deepstream.static_input(fp32)
     for key in ("preprocess", "classes", "inputs", "outputs"):
         if not fp32.get(key):
             raise InputError(f"{req.fp32_onnx}'s manifest has no {key}: export it again with `aspp-deploy export`")

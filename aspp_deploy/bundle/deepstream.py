@@ -75,7 +75,7 @@ REQUIRED_KEYS = ("gpu-id", "net-scale-factor", "offsets", "model-color-format", 
 PROBABILITIES = "probabilities"
 
 
-def _static_input(entry: Mapping[str, Any]) -> list:
+def static_input(entry: Mapping[str, Any]) -> list:
     shape = list(entry["inputs"][0]["shape"])
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
         raise InputError(f"the ONNX input has shape {shape}: a Jetson bundle needs a static input (export "
@@ -88,7 +88,7 @@ def nvinfer_config(entry: Mapping[str, Any], precision: str, onnx_file: str, eng
     """The nvinfer config text for the DeepStream ONNX made from the model described by ``entry``."""
     pre = entry["preprocess"]
     nhwc = pre.get("layout", "NCHW") == "NHWC"
-    shape = _static_input(entry)
+    shape = static_input(entry)
     batch, height, width, channels = shape if nhwc else (shape[0], shape[2], shape[3], shape[1])
     if channels != 3:
         raise InputError(f"nvinfer feeds 3-channel images; the model takes {channels} channels")

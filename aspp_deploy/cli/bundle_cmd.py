@@ -137,10 +137,10 @@ def bundle(
             raise InputError(f"{calib_cache}.json is missing: the calibration cache's record, written beside it "
                              "by `aspp-deploy build --legacy-int8`, is shipped with it")
     fp32 = _fp32_onnx(onnx, checkpoint, artifacts, trust_code)
-    from aspp_deploy.bundle.deepstream import _static_input
+    from aspp_deploy.bundle.deepstream import static_input
     from aspp_deploy.export.manifest import read_onnx_manifest
 
-    _static_input(read_onnx_manifest(fp32).entry)  # a dynamic input is refused before quantizing
+    static_input(read_onnx_manifest(fp32).entry)  # a dynamic input is refused before quantizing
     variants = quantized_variants(fp32, precisions, calib, data, backend.value,
                                   log=lambda m: console.print(m, highlight=False), step=working)
     shipped = calibration_files(calib_folder, calib_images) if "int8" in precisions else []

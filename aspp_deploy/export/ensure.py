@@ -18,7 +18,7 @@ from aspp_deploy.export.manifest import read_onnx_manifest
 from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_source
 from aspp_deploy.export.onnx_import import onnx_from_foreign
 from aspp_deploy.io import sha256_file
-from aspp_deploy.model.sources import _archive_kind, _checkpoint_source, load_source, ModelSource, resolve_for_source
+from aspp_deploy.model.sources import archive_kind, checkpoint_source, load_source, ModelSource, resolve_for_source
 from aspp_deploy.spec import ModelSpec
 
 FP32_NAME = "model"
@@ -82,10 +82,10 @@ def source_from_record(record: dict) -> ModelSource:
         raise InputError(f"the PyTorch model it was made from is gone ({path})")
     if sha256_file(path) != sha:
         raise InputError(f"{path} changed since the ONNX was made from it")
-    if _archive_kind(path) != "checkpoint":
+    if archive_kind(path) != "checkpoint":
         raise InputError(f"{path} is a TorchScript or torch.export archive, not a checkpoint: give --checkpoint "
                          f"{path} to run it")
-    return _checkpoint_source(path)
+    return checkpoint_source(path)
 
 
 def ensure_fp32(artifacts: Path, spec: ModelSpec, *, checkpoint: Path | None = None, arch: str | None = None,

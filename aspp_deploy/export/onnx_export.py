@@ -477,7 +477,7 @@ def manifest_entry(graph: onnx.ModelProto, resolved: ResolvedSpec, file_name: st
                    export: dict, parity: dict, argmax: bool) -> dict:
     return {
         "kind": "onnx", "file": file_name, "precision": "fp32",
-        "inputs": _io(graph.graph.input), "outputs": _io(graph.graph.output),
+        "inputs": tensor_records(graph.graph.input), "outputs": tensor_records(graph.graph.output),
         "outputs_class_ids": bool(argmax), "output_kind": "class_ids" if argmax else resolved.output_kind,
         "opset": next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
         "preprocess": resolved.preprocess.to_dict(), "classes": resolved.classes, "palette": resolved.palette,
@@ -511,7 +511,8 @@ def ort_session_from_model(graph: onnx.ModelProto, factory):
         return factory(p)
 
 
-def _io(values) -> list[dict]:
+def tensor_records(values) -> list[dict]:
+    """The manifest's record of graph inputs or outputs: name, NumPy dtype, shape (a dynamic dimension by its name)."""
     out = []
     for v in values:
         t = v.type.tensor_type

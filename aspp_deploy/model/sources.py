@@ -144,7 +144,7 @@ def load_source(checkpoint: Path | None = None, arch: str | None = None, arch_ar
         raise InputError("--arch-args and --weights go with --arch MODULE:FUNCTION (or a preset: "
                          f"{', '.join(PRESETS)})")
     if checkpoint is not None and Path(checkpoint).is_file():
-        kind = _archive_kind(Path(checkpoint))
+        kind = archive_kind(Path(checkpoint))
         if kind in CODE_FILES:
             if not (_TRUST_CODE.get() if trust_code is None else trust_code):
                 raise refuse_code(Path(checkpoint), kind)
@@ -153,10 +153,10 @@ def load_source(checkpoint: Path | None = None, arch: str | None = None, arch_ar
             what, why = CODE_FILES[kind]
             source.notes.append(f"{Path(checkpoint).name} is {what} and was run as code ({TRUST_CODE_FLAG}): {why}")
             return source
-    return _checkpoint_source(checkpoint)
+    return checkpoint_source(checkpoint)
 
 
-def _archive_kind(path: Path) -> str:
+def archive_kind(path: Path) -> str:
     """torchscript / torch.export / checkpoint, from the zip archive's member names."""
     if path.suffix.lower() == ".pt2":
         return "torch.export"
@@ -172,7 +172,7 @@ def _archive_kind(path: Path) -> str:
     return "checkpoint"
 
 
-def _checkpoint_source(path: Path | None) -> ModelSource:
+def checkpoint_source(path: Path | None) -> ModelSource:
     ckpt = load_checkpoint(path)
     assert ckpt.path is not None
     cfg = ckpt.config

@@ -293,7 +293,7 @@ def _key_settings(opts: QuantizeOptions, method: str, backend: str, pre, input_n
 def _entry(fp32_entry: dict, src: Path, out: Path, model: onnx.ModelProto, opts: QuantizeOptions, method: str,
            backend: str, files: list[Path], calib_folder: Path, lookup: CacheLookup, budget: BudgetResult,
            accuracy: dict, checks: dict, data_root: DataSource, notes: list[str], seconds: float) -> dict:
-    from aspp_deploy.export.onnx_export import _io
+    from aspp_deploy.export.onnx_export import tensor_records
 
     tool = {"modelopt": "nvidia-modelopt (ModelOpt ONNX PTQ)" if opts.precision == "int8"
             else "nvidia-modelopt (AutoCast)", "ort": "onnxruntime.quantization.quantize_static",
@@ -305,7 +305,7 @@ def _entry(fp32_entry: dict, src: Path, out: Path, model: onnx.ModelProto, opts:
     entry.update({
         "kind": "onnx", "file": out.name, "precision": opts.precision,
         "target": opts.target if opts.precision == "int8" else "any",
-        "inputs": _io(model.graph.input), "outputs": _io(model.graph.output),
+        "inputs": tensor_records(model.graph.input), "outputs": tensor_records(model.graph.output),
         "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
         "source": {"onnx": src.name, "onnx_sha256": lookup.key.model_sha256,
                    "checkpoint_sha256": fp32_entry.get("source", {}).get("checkpoint_sha256")},

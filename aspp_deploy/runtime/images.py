@@ -326,7 +326,7 @@ def class_areas(mask: np.ndarray, num_classes: int = 0) -> np.ndarray:
     return np.bincount(ids.astype(np.int64), minlength=max(int(num_classes), 1))
 
 
-def _font(size: int):
+def label_font(size: int):
     from PIL import ImageFont
 
     try:
@@ -368,7 +368,7 @@ def add_legend(image: Image.Image, entries: Sequence[Tuple[int, str, Tuple[int, 
 
     w, h = image.size
     size = max(12, min(72, int(round(max(w, h) / 32.0))))
-    font = _font(size)
+    font = label_font(size)
     pad, gap, row = size // 2 + 2, size // 2 + 1, size + size // 2
     rows = [(cid, "{}{}  {}".format(name, " (untinted)" if cid == background else "", _percent(frac)), colour)
             for cid, name, colour, frac in entries] or [(-1, "no classes", LEGEND_BACKGROUND)]
