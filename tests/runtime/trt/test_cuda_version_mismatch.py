@@ -12,7 +12,7 @@ from aspp_deploy.errors import MissingDependencyError
 from aspp_deploy.runtime.trt import cuda as cuda_layer
 from aspp_deploy.runtime.trt.cuda import no_device_message
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class FakeCudart:
