@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Callable
 
 from aspp_deploy.backends.base import Runner
-from aspp_deploy.backends.registry import open_runner, openvino_unavailable_reason, trt_unavailable_reason
+from aspp_deploy.backends import registry  # its functions looked up when called (tests stand in for them)
+from aspp_deploy.backends.registry import open_runner
 from aspp_deploy.backends.torch_backend import TorchRunner
 from aspp_deploy.bench.compare import RowSpec
 from aspp_deploy.errors import InputError
@@ -31,13 +32,6 @@ def _source(onnx_path: Path) -> dict | None:
         return read_onnx_manifest(onnx_path).entry.get("source") or {}
     except InputError:
         return None
-
-
-def onnx_is_stale(onnx_path: Path, fingerprint: str) -> bool:
-    """True when the ONNX was made from another model or spec (or has no manifest): ``fingerprint``
-    identifies the model source by content and the spec it is exported with."""
-    source = _source(onnx_path)
-    return source is None or source.get("fingerprint") != fingerprint
 
 
 def made_from(variant: Path, fp32: Path) -> bool:
@@ -99,7 +93,7 @@ def default_row_specs(torch_model: Path | None, artifacts: Path, export_fn, quan
                              produce=lambda kw=kwargs, p=path: quantize_fn(fp32, p, **kw)))
     # OpenVINO on the CPU reads the same ONNX files: FP32 and the cpu-target INT8 (Q/DQ).
 
-    ov_reason = openvino_unavailable_reason()
+    ov_reason = registry.openvino_unavailable_reason()
     specs.append(RowSpec("openvino", "fp32", "cpu", fp32, produce=export_fn, unavailable=ov_reason,
                          note="inference precision f32"))
     cpu_int8 = artifacts / "model.int8-cpu.onnx"
@@ -111,7 +105,7 @@ def default_row_specs(torch_model: Path | None, artifacts: Path, export_fn, quan
                          unavailable=_ort_provider_reason("CUDAExecutionProvider")))
     specs.append(RowSpec("onnxruntime", "fp32", "tensorrt", fp32, produce=export_fn,
                          unavailable=_ort_provider_reason("TensorrtExecutionProvider")))
-    trt_reason = trt_unavailable_reason()
+    trt_reason = registry.trt_unavailable_reason()
     variants = {name: (kw, artifacts / name) for _, name, kw in ONNX_VARIANTS}
 
     def onnx_for_engine(name: str) -> Path:

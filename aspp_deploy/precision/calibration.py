@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aspp_deploy.data.images import from_images, open_data
-from aspp_deploy.eval.evaluate import ensure_default_data, is_shipped_model
+from aspp_deploy.eval import evaluate as evaluation  # looked up when called (tests stand in for them)
 from aspp_deploy.io import sha256_file
 from aspp_deploy.runtime.calibration import CalibrationFolderError, calibration_files
 
@@ -68,8 +68,8 @@ def choose_data(data: Path | None, calib_folder: Path, limit: int, classes: list
     are meaningless for the synthetic split), scored against the FP32 model's masks."""
     if data is not None:
         return calibration_files(calib_folder, limit), open_data(data), []
-    if is_shipped_model(classes, source):
-        return calibration_files(calib_folder, limit), open_data(ensure_default_data()), []
+    if evaluation.is_shipped_model(classes, source):
+        return calibration_files(calib_folder, limit), open_data(evaluation.ensure_default_data()), []
     files, held, note = held_out_split(calib_folder, limit)
     where = (f"{calib_folder} (images {len(files) + 1}-{len(files) + len(held)} in name order, held out from "
              "calibration)")

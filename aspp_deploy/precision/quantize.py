@@ -41,7 +41,8 @@ from aspp_deploy.precision.fp16 import onnxconverter_available
 from aspp_deploy.precision.groups import budget_groups
 from aspp_deploy.precision.int8_ort import CPU_RECIPE, METHODS, OrtInt8Builder, TRT_RECIPE, work_dir
 from aspp_deploy.precision.modelopt_backend import canonical_tensors, modelopt_available
-from aspp_deploy.precision.speed import fp16_variant, measure, NoWorthwhileInt8, slower_note, verdict
+from aspp_deploy.precision import speed  # speed.measure looked up when called (tests stand in for it)
+from aspp_deploy.precision.speed import fp16_variant, NoWorthwhileInt8, slower_note, verdict
 from aspp_deploy.runtime.calibration import DEFAULT_CALIB_SIZE, SHIPPED_CALIBRATION, CalibrationData, data_digest
 from aspp_deploy.runtime.preprocess import Preprocess
 
@@ -402,7 +403,7 @@ def _speed_and_verdict(opts: QuantizeOptions, src: Path, candidate: Path, calib:
         if fp16 is not None:
             variants["fp16"] = fp16
         log("timing FP32 against INT8" + (" and FP16" if fp16 else "") + " (interleaved rounds)")
-        report = measure(variants, calib.batch(0), threads=opts.threads, log=log)
+        report = speed.measure(variants, calib.batch(0), threads=opts.threads, log=log)
         log(f"speed: {report.summary()}")
     if opts.target == "cpu" and budget.met is not None:  # judged only where the budget loop ran
         why_not = verdict(budget.met, budget.everything_kept, None if opts.allow_slower else report,
