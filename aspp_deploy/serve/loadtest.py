@@ -81,7 +81,8 @@ class Sample:
 
 @dataclass
 class Outage:
-    """Requests failing in a row: from the first failure to the next success (or the server's return)."""
+    """Requests failing in a row: from the moment the first of them failed (not when it was sent: a
+    request sent before the fault fails with it) to the next success (or the server's return)."""
 
     endpoint: str
     model: str
@@ -272,9 +273,9 @@ class _Tracker:
         self.outages: List[Outage] = []
         self.stop = threading.Event()
 
-    def failure(self, t_sent: float, message: str) -> None:
+    def failure(self, t_failed: float, message: str) -> None:
         if self.run == 0:
-            self.run_start, self.run_error = t_sent, message
+            self.run_start, self.run_error = t_failed, message
         self.run += 1
         if self.run >= self.max_consecutive:
             self.stop.set()
@@ -312,17 +313,16 @@ def run_level(endpoint: Endpoint, model: str, samples: List[Sample], concurrency
     track = _Tracker(start if clock0 is None else clock0, max_consecutive_errors,
                      (str(endpoint), model, concurrency))
 
-    def failed(t_sent: float, message: str) -> None:
+    def failed(t_failed: float, message: str) -> None:
         with lock:
             errors.append(message)
-            track.failure(t_sent, message)
+            track.failure(t_failed, message)
 
     def worker() -> None:
-        t_made = time.perf_counter()
         try:
             client, infer = _connect(endpoint, timeout_s)
         except Exception as exc:  # noqa: BLE001 - a client that cannot even be made fails its share
-            failed(t_made, _short(exc))
+            failed(time.perf_counter(), _short(exc))
             return
         in_a_row = 0
         try:
@@ -337,7 +337,7 @@ def run_level(endpoint: Endpoint, model: str, samples: List[Sample], concurrency
                 try:
                     mask = infer(model, inputs, outputs).as_numpy("MASK")
                 except Exception as exc:  # noqa: BLE001 - a failed request is a figure of the test
-                    failed(t0, _short(exc))
+                    failed(time.perf_counter(), _short(exc))  # when it failed: it may have been sent before the fault
                     in_a_row += 1
                     pause = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** (in_a_row - 1))
                     track.stop.wait(min(random.uniform(pause / 2, pause), max(0.0, deadline - time.perf_counter())))
