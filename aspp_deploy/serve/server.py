@@ -565,8 +565,8 @@ def watch(server: TritonServer, models: List[str], every: float, timeout: float,
             again = _probe_all(server, configs, timeout)
             if again is None:
                 say(f"model {model} stopped answering ({reason}): restarted tritonserver "
-                    f"(restart {attempt} of {restarts}), every model answers again after "
-                    f"{time.monotonic() - found:.1f} s")
+                    f"(restart {attempt} of {restarts}), every model answers again "
+                    f"{time.monotonic() - found:.1f} s after the failed check")
                 started = time.monotonic()
                 break
             _check_alive(server, started, say)
