@@ -37,14 +37,11 @@ def bare_loop(session, feed: dict, output: str, warmup: int, iters: int) -> list
 
 
 def default_onnx() -> Path:
-    from aspp_deploy.bench.rows import onnx_is_stale
-    from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
+    from aspp_deploy.export.ensure import ensure_fp32
     from aspp_deploy.model.checkpoint import DEFAULT_CHECKPOINT
+    from aspp_deploy.spec import ModelSpec
 
-    ckpt, onnx = DEFAULT_CHECKPOINT, Path("artifacts/model.onnx")
-    if not onnx.is_file() or onnx_is_stale(onnx, ckpt):
-        onnx_from_checkpoint(ckpt, onnx.parent, ExportOptions())
-    return onnx
+    return ensure_fp32(Path("artifacts"), ModelSpec(), checkpoint=DEFAULT_CHECKPOINT).path
 
 
 def main() -> None:

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from aspp_deploy.backends.onnxruntime_backend import OrtRunner
-from aspp_deploy.bench.rows import onnx_is_stale, variant_is_stale
+from aspp_deploy.bench.rows import variant_is_stale
 from aspp_deploy.bench.timing import time_calls
-from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
+from aspp_deploy.export.ensure import ensure_fp32
 from aspp_deploy.model.checkpoint import DEFAULT_CHECKPOINT
 from aspp_deploy.precision.quantize import QuantizeOptions, quantized_onnx_from_fp32
+from aspp_deploy.spec import ModelSpec
 
 SPEEDUP_TARGET, DROP_TARGET = 1.8, 0.5
 
@@ -32,12 +33,9 @@ def ensure_int8_cpu(artifacts: Path, checkpoint: Path = DEFAULT_CHECKPOINT, thre
                     min_accuracy_images: int = 0) -> Path:
     """``artifacts/model.int8-cpu.onnx``, exported and quantized first when missing or stale (or when
     its recorded accuracy covers fewer than ``min_accuracy_images`` images)."""
-    fp32 = artifacts / "model.onnx"
-    if not fp32.is_file() or onnx_is_stale(fp32, checkpoint):
-        print(f"exporting {checkpoint} -> {fp32}", flush=True)
-        onnx_from_checkpoint(checkpoint, artifacts, ExportOptions())
+    fp32 = ensure_fp32(artifacts, ModelSpec(), checkpoint=checkpoint, log=lambda m: print(m, flush=True)).path
     int8 = artifacts / "model.int8-cpu.onnx"
-    if not int8.is_file() or variant_is_stale(int8, fp32, checkpoint) or \
+    if not int8.is_file() or variant_is_stale(int8, fp32) or \
             json.loads((artifacts / "manifest.json").read_text())["artifacts"][int8.name]["accuracy"]["num_images"] \
             < min_accuracy_images:
         print("quantizing (cpu target), then measuring accuracy on the whole validation split", flush=True)
