@@ -38,6 +38,7 @@ CSV_COLUMNS = ["model", "protocol", "concurrency", "requests", "ok", "errors", "
                "p50_ms", "p90_ms", "p99_ms", "mean_ms", "outages", "stopped", "first_error"]
 MAX_CONSECUTIVE_ERRORS = 20  # failed requests in a row (all clients of a level) that stop the level
 RECOVER_S = 30.0             # how long the sweep waits for a server that went away before the next level
+NO_SUCH_MODEL = "aspp-deploy-no-such-model"  # asked for by the health check: Triton says it is not ready
 OUTAGE_MIN_ERRORS = 3        # failures in a row, with no success between them, that make an outage
 BACKOFF_S = (0.05, 2.0)      # a client's first and longest pause after a failed request (doubling)
 
@@ -211,6 +212,12 @@ def _health(endpoint: Endpoint, models: List[str], timeout_s: float) -> Tuple[bo
             return False, f"not Triton's health API: {_short(exc)}"
         if not live:
             return True, "the server is not live"
+        try:  # an HTTP server that answers 200 to everything (Triton's metrics port) is not Triton's health API
+            anything_ready = client.is_model_ready(NO_SUCH_MODEL)
+        except Exception:  # noqa: BLE001 - Triton's gRPC answers an unknown model with an error
+            anything_ready = False
+        if anything_ready:
+            return False, f"not Triton's health API: it calls a model that cannot exist ({NO_SUCH_MODEL}) ready (the metrics port?)"
         for model in models:
             try:
                 ready = client.is_model_ready(model)

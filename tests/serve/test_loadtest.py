@@ -91,6 +91,18 @@ def test_a_model_that_is_not_ready_is_one_line(own, served_model, tmp_path):
                                       "the repository, under that name?)"], result.output
 
 
+def test_the_metrics_port_is_not_taken_for_the_server(own, served_model, tmp_path):
+    """Triton's metrics port answers 200 to every path, readiness included: the check asks for a model
+    that cannot exist, so the wrong port is one line before any load, not a refused first request."""
+    url = f"http://127.0.0.1:{own.server.metrics_port}"
+    result = run_cli("loadtest", url, "--images", served_model.images, "--report", tmp_path / "r")
+    assert result.exit_code == 1
+    errors = _errors(result.output)
+    assert len(errors) == 1 and errors[0].startswith(f"error: no Triton server answers at {url} (not Triton's health API"), \
+        result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_server_restart_is_one_outage_with_few_errors_and_the_next_level_runs(own, repo, triton_binary,
                                                                                  served_model, tmp_path):
     """SIGKILL mid-level: the level stops after --max-consecutive-errors failures in a row (not a flood of
