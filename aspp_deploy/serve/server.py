@@ -45,6 +45,8 @@ SERVE_HINT = ("install the nvidia-pytriton wheel, which ships one with its Pytho
               "nvidia-pytriton==0.7.0` (docs/serving.md says why --no-deps); or run in NVIDIA's tritonserver "
               "container, or give --server PATH")
 FAILED_LOAD = re.compile(r"failed to load '([^']+)' version (\d+): (.*?)\"?$")
+IN_FLIGHT_COUNT = re.compile(r"Found \d+ model versions that have in-flight inferences")  # each count, then a line per model
+IN_FLIGHT = re.compile(r"Model '([^']+)' \(version (\d+)\) has (\d+) in-flight inferences")
 LOG_LINES = 400
 # Triton's APIs (the names its --http-restricted-api / --grpc-restricted-protocol take). A server we
 # start answers health, metadata, model configuration and inference (what clients and perf_analyzer
@@ -213,6 +215,20 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+def in_flight_note(lines: List[str]) -> str:
+    """What Triton's log says of a stop whose exit timeout (``--grace``) expired: the requests still in
+    flight at its last count (dropped: their clients got errors), or that models were still unloading;
+    "" when the timeout did not expire."""
+    if not any("Exit timeout expired" in line for line in lines):
+        return ""
+    counts = [i for i, line in enumerate(lines) if IN_FLIGHT_COUNT.search(line)]
+    last = lines[counts[-1] + 1:] if counts else []
+    dropped = sum(int(m.group(3)) for m in map(IN_FLIGHT.search, last) if m)
+    if dropped:
+        return f"the grace period ended with {dropped} request(s) still in flight: they were dropped"
+    return "the grace period ended while models were still unloading (no request in flight)"
 
 
 def exit_reason(code: Optional[int]) -> str:
@@ -417,6 +433,9 @@ class TritonServer:
             except (ProcessLookupError, PermissionError):
                 pass
             self._join_reader()
+            note = in_flight_note(list(self.log)) if self.stop_note else ""
+            if note:
+                self.stop_note = f"{self.stop_note}; {note}"
             if self.process.stdout is not None and (self._reader is None or not self._reader.is_alive()):
                 self.process.stdout.close()  # the log pipe, once its reader is done with it
         if self._tmp is not None:

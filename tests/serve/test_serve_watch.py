@@ -270,3 +270,27 @@ def test_a_busy_model_is_not_taken_for_a_dead_one(watch_repo):
         assert "stopped answering" not in serve.text and not _errors(serve.text), serve.text
     finally:
         serve.close()
+
+
+# Triton 2.51's own lines at a stop under load whose exit timeout (--grace) expired, as serve's log kept them
+STOP_UNDER_LOAD = [
+    'I1203 08:02:20.472 17818 server.cc:321] "Timeout 5: Found 1 model versions that have in-flight inferences"',
+    'I1203 08:02:20.472 17818 server.cc:325] "Model \'aspp_nobatch\' (version 1) has 2 in-flight inferences"',
+    'I1203 08:02:20.473 17818 server.cc:325] "Model \'aspp\' (version 1) has 7 in-flight inferences"',
+    'I1203 08:02:25.473 17818 server.cc:305] "Waiting for in-flight requests to complete."',
+    'I1203 08:02:25.473 17818 server.cc:321] "Timeout 0: Found 1 model versions that have in-flight inferences"',
+    'I1203 08:02:25.473 17818 server.cc:325] "Model \'aspp\' (version 1) has 5 in-flight inferences"',
+    'E1203 08:02:25.473 17818 main.cc:535] "failed to stop server: Internal - Exit timeout expired. Exiting immediately."',
+]
+
+
+def test_a_stop_that_drops_requests_says_how_many():
+    """Ctrl-C under load: the requests still in flight at Triton's last count are said to be dropped (an
+    earlier count, or a model that drained meanwhile, is not); a stop within the grace period says nothing."""
+    from aspp_deploy.serve.server import in_flight_note
+
+    assert in_flight_note(STOP_UNDER_LOAD) == ("the grace period ended with 5 request(s) still in flight: "
+                                               "they were dropped")
+    unloading = [STOP_UNDER_LOAD[3], STOP_UNDER_LOAD[4].replace("Found 1", "Found 0"), STOP_UNDER_LOAD[6]]
+    assert in_flight_note(unloading) == "the grace period ended while models were still unloading (no request in flight)"
+    assert in_flight_note(STOP_UNDER_LOAD[:6]) == ""  # it exited within the grace period
