@@ -164,6 +164,22 @@ class _Tally:
                           w[1] if w else None, w[2] if w else None, w[3] if w else None, per_class)
 
 
+def model_batch(runner: OrtRunner) -> int:
+    """The batch a model is measured at: its static batch (an export with ``--batch 4`` takes exactly
+    4 images), else 1 (memory stays one image)."""
+    return runner.engine.static_batch or 1
+
+
+def infer_at_model_batch(runner: OrtRunner, x: np.ndarray) -> np.ndarray:
+    """``runner.infer(x)``; a last batch smaller than the model's static batch is padded with copies of
+    its last image, whose outputs are dropped."""
+    batch, n = model_batch(runner), len(x)
+    if n >= batch:
+        return runner.infer(x)
+    padded = np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)])
+    return runner.infer(padded)[:n]
+
+
 def compare_on_val(fp32_onnx: Path, candidate: Path, data: Path | DataSource, pre: Preprocess,
                    classes: list[str], limit: int | None = None, split: str = "val", threads: int = 0,
                    progress: Callable[[int, int], None] | None = None) -> Comparison:
@@ -176,13 +192,15 @@ def compare_on_val(fp32_onnx: Path, candidate: Path, data: Path | DataSource, pr
         class_output = ref_runner.info.outputs_class_ids
         ref_tally = _RefTally(len(classes), ds.labelled)
         tally = _Tally(len(classes), class_output, pre, ds.labels)
-        for i, (x, masks, names, sizes) in enumerate(iter_batches(ds, pre, len(classes), 1, n)):
-            ref = ref_runner.infer(x)
+        done = 0
+        for x, masks, names, sizes in iter_batches(ds, pre, len(classes), model_batch(ref_runner), n):
+            ref = infer_at_model_batch(ref_runner, x)
             pairs = _truths(class_ids(ref, class_output), masks, sizes, pre)
             scores = [ref_tally.add(truth, ref_at) for truth, ref_at in pairs]
-            tally.add(runner.infer(x), ref, [t for t, _ in pairs], names, scores)
+            tally.add(infer_at_model_batch(runner, x), ref, [t for t, _ in pairs], names, scores)
+            done += len(names)
             if progress:
-                progress(i + 1, n)
+                progress(done, n)
     return tally.result(n, ref_tally, classes)
 
 
@@ -191,12 +209,12 @@ class Reference:
     (the budget loop) are compared without re-running FP32. Inputs, outputs and what each image is
     scored against (its mask, or the FP32 model's mask for an image without one) are kept in
     ``.npy`` files (in ``folder``, else a temporary folder removed with this object) and read back
-    one image at a time: memory stays one image whatever ``limit`` is."""
+    one batch at a time: memory stays one batch (the model's static batch, else one image) whatever
+    ``limit`` is."""
 
     def __init__(self, fp32_onnx: Path, data: Path | DataSource, pre: Preprocess, classes: list[str],
                  limit: int, split: str = "val", threads: int = 0, folder: Path | None = None) -> None:
         import weakref
-
 
         self.classes, self.threads, self.pre = classes, threads, pre
         if folder is None:
@@ -212,10 +230,12 @@ class Reference:
         self.limit = min(limit, len(ds))
         self.ref = _RefTally(len(classes), ds.labelled)
         self.names: list[str] = []
+        self.batches = 0  # stored .npy batches (images / the model's batch, rounded up)
         with OrtRunner(fp32_onnx, threads=threads) as runner:
             self.class_output = runner.info.outputs_class_ids
-            for i, (x, masks, names, sizes) in enumerate(iter_batches(ds, pre, len(classes), 1, self.limit)):
-                out = runner.infer(x)
+            for i, (x, masks, names, sizes) in enumerate(iter_batches(ds, pre, len(classes), model_batch(runner),
+                                                                      self.limit)):
+                out = infer_at_model_batch(runner, x)
                 pairs = _truths(class_ids(out, self.class_output), masks, sizes, pre)
                 np.save(self.folder / f"x{i:05d}.npy", x)
                 np.save(self.folder / f"ref{i:05d}.npy", out)
@@ -223,13 +243,14 @@ class Reference:
                 for truth, ref_at in pairs:
                     self.ref.add(truth, ref_at)
                 self.names += names
+                self.batches = i + 1
 
     @property
     def cm(self) -> ConfusionMatrix:
         return self.ref.cm
 
     def _items(self):
-        for i in range(self.limit):
+        for i in range(self.batches):
             with np.load(self.folder / f"masks{i:05d}.npz") as z:
                 masks = [z[f"arr_{k}"] for k in range(len(z.files))]
             yield np.load(self.folder / f"x{i:05d}.npy"), masks, np.load(self.folder / f"ref{i:05d}.npy")
@@ -240,7 +261,7 @@ class Reference:
             k = 0
             for x, masks, ref in self._items():
                 n = len(masks)
-                tally.add(runner.infer(x), ref, masks, self.names[k:k + n], self.ref.scores[k:k + n])
+                tally.add(infer_at_model_batch(runner, x), ref, masks, self.names[k:k + n], self.ref.scores[k:k + n])
                 k += n
         return tally.result(self.limit, self.ref, self.classes)
 
