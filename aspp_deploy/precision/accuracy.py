@@ -23,6 +23,7 @@ from aspp_deploy.data.images import LABEL_TEXT, DataSource, open_data
 from aspp_deploy.eval.evaluate import iter_batches, to_mask_size
 from aspp_deploy.eval.metrics import ConfusionMatrix, image_score
 from aspp_deploy.io import sha256_file
+from aspp_deploy.runtime.images import stack_inputs
 from aspp_deploy.runtime.preprocess import Preprocess
 
 
@@ -171,13 +172,12 @@ def model_batch(runner: OrtRunner) -> int:
 
 
 def infer_at_model_batch(runner: OrtRunner, x: np.ndarray) -> np.ndarray:
-    """``runner.infer(x)``; a last batch smaller than the model's static batch is padded with copies of
-    its last image, whose outputs are dropped."""
+    """``runner.infer(x)``; a last batch smaller than the model's static batch is padded as the runtime
+    pads one (``stack_inputs``: copies of its last image), and the padding's outputs are dropped."""
     batch, n = model_batch(runner), len(x)
     if n >= batch:
         return runner.infer(x)
-    padded = np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)])
-    return runner.infer(padded)[:n]
+    return runner.infer(stack_inputs(list(x), batch))[:n]
 
 
 def compare_on_val(fp32_onnx: Path, candidate: Path, data: Path | DataSource, pre: Preprocess,
