@@ -13,6 +13,7 @@ Python 3.8 syntax; OpenVINO is imported when an engine is made.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -35,17 +36,13 @@ def import_openvino() -> Any:
     return require("openvino", OPENVINO_INSTALL_HINT)
 
 
-_CORE = []  # type: list
-
-
+@functools.lru_cache(maxsize=None)  # never evicted: a Core must not die
 def shared_core(ov: Any) -> Any:
     """The process's one ``openvino.Core``, made on first use and never destroyed. One Core per engine
     is not only wasteful: OpenVINO's CPU plugin installs its own signal stack when a Core first compiles
     and puts back the one it found when that Core dies, so Cores that die out of order leave the main
     thread on a freed signal stack, and the next signal (Ctrl-C) crashes the process."""
-    if not _CORE:
-        _CORE.append(ov.Core())
-    return _CORE[0]
+    return ov.Core()
 
 
 def openvino_installed() -> bool:
