@@ -87,23 +87,25 @@ def build(
         input_name = model.graph.input[0].name  # the model's own name ("input" for our exports)
         profile = [{input_name: parse_shape(s)} for s in (min_shape, opt_shape, max_shape)]
     engine = out or onnx.with_name(f"{onnx.stem}.{precision.value}.engine")
-    batches, data_key = None, None
+    batches, data_key, onnx_manifest = None, None, None
     if precision is Precision.int8 and kind != "qdq":
         from aspp_deploy.runtime.calibration import (SHIPPED_CALIBRATION, CalibrationData, calibration_files,
                                                        data_digest)
 
-        manifest = read_onnx_manifest(onnx)
-        entry = manifest.entry
+        onnx_manifest = read_onnx_manifest(onnx)  # calibration needs its preprocessing: none is an error here
+        entry = onnx_manifest.entry
         files = calibration_files(calib or SHIPPED_CALIBRATION, calib_size)
         batch = entry["inputs"][0]["shape"][0]
-        batches = CalibrationData(files, manifest.preprocess(), entry["inputs"][0]["name"],
+        batches = CalibrationData(files, onnx_manifest.preprocess(), entry["inputs"][0]["name"],
                                   batch if isinstance(batch, int) else 1)
         data_key = data_digest(files)
-    try:
-        entry = read_onnx_manifest(onnx).typed
-    except InputError:
-        entry = None  # an ONNX without an aspp-deploy manifest: the engine manifest records no preprocessing
-    manifest = engine_from_onnx(onnx, engine, req, workspace_mb=workspace_mb, opt_level=opt_level, entry=entry,
+    if onnx_manifest is None:
+        try:  # read (and its sha256 checked) once
+            onnx_manifest = read_onnx_manifest(onnx)
+        except InputError:
+            pass  # an ONNX without an aspp-deploy manifest: the engine manifest records no preprocessing
+    manifest = engine_from_onnx(onnx, engine, req, workspace_mb=workspace_mb, opt_level=opt_level,
+                                entry=onnx_manifest.typed if onnx_manifest is not None else None,
                                 timing_cache=timing_cache, calib_batches=batches,
                                 calib_cache=calib_cache or engine.with_suffix(".calib"), calib_data_key=data_key,
                                 calib_algorithm=calib_algo.value, dla_core=dla_core,
