@@ -13,7 +13,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable, Dict, Iterable, Iterator
 
 from aspp_deploy.errors import DatasetError, InputError
 
@@ -504,6 +504,16 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def hash_named_files(h: Any, paths: Iterable[Path]) -> None:
+    """Feed the hash ``h`` each file's name and content sha256 (``name NUL sha256 LF``), in order: what a
+    digest of a list of files (calibration images, validation samples) covers."""
+    for p in paths:
+        h.update(p.name.encode())
+        h.update(b"\0")
+        h.update(sha256_file(p).encode())
+        h.update(b"\n")
 
 
 def fingerprint(record: Dict[str, Any], spec: Dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from typing import Iterable
 
 import numpy as np
 
-from aspp_deploy.io import atomic_write_bytes, atomic_write_text, sha256_file
+from aspp_deploy.io import atomic_write_bytes, atomic_write_text, hash_named_files
 
 FORMAT = "aspp-deploy/result-cache/v1"
 FOLDER = "result-cache"
@@ -52,11 +52,7 @@ def samples_digest(samples: Iterable, num_classes: int) -> str:
     for s in samples:
         if getattr(s, "mask", None) is None:
             h.update(b"no mask\n")
-        for p in (Path(s.image),) if getattr(s, "mask", None) is None else (Path(s.image), Path(s.mask)):
-            h.update(p.name.encode())
-            h.update(b"\0")
-            h.update(sha256_file(p).encode())
-            h.update(b"\n")
+        hash_named_files(h, (Path(s.image),) if getattr(s, "mask", None) is None else (Path(s.image), Path(s.mask)))
     return h.hexdigest()
 
 

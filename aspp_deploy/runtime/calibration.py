@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from aspp_deploy.errors import DatasetError
-from aspp_deploy.io import check_inside, sha256_file
+from aspp_deploy.io import check_inside, hash_named_files
 from aspp_deploy.runtime.images import IMAGE_EXTENSIONS, decode_image
 from aspp_deploy.runtime.preprocess import Preprocess
 
@@ -67,11 +67,7 @@ def calibration_files(folder: Path, limit: int = DEFAULT_CALIB_SIZE) -> list[Pat
 def data_digest(files: list[Path]) -> str:
     """sha256 over the (name, content sha256) of every file, in order."""
     h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode())
-        h.update(b"\0")
-        h.update(sha256_file(p).encode())
-        h.update(b"\n")
+    hash_named_files(h, files)
     return h.hexdigest()
 
 
