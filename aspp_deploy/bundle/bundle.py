@@ -16,8 +16,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 from aspp_deploy.bundle import deepstream, texts
 from aspp_deploy.errors import InputError
-from aspp_deploy.io import atomic_write_text, json_text, replace_folder, sha256_file
-from aspp_deploy.io import atomic_save_image, is_replaceable as io_is_replaceable
+from aspp_deploy.io import (atomic_save_image, atomic_write_text, is_replaceable as io_is_replaceable, json_text,
+                            replace_folder, sha256_file)
 from aspp_deploy.runtime.builder import choose_build, JETPACK, trtexec_line
 from aspp_deploy.runtime.portable import copy_runtime, runtime_files
 from aspp_deploy.runtime.preprocess import Preprocess
