@@ -19,7 +19,6 @@ Example::
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +33,9 @@ from aspp_deploy.backends.torch_backend import open_torch_source
 from aspp_deploy.data.voc import IMAGE_EXTENSIONS, IMAGE_FORMATS, load_image
 from aspp_deploy.errors import AsppDeployError, InputError
 from aspp_deploy.io import atomic_save_image, ensure_writable
-from aspp_deploy.runtime.app import mask_image
-from aspp_deploy.runtime.images import class_areas, overlay_with_legend
+from aspp_deploy.runtime.app import StreamOutputs, area_record, mask_image, safe_stem, segment_stream
+from aspp_deploy.runtime.images import overlay_with_legend
+from aspp_deploy.runtime.pipeline import StreamStats
 from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.runtime.segmenter import Segmenter
 from aspp_deploy.spec import spec_from_flags
@@ -225,16 +225,6 @@ def find_images(inputs: Sequence[Path]) -> tuple[list[Path], list[str]]:
     return files, notes
 
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
-
-
-def safe_stem(path: Path) -> str:
-    """A file-name stem from an image's name that cannot leave the output folder or hide: no separators,
-    control or reserved characters, no leading dots (``..``), bounded length."""
-    stem = _UNSAFE.sub("_", Path(path).stem).strip().lstrip(".").strip()
-    return stem[:120] or "image"
-
-
 def output_stems(files: Sequence[Path]) -> list[str]:
     """One distinct stem per input, in order: the image's own stem, then ``stem-2``, ``stem-3``... when an
     earlier input took it (same name in another folder, or ``a.jpg`` beside ``a.png``). Compared without
@@ -242,7 +232,7 @@ def output_stems(files: Sequence[Path]) -> list[str]:
     taken: set[str] = set()
     stems = []
     for path in files:
-        base = safe_stem(path)
+        base = safe_stem(Path(path).stem)
         stem, n = base, 1
         while stem.lower() in taken:
             n += 1
@@ -290,14 +280,6 @@ def _batches(files: Sequence[Path], stems: Sequence[str], batch: int,
         yield chunk
 
 
-def _areas(mask: np.ndarray, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
-    counts = class_areas(mask, len(classes))
-    total = max(1, int(mask.size))
-    names = list(classes) + [f"class_{i}" for i in range(len(classes), len(counts))]
-    return {names[i]: {"id": i, "pixels": int(counts[i]), "fraction": round(int(counts[i]) / total, 6)}
-            for i in range(len(counts)) if i < len(classes) or counts[i]}
-
-
 def predict_images(model: PredictModel, files: Sequence[Path], out: Path, overlay: bool = False,
                    alpha: float = 0.5, progress: Callable[[int, int], None] | None = None,
                    warn: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
@@ -342,7 +324,7 @@ def predict_images(model: PredictModel, files: Sequence[Path], out: Path, overla
                 atomic_save_image(overlay_with_legend(item.image, mask, model.palette, model.classes, alpha),
                                   overlay_path)
                 record["overlay"] = str(overlay_path)
-            record["areas"] = _areas(mask, model.classes)
+            record["areas"] = area_record(mask, model.classes)
             records[item.index] = record
         del masks, chunk
         t3 = time.perf_counter()
@@ -380,3 +362,17 @@ def class_totals(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for row in rows:
         row["fraction"] = row["pixels"] / pixels if pixels else 0.0
     return rows
+
+
+def predict_stream(model: PredictModel, source: str, out: Path, outputs: StreamOutputs, alpha: float = 0.5,
+                   drop_late: bool = True, max_frames: int = 0, fps: float | None = None,
+                   progress: Callable[[StreamStats], None] | None = None) -> dict[str, Any]:
+    """Segment a video file, image sequence, camera or network stream (``runtime.video`` names them) in
+    the pipelined runtime and write ``outputs`` into ``out``; returns the summary that ``--json`` writes."""
+    ensure_writable(out)
+    summary = segment_stream(model.segmenter, source, out, outputs, alpha=alpha, drop_late=drop_late,
+                             max_frames=max_frames, fps=fps, progress=progress)
+    pre = model.preprocess
+    return {"backend": model.backend, "artifact": model.artifact, "precision": model.precision,
+            "device": model.runner.info.device, "input": [pre.height, pre.width], "batch": model.batch,
+            "classes_of_model": list(model.classes), "out": str(out), **summary}

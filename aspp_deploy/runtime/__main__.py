@@ -151,22 +151,47 @@ def open_segmenter(args: argparse.Namespace):
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from aspp_deploy.runtime.app import find_inputs, segment_images, segment_video
+    from aspp_deploy.runtime.app import StreamOutputs, find_inputs, segment_images, segment_stream
 
-    kind, files = find_inputs(Path(args.input))
+    kind, files = find_inputs(args.input)
     seg, why = open_segmenter(args)
     with seg:
         _say(f"segmenting with {seg.description}" + (f" ({why})" if why else ""))
-        if kind == "video":
-            summary = segment_video(seg.predict_batch, files[0], args.out, seg.palette, args.alpha, args.limit, _say)
-        else:
-            summary = segment_images(seg.predict_batch, files, args.out, seg.palette, args.alpha,
-                                     args.batch or seg.max_batch, _say, classes=seg.classes or None)
-    where = {"openvino": "OpenVINO on the CPU", "onnxruntime": "ONNX Runtime on the CPU"}.get(
-        getattr(seg, "backend", ""), "TensorRT")
-    _say(f"{summary['count']} {'frame' if kind == 'video' else 'image'}(s) -> {args.out} "
+        where = {"openvino": "OpenVINO on the CPU", "onnxruntime": "ONNX Runtime on the CPU"}.get(
+            getattr(seg, "backend", ""), "TensorRT")
+        if kind == "stream":
+            outputs = StreamOutputs(mask_video=True, overlay_video=not args.no_overlay_video,
+                                    frame_json=args.frame_json)
+            summary = segment_stream(seg, files[0], args.out, outputs, alpha=args.alpha, drop_late=not args.no_drop,
+                                     max_frames=args.max_frames or args.limit, fps=args.fps or None,
+                                     progress=_stream_progress(files[0]))
+            run = summary["stream"]
+            _say(f"{run['frames_out']} frame(s) -> {args.out} at {run['fps']} FPS on {where} "
+                 f"({_stream_shares(run)}{'; ' + str(run['dropped']) + ' dropped' if run['dropped'] else ''})")
+            return 0
+        summary = segment_images(seg.predict_batch, files, args.out, seg.palette, args.alpha,
+                                 args.batch or seg.max_batch, _say, classes=seg.classes or None)
+    _say(f"{summary['count']} image(s) -> {args.out} "
          f"({summary['ms_per_image']} ms each on {where}, preprocessing + inference + post-processing)")
     return 0
+
+
+def _stream_shares(run: Dict[str, Any]) -> str:
+    shares = sorted(run["stage_share"].items(), key=lambda kv: -kv[1])
+    return "busy: " + ", ".join(f"{name} {100 * share:.0f}%" for name, share in shares)
+
+
+def _stream_progress(name: str):
+    import time
+
+    last = [time.monotonic()]
+
+    def report(stats: Any) -> None:
+        if time.monotonic() - last[0] >= 5.0:
+            last[0] = time.monotonic()
+            _say(f"{name}: {stats.frames_out} frame(s), {stats.fps:.1f} FPS, {stats.dropped} dropped")
+
+    return report
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
@@ -218,7 +243,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trt-version", default=None, help="e.g. 8.5, 10.3 (default: the installed TensorRT)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_plan)
-    p = sub.add_parser("segment", help="segment a folder of images, one image or a video; write overlays "
+    p = sub.add_parser("segment", help="segment a folder of images, one image, or a stream (video file, image "
+                                        "sequence, camera, rtsp/http URL, gst: pipeline); write overlays and masks "
                                         "(TensorRT, else OpenVINO or ONNX Runtime on the CPU)")
     p.add_argument("--engine", type=Path, default=None, help="engine built by `build` (its .json beside it; default: "
                                                              "the bundle's primary engine once built)")
@@ -228,11 +254,21 @@ def parser() -> argparse.ArgumentParser:
                    help="auto: TensorRT when installed and an engine exists, else the CPU: OpenVINO when installed, "
                         "else ONNX Runtime")
     p.add_argument("--threads", type=int, default=0, help="CPU threads of OpenVINO / ONNX Runtime (0: its default)")
-    p.add_argument("--input", type=Path, required=True, help="folder of images, an image, or a video file")
+    p.add_argument("--input", required=True,
+                   help="folder of images, an image, or a stream: a video file, 'frames/*.png', /dev/video0, "
+                        "rtsp://..., http://..., gst:...!appsink (streams need PyAV: pip3 install av; gst: needs "
+                        "OpenCV with GStreamer, as JetPack's python3-opencv)")
     p.add_argument("--out", type=Path, default=Path("overlays"), help="output folder (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlays")
     p.add_argument("--batch", type=int, default=0, help="images per inference (default: the engine's batch)")
-    p.add_argument("--limit", type=int, default=0, help="video: stop after N frames (0: all)")
+    p.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)  # the old name of --max-frames
+    p.add_argument("--max-frames", type=int, default=0, help="stream: stop after N frames (0: all; a camera runs "
+                                                            "until Ctrl-C)")
+    p.add_argument("--no-drop", action="store_true", help="live stream: process every frame instead of dropping "
+                                                          "the oldest waiting one when inference falls behind")
+    p.add_argument("--no-overlay-video", action="store_true", help="stream: write the mask video only")
+    p.add_argument("--frame-json", action="store_true", help="stream: each frame's class areas as JSON lines")
+    p.add_argument("--fps", type=float, default=0.0, help="frame rate of an image sequence (default 25)")
     p.add_argument("--cuda", choices=CUDA_BACKENDS, default="auto", help="CUDA Python package")
     p.set_defaults(run=cmd_segment)
     p = sub.add_parser("selftest", help="check the bundle's files and bit-identical preprocessing (no TensorRT)")

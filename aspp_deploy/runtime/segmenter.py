@@ -137,21 +137,31 @@ class Segmenter:
 
     def segment(self, chunk: Sequence[Image.Image]) -> List[np.ndarray]:
         """At most ``max_batch`` RGB images -> their masks, in one engine run."""
-        if len(chunk) > self.max_batch:
-            raise ValueError("{} images given to one run of at most {}".format(len(chunk), self.max_batch))
         t0 = time.perf_counter()
-        x = stack_inputs([self.preprocess(image) for image in chunk], max(self.min_batch, len(chunk)))
+        x = self.prepare(chunk)
         t1 = time.perf_counter()
         result = self.engine.infer(x)
         t2 = time.perf_counter()
         if self.on_run is not None:
             self.on_run(len(chunk))
-        classes = len(self.classes) or None
-        masks = [postprocess(result[i], image.size, classes, self.preprocess) for i, image in enumerate(chunk)]
+        masks = self.finish(result, [image.size for image in chunk])
         self.timing["preprocess"] += t1 - t0
         self.timing["inference"] += t2 - t1
         self.timing["postprocess"] += time.perf_counter() - t2
         return masks
+
+    def prepare(self, chunk: Sequence[Image.Image]) -> np.ndarray:
+        """At most ``max_batch`` RGB images -> the engine's input batch (filled to its batch size by
+        repeating the last image)."""
+        if len(chunk) > self.max_batch:
+            raise ValueError("{} images given to one run of at most {}".format(len(chunk), self.max_batch))
+        return stack_inputs([self.preprocess(image) for image in chunk], max(self.min_batch, len(chunk)))
+
+    def finish(self, result: np.ndarray, sizes: Sequence[Sequence[int]]) -> List[np.ndarray]:
+        """The engine's output for a batch -> one mask per image at its own ``(width, height)``
+        (padding images beyond ``len(sizes)`` are ignored)."""
+        classes = len(self.classes) or None
+        return [postprocess(result[i], size, classes, self.preprocess) for i, size in enumerate(sizes)]
 
     def infer_raw(self, batch: np.ndarray) -> np.ndarray:
         """A preprocessed float32 batch in the model's layout (``N x 3 x H x W`` or ``N x H x W x 3``) -> the

@@ -9,7 +9,7 @@ from PIL import Image
 
 from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.runtime import class_map, colorize, overlay, postprocess
-from aspp_deploy.runtime.app import find_inputs, segment_images, segment_video
+from aspp_deploy.runtime.app import find_inputs, segment_images
 from aspp_deploy.runtime.builder import choose_build, lint_profile
 from aspp_deploy.runtime.trt.plan import PlanError
 
@@ -138,19 +138,17 @@ def test_inputs_that_are_not_images_or_videos(tmp_path):
         find_inputs(tmp_path / "missing.mp4")
 
 
-def test_video_without_opencv_says_how_to_get_it(tmp_path, monkeypatch):
-    import builtins
+def test_video_without_pyav_or_opencv_says_how_to_get_them(tmp_path, monkeypatch):
+    import sys
 
-    real_import = builtins.__import__
+    from aspp_deploy.runtime.video import open_source
 
-    def no_cv2(name, *args, **kwargs):
-        if name == "cv2":
-            raise ImportError("No module named 'cv2'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_cv2)
+    monkeypatch.setitem(sys.modules, "av", None)
+    monkeypatch.setitem(sys.modules, "cv2", None)
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\0")
-    assert find_inputs(video) == ("video", [video])
+    assert find_inputs(video) == ("stream", [str(video)])
+    with pytest.raises(MissingDependencyError, match="pip install av"):
+        open_source(str(video))
     with pytest.raises(MissingDependencyError, match="python3-opencv"):
-        segment_video(lambda images: [], video, tmp_path / "out", None)
+        open_source("gst:videotestsrc ! appsink")

@@ -1,0 +1,370 @@
+"""Video and camera streams: sources that yield RGB frames, writers for mask and overlay videos.
+
+Python 3.8 syntax, torch-free: the Jetson runtime uses this very code. Decoding and encoding go
+through PyAV (FFmpeg; ``pip install av``), imported only when a stream is opened. A source is named
+the way a user would name it:
+
+- a video file (``clip.mp4``, ``.mkv``, ``.mov``, ``.avi``, ``.webm``, ``.ts``...): every frame, none dropped;
+- an image sequence, a glob (``'frames/*.png'``) or a printf pattern (``frames/%05d.png``), in name order;
+- a camera: ``/dev/video0`` (V4L2), or just its number ``0``;
+- a network stream: ``rtsp://``, ``rtsps://``, ``rtmp://``, ``http(s)://``, ``udp://``, ``tcp://``, ``srt://``;
+- a GStreamer pipeline ending in ``appsink`` (``gst:nvarguscamerasrc ! ... ! appsink``): read through
+  OpenCV built with GStreamer, as JetPack's ``python3-opencv`` is. This is the Jetson path to NVDEC
+  (``nvv4l2decoder``) and the CSI cameras; when PyAV is not installed, OpenCV reads the other kinds too.
+
+Cameras and network streams are live: the pipeline may drop frames to keep up with them (and counts
+every one); files and image sequences never drop a frame.
+
+Outputs: the mask video holds the class ids exactly (PNG frames in a QuickTime ``.mov``, palette mode:
+each pixel's value is its class id and players show the model's colours); the overlay video is H.264
+in ``.mp4``. Both keep the source's frame size and rate; a dropped frame leaves its time slot empty,
+so the output stays in step with the source.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from aspp_deploy.errors import InputError, MissingDependencyError, require
+from aspp_deploy.runtime.images import IMAGE_EXTENSIONS, decode_image, palette_array
+
+AV_HINT = ("pip install av (PyAV: FFmpeg's decoders and encoders; wheels for x86-64 and aarch64, Jetson "
+           "included)")
+OPENCV_HINT = "OpenCV with GStreamer: sudo apt install python3-opencv (JetPack's build has GStreamer)"
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".mpg", ".mpeg", ".flv",
+                    ".wmv", ".h264", ".h265", ".hevc", ".y4m", ".gif")
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+LIVE_KINDS = ("camera", "stream", "gstreamer")
+DEFAULT_FPS = Fraction(25)
+OPEN_TIMEOUT_S = 10.0   # how long a network stream may take to open, and to deliver the next packet
+MASK_VIDEO_SUFFIX = ".mask.mov"
+OVERLAY_VIDEO_SUFFIX = ".overlay.mp4"
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_PRINTF = re.compile(r"%0?\d*d")
+
+
+class Frame(NamedTuple):
+    """One decoded frame: its number in the source (dropped frames keep theirs), H x W x 3 RGB uint8."""
+
+    index: int
+    rgb: np.ndarray
+
+
+def source_kind(text: str) -> Optional[str]:
+    """What ``text`` names as a stream: ``video``, ``sequence``, ``camera``, ``stream``, ``gstreamer``;
+    None for a still image or a folder (those are images, not a stream)."""
+    if text.startswith("gst:"):
+        return "gstreamer"
+    scheme = _SCHEME.match(text)
+    if scheme:
+        if scheme.group(1).lower() in STREAM_SCHEMES:
+            return "stream"
+        if scheme.group(1).lower() == "file":
+            return source_kind(text[len("file://"):])
+        raise InputError(f"{text}: unknown stream protocol {scheme.group(1)!r} (known: {', '.join(STREAM_SCHEMES)})")
+    if text.isdigit() or re.fullmatch(r"/dev/video\d+", text):
+        return "camera"
+    if _PRINTF.search(Path(text).name) or any(c in Path(text).name for c in "*?["):
+        return "sequence"
+    suffix = Path(text).suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    return None
+
+
+def is_stream(text: str) -> bool:
+    """Whether ``text`` names a stream source (see ``source_kind``) rather than images."""
+    return source_kind(text) is not None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _av():
+    return require("av", AV_HINT)
+
+
+def av_installed() -> bool:
+    try:
+        _av()
+    except MissingDependencyError:
+        return False
+    return True
+
+
+class FrameSource:
+    """Frames of one source, in order. ``live``: frames come at the source's pace whether or not they are
+    taken (cameras, network streams); ``fps``: the nominal frame rate; ``frames``: the count when the
+    container says it (None: unknown or endless)."""
+
+    kind = ""
+    live = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.fps = DEFAULT_FPS  # type: Fraction
+        self.frames = None  # type: Optional[int]
+        self.fps_known = False
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "FrameSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AvSource(FrameSource):
+    """A video file, camera or network stream decoded by PyAV (FFmpeg), frame-threaded."""
+
+    def __init__(self, name: str, kind: str) -> None:
+        super().__init__(name)
+        av = _av()
+        self.kind, self.live = kind, kind in LIVE_KINDS
+        url = name
+        fmt = None  # type: Optional[str]
+        options = {}  # type: Dict[str, str]
+        if kind == "camera":
+            url, fmt = (f"/dev/video{name}" if name.isdigit() else name), "v4l2"
+        elif kind == "stream" and name.lower().startswith(("rtsp://", "rtsps://")):
+            options["rtsp_transport"] = "tcp"  # no lost UDP packets turned into broken frames
+        if kind == "video" and not Path(name).is_file():
+            raise InputError(f"video not found: {name}")
+        try:
+            self.container = av.open(url, format=fmt, options=options,
+                                     timeout=(OPEN_TIMEOUT_S, OPEN_TIMEOUT_S) if self.live else None)
+        except Exception as exc:  # av.FFmpegError and its OSError kinds: one line naming the source
+            raise InputError(f"cannot open {name}: {_first_line(exc)}") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise InputError(f"{name} has no video stream")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"  # FFmpeg decodes on its own threads, outside the GIL
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        if rate and rate > 0:
+            self.fps, self.fps_known = Fraction(rate), True
+        self.frames = int(self.stream.frames) if self.stream.frames and not self.live else None
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        try:
+            for frame in self.container.decode(self.stream):
+                yield Frame(index, frame.to_ndarray(format="rgb24"))
+                index += 1
+        except InputError:
+            raise
+        except Exception as exc:  # a corrupt file or a stream that went away: say where it stopped
+            if isinstance(exc, (GeneratorExit, KeyboardInterrupt)):
+                raise
+            raise InputError(f"{self.name}: decoding stopped after {index} frame(s): {_first_line(exc)}") from None
+        if index == 0:
+            raise InputError(f"{self.name} has no readable frames")
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class SequenceSource(FrameSource):
+    """An image sequence: the files a glob or printf pattern names, in name order, decoded exactly as
+    still images are (``decode_image``: EXIF orientation, 16-bit and palette rules)."""
+
+    kind = "sequence"
+
+    def __init__(self, pattern: str, fps: Optional[float] = None) -> None:
+        super().__init__(pattern)
+        folder, name = os.path.split(pattern)
+        if _PRINTF.search(name):
+            regex = re.compile(_PRINTF.sub(lambda m: r"\d+", re.escape(name).replace(r"\%", "%")) + r"\Z")
+            entries = sorted(os.listdir(folder or ".")) if os.path.isdir(folder or ".") else []
+            files = [os.path.join(folder, e) for e in entries if regex.match(e)]
+        else:
+            files = sorted(glob.glob(pattern))
+        self.files = [Path(f) for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS and Path(f).is_file()]
+        if not self.files:
+            raise InputError(f"no images match {pattern}")
+        self.frames = len(self.files)
+        if fps:
+            self.fps, self.fps_known = Fraction(fps).limit_denominator(1001), True
+
+    def __iter__(self) -> Iterator[Frame]:
+        for index, path in enumerate(self.files):
+            yield Frame(index, np.asarray(decode_image(path), dtype=np.uint8))
+
+
+class OpenCvSource(FrameSource):
+    """A GStreamer pipeline (``gst:... ! appsink``), or any source when PyAV is missing, through OpenCV."""
+
+    def __init__(self, name: str, kind: str) -> None:
+        super().__init__(name)
+        cv2 = require("cv2", OPENCV_HINT)
+        self.kind, self.live = kind, kind in LIVE_KINDS
+        self._cv2 = cv2
+        if kind == "gstreamer":
+            self.capture = cv2.VideoCapture(name[len("gst:"):], cv2.CAP_GSTREAMER)
+        elif kind == "camera":
+            self.capture = cv2.VideoCapture(int(name[len("/dev/video"):] if not name.isdigit() else name))
+        else:
+            self.capture = cv2.VideoCapture(name)
+        if not self.capture.isOpened():
+            hint = " (is this OpenCV built with GStreamer? cv2.getBuildInformation() says)" if kind == "gstreamer" else ""
+            raise InputError(f"OpenCV cannot open {name}{hint}")
+        rate = float(self.capture.get(cv2.CAP_PROP_FPS) or 0)
+        if 0 < rate < 1000:
+            self.fps, self.fps_known = Fraction(rate).limit_denominator(1001), True
+        count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.frames = count if count > 0 and not self.live else None
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        while True:
+            ok, bgr = self.capture.read()
+            if not ok:
+                break
+            yield Frame(index, np.ascontiguousarray(bgr[..., ::-1]))
+            index += 1
+        if index == 0:
+            raise InputError(f"{self.name} has no readable frames")
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+def open_source(text: str, fps: Optional[float] = None) -> FrameSource:
+    """The source ``text`` names (see the module's list). ``fps``: the frame rate of an image sequence
+    (default 25), or the rate to write when a stream does not tell its own."""
+    kind = source_kind(text)
+    if text.lower().startswith("file://"):
+        text = text[len("file://"):]
+    if kind is None:
+        raise InputError(f"{text} is not a video, image sequence, camera or stream")
+    if kind == "sequence":
+        return SequenceSource(text, fps)
+    if kind == "gstreamer" or not av_installed():
+        if kind != "gstreamer":
+            try:
+                require("cv2", OPENCV_HINT)
+            except MissingDependencyError:
+                raise MissingDependencyError(f"reading {text} needs PyAV: {AV_HINT}") from None
+        source = OpenCvSource(text, kind)  # type: FrameSource
+    else:
+        source = AvSource(text, kind)
+    if fps and not source.fps_known:
+        source.fps, source.fps_known = Fraction(fps).limit_denominator(1001), True
+    return source
+
+
+# -- writers ----------------------------------------------------------------------------------------
+
+
+class VideoWriter:
+    """Frames -> one video file through PyAV, at ``fps`` with presentation times from the source's frame
+    numbers (a dropped frame leaves its slot empty). Writes to ``tmp`` (the caller renames it)."""
+
+    def __init__(self, tmp: Path, codec: str, pix_fmt: str, size: Tuple[int, int], fps: Fraction,
+                 options: Optional[Dict[str, str]] = None, container_format: Optional[str] = None) -> None:
+        av = _av()
+        self.size = size
+        self.container = av.open(str(tmp), mode="w", format=container_format)
+        try:
+            self.stream = self.container.add_stream(codec, rate=fps, options=options or {})
+            self.stream.width, self.stream.height = size
+            self.stream.pix_fmt = pix_fmt
+            self.stream.thread_type = "AUTO"
+        except BaseException:
+            self.container.close()
+            raise
+        self._av = av
+        self._last = -1
+
+    def write(self, index: int, frame: Any) -> None:
+        """``frame``: an ``av.VideoFrame``; ``index``: its frame number in the source (strictly rising)."""
+        if index <= self._last:
+            raise ValueError(f"frame {index} after frame {self._last}")
+        frame.pts, self._last = index, index
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+
+
+class MaskVideoWriter(VideoWriter):
+    """Class-id masks -> PNG frames in palette mode (lossless: the value of each pixel is its class id,
+    and players show the model's colours) in a QuickTime ``.mov``."""
+
+    def __init__(self, tmp: Path, size: Tuple[int, int], fps: Fraction, palette: Any) -> None:
+        super().__init__(tmp, "png", "pal8", size, fps, container_format="mov")
+        table = np.full((256, 4), 255, dtype=np.uint8)
+        table[:, :3] = palette_array(palette)
+        self.table = table
+
+    def add(self, index: int, mask: np.ndarray) -> None:
+        if mask.dtype != np.uint8:
+            raise InputError("a mask video holds up to 256 classes: write --frame-masks PNGs for this model")
+        self.write(index, self._av.VideoFrame.from_ndarray((np.ascontiguousarray(mask), self.table), format="pal8"))
+
+
+class OverlayVideoWriter(VideoWriter):
+    """RGB frames -> H.264 in ``.mp4`` (4:2:0 for even sizes, 4:4:4 when a side is odd)."""
+
+    def __init__(self, tmp: Path, size: Tuple[int, int], fps: Fraction, crf: int = 20,
+                 preset: str = "veryfast") -> None:
+        even = size[0] % 2 == 0 and size[1] % 2 == 0
+        super().__init__(tmp, "libx264", "yuv420p" if even else "yuv444p", size, fps,
+                         options={"crf": str(crf), "preset": preset}, container_format="mp4")
+
+    def add(self, index: int, rgb: np.ndarray) -> None:
+        self.write(index, self._av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"))
+
+
+def read_mask_video(path: Path) -> Iterator[Tuple[float, np.ndarray]]:
+    """``(time in seconds, H x W class ids)`` of each frame of a mask video written by ``MaskVideoWriter``
+    (the frame's number in the source is its time x the frame rate the run reported)."""
+    av = _av()
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            array = frame.to_ndarray()
+            ids = array[0] if isinstance(array, tuple) else array
+            yield float(frame.time or 0.0), np.asarray(ids)
+
+
+def blend_table(palette: Any, alpha: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Per class: the colour weighted by ``alpha`` (x 256, uint16) and the image's weight (x 256): the
+    fixed-point tables ``overlay_frame`` blends with."""
+    colours = palette_array(palette).astype(np.uint16)
+    a = int(round(alpha * 256))
+    weight = np.full(256, 256 - a, dtype=np.uint16)
+    weight[0] = 256  # the background keeps the image's own colour
+    added = colours * np.uint16(a)
+    added[0] = 0
+    return added, weight
+
+
+def overlay_frame(rgb: np.ndarray, mask: np.ndarray, table: Tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The frame with its mask blended over it (class 0 left as it is), in 8.8 fixed point: a video
+    frame's worth of ``runtime.images.overlay`` at a fraction of its cost."""
+    added, weight = table
+    ids = mask if mask.dtype == np.uint8 else np.minimum(mask, 255).astype(np.uint8)
+    out = rgb.astype(np.uint16) * weight[ids][..., None]
+    out += added[ids]
+    out += 128
+    out >>= 8
+    return out.astype(np.uint8)

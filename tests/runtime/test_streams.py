@@ -1,0 +1,275 @@
+"""Streams end to end: a short video made here from real photos, through every source kind that can run
+on this machine (a video file, an image sequence, an HTTP stream served from the test on loopback), into
+``aspp-deploy predict`` and the bundle's ``segment``: frames in = frames out, and every frame's mask equal
+to still-image ``predict`` on the same decoded frame. Live sources drop frames only when behind, and
+count every one; bad sources get one ``error:`` line and leave no file."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from aspp_deploy.cli import app
+from aspp_deploy.runtime.pipeline import run_stream
+from aspp_deploy.runtime.segmenter import Segmenter
+from aspp_deploy.runtime.video import Frame, FrameSource, open_source, read_mask_video, source_kind
+
+av = pytest.importorskip("av", reason="streams need PyAV: pip install av")
+
+runner = CliRunner()
+FRAMES = 9
+SIZE = (96, 72)  # width, height: not the model's 64x64, so geometry is undone per frame
+RATE = 15
+
+
+def _frames_from_photos(folder: Path, count: int) -> list:
+    """Real photos (scikit-image / matplotlib, public domain and CC0), panned across a SIZE window."""
+    from aspp_deploy.data.photos import write_photos
+
+    photos = write_photos(folder, max_side=160)
+    frames = []
+    for i in range(count):
+        photo = Image.open(photos[i % len(photos)]).convert("RGB").resize((SIZE[0] * 2, SIZE[1]))
+        x = (i * 11) % SIZE[0]
+        frames.append(np.asarray(photo)[:, x:x + SIZE[0]].copy())
+    return frames
+
+
+def _write_video(path: Path, frames: list, codec: str = "libx264", fmt: str | None = None) -> None:
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=RATE)
+        stream.width, stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        for rgb in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _decoded(path: Path) -> list:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """clip.mp4 and clip.ts (the same frames, H.264), the frames as decoded, and those frames as PNGs."""
+    folder = tmp_path_factory.mktemp("clips")
+    frames = _frames_from_photos(folder / "photos", FRAMES)
+    _write_video(folder / "clip.mp4", frames)
+    _write_video(folder / "clip.ts", frames, fmt="mpegts")
+    decoded = _decoded(folder / "clip.mp4")
+    assert len(decoded) == FRAMES and _decoded(folder / "clip.ts")[0].shape == decoded[0].shape
+    stills = folder / "stills"
+    stills.mkdir()
+    for i, rgb in enumerate(decoded):
+        Image.fromarray(rgb).save(stills / f"f{i:03d}.png")
+    return folder, decoded
+
+
+@pytest.fixture(scope="module")
+def still_masks(clips, exported, tmp_path_factory):
+    """Still-image ``predict`` of every decoded frame: the masks every stream must reproduce."""
+    folder, _ = clips
+    out = tmp_path_factory.mktemp("still-out")
+    result = runner.invoke(app, ["predict", str(folder / "stills"), "--model", str(exported), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return [np.asarray(Image.open(out / f"f{i:03d}.mask.png")) for i in range(FRAMES)]
+
+
+def _video_masks(path: Path, fps: float) -> list:
+    return [(int(round(t * fps)), ids) for t, ids in read_mask_video(path)]
+
+
+def _check_stream(out: Path, stem: str, summary: dict, still_masks: list) -> None:
+    run = summary["stream"]
+    assert run["frames_in"] == run["frames_out"] == FRAMES and run["dropped"] == 0, run
+    assert summary["size"] == list(SIZE) and summary["fps"] == pytest.approx(RATE)
+    masks = _video_masks(out / f"{stem}.mask.mov", summary["fps"])
+    assert [i for i, _ in masks] == list(range(FRAMES))
+    for (i, ids), still in zip(masks, still_masks):
+        assert ids.shape == still.shape == (SIZE[1], SIZE[0])
+        np.testing.assert_array_equal(ids, still, err_msg=f"frame {i}")
+
+
+def test_video_file_masks_equal_still_predict(clips, exported, still_masks, tmp_path):
+    folder, decoded = clips
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(folder / "clip.mp4"), "--model", str(exported), "--out", str(out),
+                                 "--overlay", "--frame-masks", "--frame-json", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "r.json").read_text())
+    _check_stream(out, "clip", summary, still_masks)
+    assert "FPS" in result.output and "pace:" in result.output
+    # per-frame PNGs: the same masks, palette mode
+    pngs = sorted((out / "clip.masks").iterdir())
+    assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(FRAMES)]
+    for png, still in zip(pngs, still_masks):
+        np.testing.assert_array_equal(np.asarray(Image.open(png)), still)
+    # per-frame JSON lines: areas add up to the frame, and match the mask
+    lines = [json.loads(line) for line in (out / "clip.frames.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in lines] == list(range(FRAMES))
+    for record, still in zip(lines, still_masks):
+        assert sum(a["pixels"] for a in record["areas"].values()) == still.size
+        for area in record["areas"].values():
+            assert area["pixels"] == int((still == area["id"]).sum())
+    assert lines[1]["time"] == pytest.approx(1 / RATE, abs=1e-6)
+    # the overlay video: every frame, the source's size and rate, class 0 pixels keep the image
+    overlays = _decoded(out / "clip.overlay.mp4")
+    assert len(overlays) == FRAMES and overlays[0].shape == (SIZE[1], SIZE[0], 3)
+    with av.open(str(out / "clip.overlay.mp4")) as container:
+        assert Fraction(container.streams.video[0].average_rate) == RATE
+    background = still_masks[0] == 0
+    if background.any():  # lossy H.264 both ways: close, not equal
+        assert np.abs(overlays[0][background].astype(int) - decoded[0][background].astype(int)).mean() < 8
+    totals = {r["class"]: r for r in summary["classes"]}
+    assert sum(r["pixels"] for r in totals.values()) == FRAMES * SIZE[0] * SIZE[1]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_image_sequences_glob_and_printf(clips, exported, still_masks, tmp_path):
+    folder, _ = clips
+    for pattern in ("f*.png", "f%03d.png"):
+        out = tmp_path / pattern.replace("*", "glob").replace("%", "pct")
+        result = runner.invoke(app, ["predict", str(folder / "stills" / pattern), "--model", str(exported),
+                                     "--out", str(out), "--fps", str(RATE), "--json", str(out) + ".json"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(Path(str(out) + ".json").read_text())
+        assert summary["source_kind"] == "sequence"
+        _check_stream(out, "stills", summary, still_masks)
+
+
+@pytest.fixture
+def http_server(clips):
+    """The clip folder served over HTTP on loopback, from this test's own process."""
+    folder, _ = clips
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_stream_frames_in_equal_frames_out(http_server, exported, still_masks, tmp_path):
+    url = f"{http_server}/clip.ts"
+    assert source_kind(url) == "stream"
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", url, "--model", str(exported), "--out", str(out), "--no-drop",
+                                 "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["stream"]["live"] is True
+    stem = Path(summary["outputs"]["mask_video"]).name[:-len(".mask.mov")]
+    assert stem.startswith("127_0_0_1") and "/" not in stem
+    _check_stream(out, stem, summary, still_masks)
+
+
+def test_bundle_runtime_segments_a_video(clips, exported, still_masks, tmp_path):
+    from aspp_deploy.runtime.__main__ import main
+
+    folder, _ = clips
+    out = tmp_path / "overlays"
+    assert main(["segment", "--input", str(folder / "clip.mp4"), "--onnx", str(exported), "--out", str(out),
+                 "--runtime", "onnxruntime"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mask.mov", "clip.overlay.mp4"]
+    masks = _video_masks(out / "clip.mask.mov", RATE)
+    assert len(masks) == FRAMES
+    for (_, ids), still in zip(masks, still_masks):
+        np.testing.assert_array_equal(ids, still)
+
+
+class _LiveBurst(FrameSource):
+    """A live source that delivers its frames as fast as it can (a camera faster than the model)."""
+
+    kind, live = "camera", True
+
+    def __init__(self, frames: list, repeat: int) -> None:
+        super().__init__("burst")
+        self.all = [frames[i % len(frames)] for i in range(repeat)]
+
+    def __iter__(self):
+        for i, rgb in enumerate(self.all):
+            yield Frame(i, rgb)
+
+
+def test_live_source_drops_only_when_behind_and_counts_every_drop(clips, exported):
+    _, decoded = clips
+    with Segmenter(exported) as seg:
+        written = []
+        stats = run_stream(_LiveBurst(decoded, 120), seg, lambda f, m: written.append(f.index), depth=2)
+        assert stats.frames_in == 120 and stats.dropped > 0
+        assert stats.frames_out + stats.dropped == stats.frames_in == stats.to_dict()["frames_in"]
+        assert written == sorted(written) and len(set(written)) == len(written) == stats.frames_out
+        assert written[-1] == 119  # the newest frame is never the one dropped
+        kept = []
+        stats = run_stream(_LiveBurst(decoded, 40), seg, lambda f, m: kept.append(f.index), drop_late=False, depth=2)
+        assert stats.dropped == 0 and kept == list(range(40))
+        # a file never drops, whatever drop_late says
+        with open_source(str(clips[0] / "clip.mp4")) as source:
+            stats = run_stream(source, seg, lambda f, m: None, drop_late=True, depth=1)
+        assert stats.dropped == 0 and stats.frames_out == FRAMES and not source.live
+
+
+def test_errors_stop_every_stage_and_are_raised(clips, exported):
+    _, decoded = clips
+    with Segmenter(exported) as seg:
+        def consume(frame, mask):
+            if frame.index == 3:
+                raise RuntimeError("disk full")
+        with pytest.raises(RuntimeError, match="disk full"):
+            run_stream(_LiveBurst(decoded, 50), seg, consume, drop_late=False)
+
+        def interrupt(frame, mask):
+            if frame.index == 2:
+                raise KeyboardInterrupt
+        stats = run_stream(_LiveBurst(decoded, 50), seg, interrupt, drop_late=False)
+        assert stats.stopped_by == "interrupt" and stats.frames_out == 2
+        assert stats.frames_out + stats.dropped + stats.unfinished == stats.frames_in
+
+
+def test_bad_sources_one_error_line_and_no_file(clips, exported, tmp_path):
+    folder, _ = clips
+    corrupt = tmp_path / "broken.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    out = tmp_path / "out"
+    cases = [
+        ([str(corrupt)], "broken.mp4"),
+        ([str(tmp_path / "missing.mp4")], "video not found"),
+        (["ftp://example.invalid/x"], "unknown stream protocol"),
+        ([str(folder / "stills" / "nothing*.png")], "no images match"),
+        (["http://127.0.0.1:9/none.ts"], "cannot open"),
+        ([str(folder / "clip.mp4"), str(folder / "stills")], "one stream at a time"),
+        ([str(folder / "stills"), "--frame-masks"], "only for a stream"),
+        ([str(folder / "clip.mp4"), "--no-mask-video"], "nothing to write"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["predict", *args, "--model", str(exported), "--out", str(out)])
+        assert result.exit_code == 1, (args, result.output)
+        assert "Traceback" not in result.output and message in result.output, (args, result.output)
+        lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1, result.output
+        assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()], (args, list(out.rglob("*")))
+
+
+def test_without_pyav_says_how_to_get_it(clips, exported, tmp_path, monkeypatch):
+    import sys
+
+    folder, _ = clips
+    monkeypatch.setitem(sys.modules, "av", None)
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    result = runner.invoke(app, ["predict", str(folder / "clip.mp4"), "--model", str(exported),
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "pip install av" in result.output and "Traceback" not in result.output
