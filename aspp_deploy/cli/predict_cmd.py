@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import functools
 import time
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -153,18 +153,21 @@ def _predict_stream(opened, stream: str, out: Path, overlay: bool, mask_video: b
                             frame_json=frame_json)
     if not outputs.any():
         fail("nothing to write: --no-mask-video without --overlay, --frame-masks or --frame-json")
-    last = [time.monotonic()]
-
-    def report(stats) -> None:
-        now = time.monotonic()
-        if now - last[0] >= (1.0 if console.is_terminal else LOG_EVERY_S):
-            last[0] = now
-            console.print(f"{stream}: {_stream_figures(stats.to_dict())}", highlight=False, soft_wrap=True)
-
-    if console.is_terminal and sys.stdin.isatty():
+    start = functools.partial(predict_stream, opened, stream, out, outputs, alpha=alpha, drop_late=drop,
+                            max_frames=max_frames, fps=fps or None)
+    if console.is_terminal:  # one live line: frames, FPS, each stage's share, drops
         console.print("[dim]Ctrl-C stops and keeps what was written[/]", highlight=False)
-    summary = predict_stream(opened, stream, out, outputs, alpha=alpha, drop_late=drop, max_frames=max_frames,
-                             fps=fps or None, progress=report)
+        with console.status(f"opening {stream}") as status:
+            summary = start(progress=lambda s: status.update(f"{stream}: {_stream_figures(s.to_dict())}"))
+    else:  # redirected: a line every LOG_EVERY_S seconds
+        last = [time.monotonic()]
+
+        def report(stats) -> None:
+            if time.monotonic() - last[0] >= LOG_EVERY_S:
+                last[0] = time.monotonic()
+                console.print(f"{stream}: {_stream_figures(stats.to_dict())}", highlight=False, soft_wrap=True)
+
+        summary = start(progress=report)
     run = summary["stream"]
     rows = [r for r in summary["classes"] if r["pixels"]]
     if rows:

@@ -25,8 +25,8 @@ from aspp_deploy.runtime.images import (IMAGE_EXTENSIONS, IMAGE_FORMATS, class_a
                                         overlay_with_legend, palette_array)
 from aspp_deploy.runtime.pipeline import StreamStats, run_stream
 from aspp_deploy.runtime.video import (MASK_VIDEO_SUFFIX, OVERLAY_VIDEO_SUFFIX, STREAM_SCHEMES, Frame,
-                                       MaskVideoWriter, OverlayVideoWriter, blend_table, open_source,
-                                       overlay_frame, source_kind)
+                                       FrameOverlay, MaskVideoWriter, OverlayVideoWriter, open_source,
+                                       source_kind)
 
 FRAME_MASKS_SUFFIX = ".masks"        # folder of per-frame mask PNGs: <stem>.masks/000042.png
 FRAMES_JSON_SUFFIX = ".frames.jsonl"  # one JSON line per frame: its number, time and class areas
@@ -172,7 +172,7 @@ def segment_stream(seg: Any, source_text: str, out: Path, outputs: StreamOutputs
         paths["frame_json"] = out / (stem + FRAMES_JSON_SUFFIX)
     if outputs.frame_masks:
         paths["frame_masks"] = make_folder(out, stem + FRAME_MASKS_SUFFIX)
-    table = blend_table(palette, alpha)
+    blend = FrameOverlay(palette, alpha)
     pixels = np.zeros(max(1, len(classes)), dtype=np.int64)
     frames_with = np.zeros(max(1, len(classes)), dtype=np.int64)
     state = {"size": None}  # type: Dict[str, Any]
@@ -206,7 +206,7 @@ def segment_stream(seg: Any, source_text: str, out: Path, outputs: StreamOutputs
             if "mask" in writers:
                 writers["mask"].add(frame.index, mask)
             if "overlay" in writers:
-                writers["overlay"].add(frame.index, overlay_frame(frame.rgb, mask, table))
+                writers["overlay"].add(frame.index, blend(frame.rgb, mask))
             if "frame_masks" in paths:
                 atomic_save_image(mask_image(mask, palette), paths["frame_masks"] / f"{frame.index:06d}.png")
             if lines is not None:

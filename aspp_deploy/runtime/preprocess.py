@@ -20,6 +20,7 @@ in the model's channel order (``channel_order`` RGB or BGR), then laid out NCHW 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, Dict, Sequence, Tuple
 
@@ -181,14 +182,24 @@ class Preprocess:
     # -- pixels ----------------------------------------------------------------------------------
 
     def normalize(self, rgb: np.ndarray) -> np.ndarray:
-        """uint8 H x W x 3 RGB -> float32 in the model's channel order and layout, normalised."""
-        if self.channel_order == "BGR":
-            rgb = rgb[..., ::-1]
-        x = rgb.astype(np.float32) * np.float32(self.scale)
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        """uint8 H x W x 3 RGB -> float32 in the model's channel order and layout, normalised.
+
+        ``(pixel * scale - mean) / std`` in float32, looked up per channel in a 256-entry table of those
+        very float32 operations: the same bits as computing them per pixel, in a third of the time."""
+        rgb = np.asarray(rgb)
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"normalize takes H x W x 3 uint8 RGB, got {rgb.dtype} {rgb.shape}")
+        table = _value_table(float(self.scale), tuple(self.mean), tuple(self.std))
+        order = (2, 1, 0) if self.channel_order == "BGR" else (0, 1, 2)
         if self.layout == "NHWC":
-            return np.ascontiguousarray(x)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+            out = np.empty(rgb.shape, np.float32)
+            for c, source in enumerate(order):
+                out[..., c] = np.take(table[c], rgb[..., source])
+            return out
+        out = np.empty((3,) + rgb.shape[:2], np.float32)
+        for c, source in enumerate(order):
+            np.take(table[c], rgb[..., source], out=out[c])
+        return out
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """A PIL image -> one float32 array (3 x H x W or H x W x 3) of the model's input."""
@@ -197,6 +208,16 @@ class Preprocess:
     def random_input(self, batch: int, seed: int = 0) -> np.ndarray:
         """Standard-normal float32 inputs of the model's shape (for parity checks)."""
         return np.random.default_rng(seed).standard_normal(self.input_shape(batch)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _value_table(scale: float, mean: Tuple[float, ...], std: Tuple[float, ...]) -> np.ndarray:
+    """3 x 256 float32: channel c's input value for each pixel value, in the model's channel order
+    (``mean``/``std`` are listed in that order), computed with the float32 operations of the formula."""
+    pixels = np.arange(256, dtype=np.float32)[None, :] * np.float32(scale)
+    table = (pixels - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
+    table.setflags(write=False)
+    return table
 
 
 def _resize_ids(ids: np.ndarray, size: Tuple[int, int]) -> np.ndarray:

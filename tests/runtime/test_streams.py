@@ -191,6 +191,17 @@ def test_bundle_runtime_segments_a_video(clips, exported, still_masks, tmp_path)
         np.testing.assert_array_equal(ids, still)
 
 
+def test_frame_overlay_matches_the_still_image_overlay(clips, still_masks):
+    from aspp_deploy.runtime.images import overlay
+    from aspp_deploy.runtime.video import FrameOverlay
+
+    _, decoded = clips
+    for alpha in (0.0, 0.5, 0.8):
+        fast = FrameOverlay(None, alpha)(decoded[0], still_masks[0])
+        slow = np.asarray(overlay(decoded[0], still_masks[0], None, alpha))
+        assert fast.shape == slow.shape and np.abs(fast.astype(int) - slow.astype(int)).max() <= 1
+
+
 class _LiveBurst(FrameSource):
     """A live source that delivers its frames as fast as it can (a camera faster than the model)."""
 
