@@ -167,11 +167,14 @@ def sequential(seg, video: Path, out: Path) -> dict:
 def pipelined(seg, video: Path, out: Path, overlay: bool) -> dict:
     from aspp_deploy.runtime.app import StreamOutputs, segment_stream
 
+    cpu0 = time.process_time()
     summary = segment_stream(seg, str(video), out, StreamOutputs(mask_video=True, overlay_video=overlay))
+    cpu = time.process_time() - cpu0
     run = summary["stream"]
     assert run["frames_out"] == run["frames_in"] and not run["dropped"], run
     return {"fps": run["frames_out"] / run["seconds"], "ms_per_frame": run["ms_per_frame"],
-            "share": run["stage_share"], "bottleneck": run["bottleneck"]}
+            "share": run["stage_share"], "bottleneck": run["bottleneck"],
+            "cores_busy": cpu / run["seconds"]}  # CPU seconds per second: how many cores the run kept busy
 
 
 def main() -> int:
@@ -251,7 +254,8 @@ def main() -> int:
     for name in models:
         last = results[name]["pipelined"][-1]
         parts = ", ".join(f"{k} {v:.1f} ms ({100 * last['share'][k]:.0f}%)" for k, v in last["ms_per_frame"].items())
-        print(f"  {name}: {parts}; pace: {last['bottleneck']}")
+        print(f"  {name}: {parts}; pace: {last['bottleneck']}; {last['cores_busy']:.2f} of {os.cpu_count()} "
+              "cores busy")
     for base in {n.split(" ")[0] for n in models}:
         if f"{base} fused" in models:
             before, after = host_ms(base, "pipelined"), host_ms(f"{base} fused", "pipelined")

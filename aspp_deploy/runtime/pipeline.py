@@ -229,17 +229,22 @@ def run_stream(source: FrameSource, segmenter: Any, consume: Callable[[Frame, np
                 return
 
     def infer() -> None:
-        while True:
-            item = run.get(inputs_q)
-            if item is _END:
-                return
-            chunk, x = item
-            t0 = time.perf_counter()
-            result = segmenter.engine.infer(x)
-            busy["inference"] += time.perf_counter() - t0
-            stats.batches += 1
-            if not run.put(outputs_q, (chunk, result)):
-                return
+        engine = segmenter.engine
+        engine.enter_thread()  # TensorRT through pycuda: its CUDA context on this thread
+        try:
+            while True:
+                item = run.get(inputs_q)
+                if item is _END:
+                    return
+                chunk, x = item
+                t0 = time.perf_counter()
+                result = engine.infer(x)
+                busy["inference"] += time.perf_counter() - t0
+                stats.batches += 1
+                if not run.put(outputs_q, (chunk, result)):
+                    return
+        finally:
+            engine.leave_thread()
 
     def postprocess() -> None:
         while True:

@@ -262,6 +262,7 @@ def test_bad_sources_one_error_line_and_no_file(clips, exported, tmp_path):
         (["ftp://example.invalid/x"], "unknown stream protocol"),
         ([str(folder / "stills" / "nothing*.png")], "no images match"),
         (["http://127.0.0.1:9/none.ts"], "cannot open"),
+        (["/dev/video63"], "cannot open /dev/video63"),  # a camera that is not there (V4L2)
         ([str(folder / "clip.mp4"), str(folder / "stills")], "one stream at a time"),
         ([str(folder / "stills"), "--frame-masks"], "only for a stream"),
         ([str(folder / "clip.mp4"), "--no-mask-video"], "nothing to write"),

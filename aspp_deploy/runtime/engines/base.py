@@ -56,6 +56,13 @@ class Engine:
         """A preprocessed float32 batch in the model's layout -> the model's raw output (scores or class ids)."""
         raise NotImplementedError
 
+    def enter_thread(self) -> None:
+        """Called on a thread other than the one that loaded the engine before it infers there (the
+        stream pipeline's inference thread): TensorRT through pycuda makes its CUDA context current."""
+
+    def leave_thread(self) -> None:
+        """Called on that thread when it is done inferring."""
+
     def manifest(self) -> Any:
         """The model's verified manifest (a ``ManifestView``); InputError naming the file when it has none."""
         raise NotImplementedError

@@ -48,6 +48,12 @@ class TrtEngine(Engine):
     def manifest(self) -> EngineManifest:
         return self.typed
 
+    def enter_thread(self) -> None:
+        self.runner.cuda.enter_thread()
+
+    def leave_thread(self) -> None:
+        self.runner.cuda.leave_thread()
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.runner.infer({self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[self.output_name]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -50,6 +51,12 @@ class CudaApi:
 
     name = "none"
     supports_graphs = False
+
+    def enter_thread(self) -> None:
+        """Make the device's context current on the calling thread (the runtime API does it by itself)."""
+
+    def leave_thread(self) -> None:
+        """Undo ``enter_thread`` before the calling thread ends."""
 
     def device_count(self) -> int:
         raise NotImplementedError
@@ -321,6 +328,17 @@ class _PyCuda(CudaApi):
         self.context = self.device.retain_primary_context()
         self.context.push()
         atexit.register(self.context.pop)
+        self._home = threading.get_ident()
+
+    def enter_thread(self) -> None:
+        """pycuda's contexts belong to a thread: push the primary context on another thread (the stream
+        pipeline infers on its own thread) before it touches device memory."""
+        if threading.get_ident() != self._home:
+            self.context.push()
+
+    def leave_thread(self) -> None:
+        if threading.get_ident() != self._home:
+            self.drv.Context.pop()
 
     def device_count(self) -> int:
         return self.count
