@@ -146,7 +146,8 @@ class Preprocess:
 
     def resize_image(self, image: Image.Image) -> Image.Image:
         """An image -> an RGB image of exactly the model's input size, by ``policy``."""
-        image = image.convert("RGB")
+        if image.mode != "RGB":
+            image = image.convert("RGB")
         box = self.box(image.size)
         if image.size != box.resized:
             image = image.resize(box.resized, RESIZE_FILTERS[self.resize])
