@@ -350,6 +350,9 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
         dynamic = sorted(spec.dynamic)
         facts = GraphFacts(height=dims[hi] if isinstance(dims[hi], int) else None,
                            width=dims[wi] if isinstance(dims[wi], int) else None, layout=layout, dynamic=dynamic)
+    if opts.fused_io and "spatial" in dynamic:
+        raise InputError(f"--fused-io needs a fixed input height and width: input {inp.name} of {path.name} is {dims}; "
+                         "pin them with --dynamic batch (or --dynamic '') and the spec's --height/--width")
     if len(model.graph.output) > 1:
         dropped = [o.name for o in model.graph.output[1:]]
         del model.graph.output[1:]
@@ -398,7 +401,7 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
     resolved = resolve(spec, facts)
     pre = resolved.preprocess
     validate_options(opts, pre.height, pre.width, None)
-    if opts.argmax and ids:
+    if opts.argmax and not opts.fused_io and ids:
         raise InputError("--argmax: the model already outputs class ids")
     if squeeze_axis is not None:
         _squeeze_ids(model, squeeze_axis)
@@ -423,7 +426,8 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
     for note in notes:
         log(f"adapted: {note}")
     out_dims: list[int | str] = [dims[0]] + ([] if ids else [num_classes or "classes"]) + [dims[hi], dims[wi]]
-    done = finish_graph(model, opts, log, out_dims, what=f"the imported {path.name}")
+    done = finish_graph(model, opts, log, out_dims, what=f"the imported {path.name}", pre=pre,
+                        num_classes=len(resolved.classes))
 
     def post(out: np.ndarray) -> np.ndarray:
         """The original output read as the adopted graph returns it (before any upsampling)."""
@@ -445,10 +449,12 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
     stride = 32
     shapes = verification_shapes(batch, dynamic, pre.height, pre.width, stride)
     shapes = [(n, max(MIN_SIDE, h), max(MIN_SIDE, w)) for n, h, w in shapes]
-    cases = parity_inputs(pre, shapes, images or [])
-    tflite = _tflite_check(path, original, output_index, post, cases[:1] + cases[len(shapes):], ids, log) \
+    fused = pre.fused() if opts.fused_io else None
+    cases = parity_inputs(fused or pre, shapes, images or [])  # uint8 pixels for a fused model
+    float_cases = [(name, fused.from_pixels(a)) for name, a in cases] if fused is not None else cases
+    tflite = _tflite_check(path, original, output_index, post, float_cases[:1] + float_cases[len(shapes):], ids, log) \
         if source_kind == "tflite" else None
-    parity = run_parity(reference, done.graph, done.final, cases, reference_ids=ids)
+    parity = run_parity(reference, done.graph, done.final, cases, reference_ids=ids, fused=fused)
     log(describe_parity(parity))
     require_parity(parity, f"the original {path.name}" + (" (converted to ONNX)" if tflite is not None else ""))
     model_record = {"source": source_kind, "label": path.name, "tflite_runtime_check": tflite, "config": None, "output_adaptations": notes,
@@ -463,7 +469,7 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
                      "notes": done.notes, "seconds": round(time.perf_counter() - t0, 2)}
     entry = manifest_entry(done.final, resolved, f"{opts.name}.onnx", model=model_record,
                            source=dict(src_record, fingerprint=fp), export=export_record, parity=parity.to_dict(),
-                           argmax=opts.argmax or ids)
+                           argmax=opts.argmax or ids, fused_io=opts.fused_io)
     onnx_path, manifest_path = write_artifact(done.final, entry, out_dir, opts.name)
     return ExportResult(onnx_path, manifest_path, entry, notes + done.notes + resolved_notes(resolved))
 
