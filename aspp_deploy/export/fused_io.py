@@ -20,8 +20,9 @@ One-channel (sigmoid or logit) models reach this pass already made two-channel b
 the manifest's threshold rule. The body of the model is untouched (its input and output keep their
 names inside the graph), so ``unfuse_io`` gives the unfused graph back, and every node the pass
 adds has a name starting with ``FUSED_PREFIX``: the quantizers keep those in float
-(``fused_node_names``). The input's batch axis stays as it was (dynamic batch keeps working); the
-height and width must be fixed, the spec's.
+(``fused_node_names``: exactly those, since a converter may name its own nodes after them). The
+input's batch axis stays as it was (dynamic batch keeps working); the height and width must be
+fixed, the spec's.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ from aspp_deploy.runtime.preprocess import Preprocess
 
 FUSED_PREFIX = "fused_io/"
 HEAD, TAIL = FUSED_PREFIX + "in/", FUSED_PREFIX + "out/"
+# The nodes the pass makes, by name (a converter may add its own nodes named after them: not these).
+HEAD_NODES = frozenset(HEAD + n for n in ("to_float", "scale", "mean", "std", "to_nchw"))
+TAIL_NODES = frozenset(TAIL + n for n in ("argmax", "ids_to_float", "ids_nchw", "ids_shape", "ids_nc", "sizes",
+                                          "resize", "ids_squeeze", "to_uint8"))
 PIXELS, CLASS_IDS = "pixels", "class_ids"
 MAX_CLASSES = 256  # uint8 class ids
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
@@ -62,14 +67,26 @@ def _unique(model: onnx.ModelProto, wanted: str) -> str:
     return name
 
 
+def _mine(node: onnx.NodeProto) -> bool:
+    return node.name in HEAD_NODES or node.name in TAIL_NODES
+
+
 def is_fused(model: onnx.ModelProto) -> bool:
     """Whether ``model`` carries this pass's nodes."""
-    return any(n.name.startswith(FUSED_PREFIX) for n in model.graph.node)
+    return any(n.name == HEAD + "to_float" for n in model.graph.node)
 
 
 def fused_node_names(model: onnx.ModelProto) -> list[str]:
     """The nodes the pass added (to keep in float: they move pixels and class ids, not features)."""
-    return [n.name for n in model.graph.node if n.name.startswith(FUSED_PREFIX)]
+    return [n.name for n in model.graph.node if _mine(n)]
+
+
+def keep_fused_float(exclude: list[str], model: onnx.ModelProto) -> list[str]:
+    """``exclude`` (nodes a quantizer keeps in higher precision) with the fused nodes of ``model`` added:
+    its uint8 input and output stay as they are and the pixel normalisation and the argmax are never
+    rounded to FP16 or INT8 (an 8-bit grid over the scores would move the argmax; over the pixels, the
+    normalisation)."""
+    return list(exclude) + [n for n in fused_node_names(model) if n not in exclude]
 
 
 def _batch_dim(value: onnx.ValueInfoProto) -> int | str:
@@ -209,26 +226,27 @@ def unfuse_io(model: onnx.ModelProto) -> onnx.ModelProto:
     plain = onnx.ModelProto()
     plain.CopyFrom(model)
     g = plain.graph
-    mine = [n for n in g.node if n.name.startswith(FUSED_PREFIX)]
+    mine = [n for n in g.node if _mine(n)]
     made_by_mine = {o for n in mine for o in n.output}
-    others = [n for n in g.node if not n.name.startswith(FUSED_PREFIX)]
+    others = [n for n in g.node if not _mine(n)]
     read_by_others = {i for n in others for i in n.input}
-    body_in = [o for n in mine if n.name.startswith(HEAD) for o in n.output if o in read_by_others]
+    body_in = [o for n in mine if n.name in HEAD_NODES for o in n.output if o in read_by_others]
     made_by_others = {o for n in others for o in n.output}
-    body_out = [i for n in mine if n.name.startswith(TAIL) for i in n.input if i in made_by_others]
+    body_out = [i for n in mine if n.name in TAIL_NODES for i in n.input if i in made_by_others]
     if len(set(body_in)) != 1 or len(set(body_out)) != 1:
         raise InputError("the fused graph's head or tail was changed: its unfused form cannot be recovered; export it "
                          "again")
     pixels = g.input[0]
     batch = _batch_dim(pixels)
     _, h, w, _ = _dims(pixels)
-    nchw = any(n.op_type == "Transpose" and n.name.startswith(HEAD) for n in mine)
+    nchw = any(n.name == HEAD + "to_nchw" for n in mine)
     known = {v.name: v for v in (*g.value_info, *g.output)}
     out_value = known.get(body_out[0])
-    keep = [n for n in g.node if not n.name.startswith(FUSED_PREFIX)]
+    keep = others
     del g.node[:]
     g.node.extend(keep)
-    inits = [t for t in g.initializer if not t.name.startswith(FUSED_PREFIX)]
+    used = {i for n in keep for i in n.input}
+    inits = [t for t in g.initializer if t.name in used or not t.name.startswith(FUSED_PREFIX)]
     del g.initializer[:]
     g.initializer.extend(inits)
     del g.input[0]
