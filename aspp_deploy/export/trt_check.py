@@ -142,31 +142,30 @@ def _check_uint8(model: onnx.ModelProto, types: dict[str, int], is_8x: bool) -> 
     out: list[Finding] = []
     g = model.graph
     uint8 = {i.name for i in g.input if i.type.tensor_type.elem_type == TensorProto.UINT8}
-    for node in g.node:
-        name = node.name or (node.output[0] if node.output else "?")
-        if node.op_type == "Cast" and attr(node, "to") == TensorProto.UINT8:
-            uint8.add(node.output[0])
-            source = types.get(node.input[0])
-            if is_8x and source is not None and source not in _FLOATS and source != TensorProto.UINT8:
-                out.append(Finding("error", name, "Cast", f"casts {_type_name(source)} to UINT8: TensorRT 8.x converts "
-                                   "to UINT8 only from FP32/FP16 (cast to float first)"))
-        elif node.op_type not in _QDQ:
-            made = [o for o in node.output if types.get(o) == TensorProto.UINT8]
-            if made:
-                uint8.update(made)
-                out.append(Finding("error", name, node.op_type, f"makes the UINT8 tensor {made[0]}: TensorRT has "
-                                   "UINT8 only for network I/O and Casts (cast to UINT8 last)"))
-    for node in g.node:
-        read = [i for i in node.input if i in uint8]
-        if not read or node.op_type in _QDQ:
+    for node in g.node:  # in topological order, as ONNX stores them
+        if node.op_type in _QDQ:
             continue
         name = node.name or (node.output[0] if node.output else "?")
-        if node.op_type != "Cast":
+        read = [i for i in node.input if i in uint8]
+        if node.op_type == "Cast":
+            to, source = attr(node, "to"), types.get(node.input[0])
+            if to == TensorProto.UINT8:
+                uint8.add(node.output[0])
+                if is_8x and not read and source is not None and source not in _FLOATS:
+                    out.append(Finding("error", name, "Cast", f"casts {_type_name(source)} to UINT8: TensorRT 8.x "
+                                       "converts to UINT8 only from FP32/FP16 (cast to float first)"))
+            elif read and is_8x and to not in _FLOATS:
+                out.append(Finding("error", name, "Cast", f"casts UINT8 to {_type_name(to)}: TensorRT 8.x converts "
+                                   "UINT8 only to FP32/FP16"))
+            continue
+        made = [o for o in node.output if types.get(o) == TensorProto.UINT8]
+        uint8.update(made)
+        if read:
             out.append(Finding("error", name, node.op_type, f"reads the UINT8 tensor {read[0]}: in TensorRT only a "
                                "Cast may read UINT8 (cast it to float first, even before a Transpose)"))
-        elif is_8x and attr(node, "to") not in _FLOATS | {TensorProto.UINT8}:
-            out.append(Finding("error", name, "Cast", f"casts UINT8 to {_type_name(attr(node, 'to'))}: TensorRT 8.x "
-                               "converts UINT8 only to FP32/FP16"))
+        elif made:
+            out.append(Finding("error", name, node.op_type, f"makes the UINT8 tensor {made[0]}: TensorRT has UINT8 "
+                               "only for network I/O and Casts (cast to UINT8 last)"))
     return out
 
 

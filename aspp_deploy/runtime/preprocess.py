@@ -212,21 +212,24 @@ class Preprocess:
 
     def pixels(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 H x W x 3 RGB -> uint8 H x W x 3 in the model's channel order (what a fused model takes)."""
-        rgb = np.asarray(rgb, dtype=np.uint8)
+        rgb = _uint8(rgb)
         return np.ascontiguousarray(rgb[..., ::-1] if self.channel_order == "BGR" else rgb)
 
     def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels in the model's channel order (H x W x 3, or a batch N x H x W x 3) -> the float32
         normalised input in ``layout``: what a fused graph computes inside, with the same operations."""
-        x = np.asarray(pixels, dtype=np.uint8).astype(np.float32) * np.float32(self.scale)
+        return self._normalised(_uint8(pixels))
+
+    def normalize(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 H x W x 3 RGB -> float32 in the model's channel order and layout, normalised."""
+        return self._normalised(rgb[..., ::-1] if self.channel_order == "BGR" else rgb)
+
+    def _normalised(self, ordered: np.ndarray) -> np.ndarray:
+        x = ordered.astype(np.float32) * np.float32(self.scale)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         if self.layout == "NHWC":
             return np.ascontiguousarray(x)
         return np.ascontiguousarray(np.moveaxis(x, -1, -3))
-
-    def normalize(self, rgb: np.ndarray) -> np.ndarray:
-        """uint8 H x W x 3 RGB -> float32 in the model's channel order and layout, normalised."""
-        return self.from_pixels(self.pixels(rgb))
 
     def model_input(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 H x W x 3 RGB at the input size -> what the model takes: ``pixels`` when fused, else
@@ -245,6 +248,13 @@ class Preprocess:
         if self.fused_io:
             return rng.integers(0, 256, size=self.input_shape(batch), dtype=np.uint8)
         return rng.standard_normal(self.input_shape(batch)).astype(np.float32)
+
+
+def _uint8(pixels: np.ndarray) -> np.ndarray:
+    array = np.asarray(pixels)
+    if array.dtype != np.uint8 or array.ndim < 3 or array.shape[-1] != 3:
+        raise ValueError("pixels must be uint8 ... x H x W x 3, got {} {}".format(array.dtype, list(array.shape)))
+    return array
 
 
 def _resize_ids(ids: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
