@@ -249,8 +249,13 @@ def unfuse_io(model: onnx.ModelProto) -> onnx.ModelProto:
     inits = [t for t in g.initializer if t.name in used or not t.name.startswith(FUSED_PREFIX)]
     del g.initializer[:]
     g.initializer.extend(inits)
+    name = body_in[0]
+    if name.startswith(FUSED_PREFIX):  # a converter's cast after the head (FP16): the input gets a plain name
+        name = _unique(plain, "normalised_input")
+        for node in g.node:
+            node.input[:] = [name if i == body_in[0] else i for i in node.input]
     del g.input[0]
-    g.input.insert(0, helper.make_tensor_value_info(body_in[0], TensorProto.FLOAT,
+    g.input.insert(0, helper.make_tensor_value_info(name, TensorProto.FLOAT,
                                                     [batch, 3, h, w] if nchw else [batch, h, w, 3]))
     del g.output[:]
     if out_value is None:
