@@ -16,6 +16,7 @@ from onnx import TensorProto
 
 from aspp_deploy.export.fused_io import fused_node_names
 from aspp_deploy.precision.accuracy import compare_on_val
+from aspp_deploy.precision.modelopt_backend import modelopt_available
 from aspp_deploy.precision.quantize import QuantizeOptions, quantized_onnx_from_fp32
 from aspp_deploy.runtime.calibration import CalibrationData, calibration_files
 from aspp_deploy.runtime.preprocess import Preprocess
@@ -53,11 +54,16 @@ def test_calibration_feeds_a_fused_model_its_pixels(fused_model, calib_dir):
     assert batch.dtype == np.uint8 and batch.shape == (1, 64, 64, 3)
 
 
-@pytest.mark.parametrize("precision, target", [("fp16", "trt"), ("int8", "cpu")])
+MODELOPT = pytest.mark.skipif(not modelopt_available(), reason="nvidia-modelopt (the quant extra) is not installed")
+
+
+@pytest.mark.parametrize("precision, target, backend", [("fp16", "trt", "ort"), ("int8", "cpu", "ort"),
+                                                        pytest.param("int8", "trt", "modelopt", marks=MODELOPT),
+                                                        pytest.param("fp16", "trt", "modelopt", marks=MODELOPT)])
 def test_reduced_precision_keeps_uint8_io_and_the_fused_nodes_in_float(fused_model, calib_dir, tiny_data,
-                                                                        precision, target):
+                                                                        precision, target, backend):
     opts = QuantizeOptions(precision, target, calib_dir, calib_size=4, method="minmax" if precision == "int8" else None,
-                           data=tiny_data, budget_images=2 if precision == "int8" else 0, backend="ort")
+                           data=tiny_data, budget_images=2 if target == "cpu" else 0, backend=backend)
     r = quantized_onnx_from_fp32(fused_model, opts)
     model = onnx.load(str(r.onnx_path))
     assert _io(model) == [TensorProto.UINT8, TensorProto.UINT8]
@@ -76,6 +82,8 @@ def test_reduced_precision_keeps_uint8_io_and_the_fused_nodes_in_float(fused_mod
     assert types.get(argmax.input[0]) == TensorProto.FLOAT  # the argmax reads FP32 scores
     if precision == "int8":
         assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    if target == "trt":  # the uint8 I/O passes the TensorRT pre-flight
+        assert {"10.3", "11"} <= set(r.entry["trt_versions"]), r.entry["trt_check"]
     acc = r.entry["accuracy"]
     assert acc["max_abs_logit_diff"] is None  # class ids: compared as masks
     assert acc["pixel_agreement"] > 0.97 and acc["num_images"] == 4
