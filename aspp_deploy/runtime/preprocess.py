@@ -175,7 +175,8 @@ class Preprocess:
 
     def resize_image(self, image: Image.Image) -> Image.Image:
         """An image -> an RGB image of exactly the model's input size, by ``policy``."""
-        image = image.convert("RGB")
+        if image.mode != "RGB":  # convert("RGB") of an RGB image is a copy of every pixel, for nothing
+            image = image.convert("RGB")
         box = self.box(image.size)
         if image.size != box.resized:
             image = image.resize(box.resized, RESIZE_FILTERS[self.resize])
