@@ -107,8 +107,7 @@ def _check_input(model: onnx.ModelProto, pre: Preprocess) -> onnx.ValueInfoProto
                          "float32 input")
     dims = _dims(inp)
     hw = dims[1:3] if pre.layout == "NHWC" else dims[2:4]
-    channels = dims[3] if pre.layout == "NHWC" else (dims[1] if len(dims) == 4 else None)
-    if len(dims) != 4 or channels != 3:
+    if len(dims) != 4 or dims[3 if pre.layout == "NHWC" else 1] != 3:
         raise InputError(f"--fused-io: input {inp.name} has shape {dims}, not a {pre.layout} batch of 3-channel images")
     if hw != [pre.height, pre.width]:
         shown = "x".join("?" if not isinstance(d, int) else str(d) for d in hw)
