@@ -85,9 +85,9 @@ def print_export(result, verb: str = "wrote") -> None:
                       f"{pre['policy']}, {len(entry['classes'])} classes, output {entry['output_kind']}", highlight=False)
     if pre.get("fused_io"):
         inp, outp = entry["inputs"][0], entry["outputs"][0]
-        out_console.print(f"fused I/O: {inp['name']} {inp['dtype']} {'x'.join(map(str, inp['shape']))} "
+        out_console.print(f"fused I/O: {inp['name']} {inp['dtype']} {' x '.join(map(str, inp['shape']))} "
                           f"({pre['channel_order']} pixels) in, {outp['name']} {outp['dtype']} "
-                          f"{'x'.join(map(str, outp['shape']))} class ids out; the graph normalises "
+                          f"{' x '.join(map(str, outp['shape']))} class ids out; the graph normalises "
                           "(scale, mean, std, layout) and takes the argmax", highlight=False, soft_wrap=True)
     out_console.print(preflight_line(entry, result.onnx_path), highlight=False, soft_wrap=True)
     out_console.print(f"{verb} {result.onnx_path} and {result.manifest_path}", highlight=False)

@@ -473,7 +473,7 @@ def onnx_from_source(source: ModelSource, spec: ModelSpec, out_dir: Path, opts: 
     require_parity(parity, "PyTorch")
     model_record = {"source": source.kind, "label": source.label, "config": source.config,
                     "output_adaptations": plan.notes, "source_notes": source.notes}
-    src_record = dict(source.record, fingerprint=source.fingerprint(resolved.to_dict()))
+    src_record = dict(source.record, fingerprint=source.fingerprint(fingerprinted_spec(resolved, opts)))
     export_record = {"exporter": "torch.onnx.export(dynamo=False)", "dynamic": sorted(dynamic),
                      "batch": opts.batch, "simplify": done.simplify_note, "aspp": done.aspp,
                      "passes": [r.to_dict() for r in done.reports], "notes": notes + done.notes,
@@ -483,6 +483,13 @@ def onnx_from_source(source: ModelSource, spec: ModelSpec, out_dir: Path, opts: 
                            fused_io=opts.fused_io)
     onnx_path, manifest_path = write_artifact(done.final, entry, out_dir, opts.name)
     return ExportResult(onnx_path, manifest_path, entry, notes + done.notes + source.notes + resolved_notes(resolved))
+
+
+def fingerprinted_spec(resolved: ResolvedSpec, opts: ExportOptions) -> dict:
+    """What an artifact's source fingerprint covers besides the model: its spec, and fused I/O when it has it
+    (a fused artifact is not the plain export a command that re-exports on demand wants; a plain one keeps
+    the fingerprint it always had)."""
+    return dict(resolved.to_dict(), fused_io=True) if opts.fused_io else resolved.to_dict()
 
 
 def resolved_notes(resolved: ResolvedSpec) -> list[str]:

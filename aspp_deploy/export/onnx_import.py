@@ -27,8 +27,9 @@ from onnx import TensorProto, helper, numpy_helper
 from aspp_deploy.backends.onnxruntime_backend import ort_session
 from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.export.graph import load_onnx
-from aspp_deploy.export.onnx_export import (describe_parity, ExportOptions, ExportResult, finish_graph, manifest_entry,
-                                            MIN_SIDE, ort_session_from_model, parity_inputs, require_parity,
+from aspp_deploy.export.onnx_export import (describe_parity, ExportOptions, ExportResult, finish_graph,
+                                            fingerprinted_spec, manifest_entry, MIN_SIDE, ort_session_from_model,
+                                            parity_inputs, require_parity,
                                             resolved_notes, run_parity, validate_options, verification_shapes,
                                             write_artifact)
 from aspp_deploy.export.parity import compare_outputs, ParityReport
@@ -463,7 +464,7 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
                                                         "input_dtype": "uint8" if uint8_input else "float32",
                                                         "output_layout": out_layout, "opset": opset}}
     src_record = {"kind": source_kind, "file": str(path), "file_sha256": original_sha}
-    fp = fingerprint(src_record, resolved.to_dict())
+    fp = fingerprint(src_record, fingerprinted_spec(resolved, opts))
     export_record = {"exporter": "import", "dynamic": sorted(dynamic), "batch": batch,
                      "simplify": done.simplify_note, "aspp": done.aspp, "passes": [r.to_dict() for r in done.reports],
                      "notes": done.notes, "seconds": round(time.perf_counter() - t0, 2)}

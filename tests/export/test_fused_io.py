@@ -47,7 +47,7 @@ def dynamic_fused(tmp_path_factory, tiny_checkpoint) -> Path:
     r = cli("export", "--checkpoint", tiny_checkpoint, "--height", 64, "--width", 64, "--dynamic", "batch",
             "--fused-io", "--out", out, "--json", out / "entry.json")
     assert r.exit_code == 0, r.output
-    assert "fused I/O: pixels uint8 batchx64x64x3 (RGB pixels) in, class_ids uint8 batchx64x64" in r.output
+    assert "fused I/O: pixels uint8 batch x 64 x 64 x 3 (RGB pixels) in, class_ids uint8 batch x 64 x 64" in r.output
     return out / "model.onnx"
 
 
@@ -235,3 +235,12 @@ def test_old_preprocessing_records_read_as_not_fused():
     assert fused.to_dict()["fused_io"] is True and Preprocess.from_dict(fused.to_dict()) == fused
     with pytest.raises(ValueError, match="fused_io must be true or false"):
         Preprocess.from_dict({**record, "fused_io": "yes"})
+
+
+def test_a_fused_artifact_is_not_taken_for_the_plain_export(fused_exported, exported):
+    """Same checkpoint and spec, other I/O: the source fingerprints differ, so a command that re-exports on
+    demand (compare, bundle with --checkpoint) makes the plain export instead of reusing the fused one."""
+    def fingerprint(onnx_path: Path) -> str:
+        return json.loads((onnx_path.parent / "manifest.json").read_text())["artifacts"]["model.onnx"]["source"]["fingerprint"]
+
+    assert fingerprint(fused_exported) != fingerprint(exported)
