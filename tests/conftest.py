@@ -57,6 +57,16 @@ def exported(tmp_path_factory, tiny_checkpoint) -> Path:
     return onnx_from_checkpoint(tiny_checkpoint, out, ExportOptions(EXPORT_SIZE, EXPORT_SIZE)).onnx_path
 
 
+@pytest.fixture(scope="session")
+def fused_exported(tmp_path_factory, tiny_checkpoint) -> Path:
+    """``exported`` with fused I/O (uint8 pixels in, uint8 class ids out), made once: copy it before
+    writing anything beside it."""
+    from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
+
+    out = tmp_path_factory.mktemp("fused-exported")
+    return onnx_from_checkpoint(tiny_checkpoint, out, ExportOptions(EXPORT_SIZE, EXPORT_SIZE, fused_io=True)).onnx_path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep the default-data cache out of the user's home."""

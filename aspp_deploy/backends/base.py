@@ -1,7 +1,8 @@
 """The one runner interface that eval, bench and compare talk to.
 
 A runner takes a preprocessed float32 NCHW batch and returns logits (N, C, H, W) float32,
-or class ids (N, H, W) when the artifact ends in an ArgMax.
+or class ids (N, H, W) when the artifact ends in an ArgMax; a fused-I/O artifact takes uint8
+N x H x W x 3 pixels instead (``RunnerInfo.input_dtype``) and returns uint8 class ids.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ class RunnerInfo:
     artifact: str
     outputs_class_ids: bool = False
     extra: dict = field(default_factory=dict)
+    input_dtype: str = "float32"  # "uint8": the artifact takes pixels (fused I/O)
+
+
+def runner_input(runner: "Runner", pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """What ``runner``'s model takes for a batch of uint8 ``pixels`` (N x H x W x 3, the model's channel
+    order, as ``pre.fused()`` makes them): the pixels for a fused-I/O model, else their normalised
+    float32 input (``Preprocess.from_pixels``: bit for bit what ``Preprocess`` gives an unfused model)."""
+    return pixels if runner.info.input_dtype == "uint8" else pre.from_pixels(pixels)
 
 
 class Runner(ABC):

@@ -30,7 +30,7 @@ class OrtRunner(Runner):
         self.input_name, self.output_name = self.engine.input_name, self.engine.output_name
         self.info = RunnerInfo("onnxruntime", precision, device, str(onnx_path),
                                outputs_class_ids=self.engine.outputs_class_ids,
-                               extra={"providers": self.engine.providers})
+                               extra={"providers": self.engine.providers}, input_dtype=self.engine.input_dtype)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.engine.infer(batch)

@@ -85,7 +85,8 @@ class OpenVinoRunner(Runner):
             "loaded_from_cache": prop("LOADED_FROM_CACHE"),
         }
         self.info = RunnerInfo("openvino", precision, device, str(path),
-                               outputs_class_ids=self.engine.outputs_class_ids, extra=extra)
+                               outputs_class_ids=self.engine.outputs_class_ids, extra=extra,
+                               input_dtype=self.engine.input_dtype)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.engine.infer(batch)

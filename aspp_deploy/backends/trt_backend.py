@@ -23,7 +23,8 @@ class TrtBackendRunner(Runner):
         self.info = RunnerInfo("trt", manifest.precision.value if manifest.precision else "", "cuda", str(engine),
                                outputs_class_ids=self.engine.outputs_class_ids,
                                extra={"tensorrt": manifest.tensorrt_version,
-                                      "gpu": gpu.get("name") if isinstance(gpu, dict) else None})
+                                      "gpu": gpu.get("name") if isinstance(gpu, dict) else None},
+                               input_dtype=self.engine.input_dtype)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.engine.infer(batch)

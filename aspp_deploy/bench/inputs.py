@@ -32,7 +32,7 @@ def input_geometry(backend: str, model: Optional[Path], batch: int, height: int,
     shape = manifest.entry["inputs"][0]["shape"]
     sized = pre.with_size(height or pre.height, width or pre.width)
     wanted = list(sized.input_shape(batch))
-    axes = ("batch", "height", "width", "channels") if pre.layout == "NHWC" else ("batch", "channels", "height", "width")
+    axes = ("batch", "height", "width", "channels") if pre.input_layout == "NHWC" else ("batch", "channels", "height", "width")
     for axis, (have, want) in enumerate(zip(shape, wanted)):
         if isinstance(have, int) and have != want:
             what = axes[axis]

@@ -95,7 +95,10 @@ def _copy(src: Path, root: Path, rel: str) -> str:
 
 
 def _deepstream(root: Path, req: BundleRequest, fp32: dict, variants: dict, models: dict, log: Log) -> dict:
-    if fp32.get("outputs_class_ids"):
+    # A fused-I/O model runs in nvinfer unfused (deepstream.py says why); one that returns class ids by itself cannot.
+    fused = bool((fp32.get("preprocess") or {}).get("fused_io"))
+    own_kind = (fp32.get("spec") or {}).get("output") if fused else fp32.get("output_kind")
+    if fp32.get("outputs_class_ids") and (not fused or own_kind == "class_ids"):
         return {"skipped": "the model outputs class ids (exported with --argmax); nvinfer's segmentation parser "
                            "needs per-class scores: export without --argmax for DeepStream"}
     configs = {}
@@ -108,13 +111,13 @@ def _deepstream(root: Path, req: BundleRequest, fp32: dict, variants: dict, mode
         output = deepstream.deepstream_onnx(root / "models" / entry["file"], root / "models" / ds_name,
                                             fp32["preprocess"]["std"], ds_entry,
                                             layout=fp32["preprocess"].get("layout", "NCHW"),
-                                            output_kind=fp32.get("output_kind", "logits"))
+                                            output_kind=own_kind or "logits")
         ds_entry["onnx_sha256"] = sha256_file(root / "models" / ds_name)
         models[ds_name] = ds_entry
         config = f"deepstream/config_infer_primary_{req.name}_{precision}.txt"
         engine = f"engines/deepstream.{precision}.engine"
-        text = deepstream.nvinfer_config(fp32, precision, f"../models/{ds_name}", f"../{engine}",
-                                         output_name=output["name"])
+        text = deepstream.nvinfer_config(ds_entry if fused else fp32, precision, f"../models/{ds_name}", f"../{engine}",
+                                         output_name=output["name"], fused_from=entry["file"] if fused else None)
         problems = deepstream.check_nvinfer_config(text)
         if problems:  # a bug here, never the user's input
             raise AssertionError(f"generated nvinfer config is invalid: {problems}")

@@ -10,6 +10,16 @@ Two things about nvinfer decide what we ship (facts from NVIDIA's nvinfer guide 
   ``segmentation-threshold`` and -1 (it starts its running maximum at -1), i.e. it expects
   probabilities. Our models output logits (which may all be below -1), so the DeepStream ONNX ends
   with a ``Softmax`` over the classes; the argmax is unchanged.
+
+A fused-I/O model (uint8 pixels in, uint8 class ids out: ``aspp-deploy export --fused-io``) cannot run
+in nvinfer as it is: nvinfer always feeds the network the float tensor its own preprocessing makes
+(``net-scale-factor``/``offsets``, on the GPU) and its segmentation parser reads per-class scores. The
+plugin that can hand nvinfer a uint8 tensor, nvdspreprocess (``tensor-data-type=1``, with nvinfer's
+``input-tensor-from-meta=1``), does so only through a custom tensor-preparation library: its default
+library writes float tensors. So the DeepStream variant of a fused model is the same network without
+its fused head and tail (``fused_io.unfuse_io``): the normalisation still runs on the GPU, in nvinfer's
+preprocessing, and the config says so. Class ids straight from the network would also need the
+application to read them from ``output-tensor-meta``; that is not generated.
 """
 
 from __future__ import annotations
@@ -84,8 +94,10 @@ def static_input(entry: Mapping[str, Any]) -> list:
 
 
 def nvinfer_config(entry: Mapping[str, Any], precision: str, onnx_file: str, engine_file: str, *,
-                   output_name: str = PROBABILITIES, int8_calib_file: str | None = None, gpu_id: int = 0) -> str:
-    """The nvinfer config text for the DeepStream ONNX made from the model described by ``entry``."""
+                   output_name: str = PROBABILITIES, int8_calib_file: str | None = None, gpu_id: int = 0,
+                   fused_from: str | None = None) -> str:
+    """The nvinfer config text for the DeepStream ONNX made from the model described by ``entry``
+    (``fused_from``: the fused-I/O ONNX the DeepStream one was unfused from, said in the comments)."""
     pre = entry["preprocess"]
     nhwc = pre.get("layout", "NCHW") == "NHWC"
     shape = static_input(entry)
@@ -120,6 +132,12 @@ def nvinfer_config(entry: Mapping[str, Any], precision: str, onnx_file: str, eng
         f"# Model input {'x'.join(map(str, shape))} {pre.get('layout', 'NCHW')} {pre.get('channel_order', 'RGB')}, "
         f"resized ({pre.get('resize', 'bilinear')}, policy {policy}) to the network size.",
         *caveats,
+        *([f"# {_comment(fused_from)} has fused I/O (uint8 pixels in, uint8 class ids out). nvinfer always feeds the",
+           "# network float tensors from its own preprocessing (on the GPU) and its segmentation parser reads",
+           "# per-class scores, so this DeepStream ONNX is the same network without the fused head and tail.",
+           "# (A uint8 input needs nvdspreprocess tensor-data-type=1 with a custom tensor-preparation library,",
+           "# its default library writes float tensors, and class ids need output-tensor-meta parsing: not generated.)"]
+          if fused_from else []),
         "# nvinfer computes y = net-scale-factor * (pixel - offsets[c]) with one scale for all channels; the",
         f"# per-channel 1/std {list(pre['std'])} is folded into a Mul at the start of {onnx_file.rsplit('/', 1)[-1]},",
         "# so these values reproduce the toolkit's normalisation exactly.",
@@ -222,11 +240,17 @@ def deepstream_onnx(src: Path, out: Path, std: list, entry: dict | None = None,
                     output_name: str = PROBABILITIES, layout: str = "NCHW", output_kind: str = "logits") -> dict:
     """Write ``out``: ``src`` with a ``Mul`` by 1/std per channel at its input and a ``Softmax`` over the
     classes at its output (see the module docstring), ``entry`` embedded as its manifest (its
-    ``outputs`` are set here). Returns the new output's name, dtype and shape."""
+    ``outputs`` are set here). A fused-I/O ``src`` is unfused first (its ``inputs`` and preprocessing
+    record are then set to the unfused ones). Returns the new output's name, dtype and shape."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from aspp_deploy.export.fused_io import is_fused, unfuse_io
+
     model = onnx.load(str(src))
+    fused = is_fused(model)
+    if fused:
+        model = unfuse_io(model)
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
@@ -237,6 +261,8 @@ def deepstream_onnx(src: Path, out: Path, std: list, entry: dict | None = None,
     if inp.type.tensor_type.elem_type != TensorProto.FLOAT or outp.type.tensor_type.elem_type != TensorProto.FLOAT:
         raise InputError(f"{src.name} must take and return float32 (logits): DeepStream's segmentation parser "
                          "needs per-class scores, so export without --argmax for DeepStream")
+    unfused_input = {"name": inp.name, "dtype": "float32",
+                     "shape": [d.dim_value if d.HasField("dim_value") else d.dim_param for d in inp.type.tensor_type.shape.dim]}
     scaled = f"{inp.name}__div_std"
     for node in graph.node:
         for i, name in enumerate(node.input):
@@ -259,6 +285,11 @@ def deepstream_onnx(src: Path, out: Path, std: list, entry: dict | None = None,
         from aspp_deploy.export.manifest import embed
 
         entry["outputs"] = [output]
+        if fused:  # the preprocessing record of the network nvinfer runs: not fused (a new dict: entry's is shared)
+            entry["inputs"] = [unfused_input]
+            entry["preprocess"] = {k: v for k, v in entry["preprocess"].items() if k != "fused_io"}
+            entry["outputs_class_ids"], entry["output_kind"] = False, "probabilities"
+            entry["unfused_from"] = src.name
         embed(model, entry)
     onnx.checker.check_model(model)
 

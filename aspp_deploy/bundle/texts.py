@@ -146,9 +146,14 @@ def readme_md(info: Mapping[str, Any]) -> str:
         "",
         "## The model",
         "",
-        f"- input `{inp['name']}`: {'x'.join(map(str, inp['shape']))} float32, RGB, resized ({pre['resize']}) to "
-        f"{pre['height']}x{pre['width']} without keeping the aspect ratio, scaled to [0, 1], normalised with "
-        f"mean {pre['mean']} and std {pre['std']}",
+        (f"- input `{inp['name']}`: {'x'.join(map(str, inp['shape']))} uint8 {pre.get('channel_order', 'RGB')} pixels "
+         f"(fused I/O), resized ({pre['resize']}, {pre.get('policy', 'stretch')}) to {pre['height']}x{pre['width']} by "
+         f"the runtime; the network scales them by {pre.get('scale', 1 / 255):.6g}, normalises them with mean "
+         f"{pre['mean']} and std {pre['std']} and lays them out {pre.get('layout', 'NCHW')} itself"
+         if pre.get("fused_io") else
+         f"- input `{inp['name']}`: {'x'.join(map(str, inp['shape']))} float32, RGB, resized ({pre['resize']}) to "
+         f"{pre['height']}x{pre['width']} without keeping the aspect ratio, scaled to [0, 1], normalised with "
+         f"mean {pre['mean']} and std {pre['std']}"),
         f"- output `{out['name']}`: {'x'.join(map(str, out['shape']))} {out['dtype']} "
         f"({'class ids' if model['outputs_class_ids'] else 'logits; argmax over the classes gives the class map'})",
         f"- classes: {classes}",

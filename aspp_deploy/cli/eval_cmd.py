@@ -172,7 +172,7 @@ def _open_reference(path: Path, classes: list[str], pre, threads: int):
     if len(manifest.classes) != len(classes):
         raise InputError(f"--reference {path} predicts {len(manifest.classes)} classes, the model {len(classes)}: "
                          "the reference must be the FP32 version of the same model")
-    if manifest.preprocess().to_dict() != pre.to_dict():
+    if manifest.preprocess().fused(False).to_dict() != pre.fused(False).to_dict():  # fused I/O or not: each is fed its own
         raise InputError(f"--reference {path} takes another preprocessing than the model: the reference must be "
                          "the FP32 version of the same model")
     return OrtRunner(path, threads=threads)

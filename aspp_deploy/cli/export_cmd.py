@@ -16,12 +16,27 @@ from aspp_deploy.cli._console import console, out_console, write_json
 from aspp_deploy.cli._errors import handle_errors
 from aspp_deploy.cli._progress import working
 from aspp_deploy.cli._images import parity_images
+from aspp_deploy.errors import InputError
 
 
 
 class ArgmaxDtype(str, Enum):
     int32 = "int32"
     uint8 = "uint8"
+
+
+FUSED_HELP = ("Fused I/O: the graph takes uint8 N x H x W x 3 pixels (the spec's channel order), normalises and lays "
+              "them out itself, and returns uint8 class ids at the input size (implies --argmax). Needs a fixed height "
+              "and width; the host keeps only the resize/letterbox/crop and its inverse.")
+
+
+def argmax_dtype_for(argmax_dtype: Optional[ArgmaxDtype], fused_io: bool) -> str:
+    """The class-id dtype: the one asked for, else int32 (uint8 with --fused-io, which returns nothing else)."""
+    if fused_io and argmax_dtype is not None and argmax_dtype != ArgmaxDtype.uint8:
+        raise InputError(f"--fused-io returns uint8 class ids: drop --argmax-dtype {argmax_dtype.value}")
+    if argmax_dtype is None:
+        return "uint8" if fused_io else "int32"
+    return argmax_dtype.value
 
 
 class TrtVersion(str, Enum):
@@ -68,6 +83,12 @@ def print_export(result, verb: str = "wrote") -> None:
     pre = entry["preprocess"]
     out_console.print(f"spec: {pre['layout']} {pre['channel_order']} {pre['height']}x{pre['width']} "
                       f"{pre['policy']}, {len(entry['classes'])} classes, output {entry['output_kind']}", highlight=False)
+    if pre.get("fused_io"):
+        inp, outp = entry["inputs"][0], entry["outputs"][0]
+        out_console.print(f"fused I/O: {inp['name']} {inp['dtype']} {' x '.join(map(str, inp['shape']))} "
+                          f"({pre['channel_order']} pixels) in, {outp['name']} {outp['dtype']} "
+                          f"{' x '.join(map(str, outp['shape']))} class ids out; the graph normalises "
+                          "(scale, mean, std, layout) and takes the argmax", highlight=False, soft_wrap=True)
     out_console.print(preflight_line(entry, result.onnx_path), highlight=False, soft_wrap=True)
     out_console.print(f"{verb} {result.onnx_path} and {result.manifest_path}", highlight=False)
 
@@ -136,7 +157,8 @@ def export(
     pool_broadcast: Annotated[bool, typer.Option("--pool-broadcast/--no-pool-broadcast",
                                                  help="Pass 2: Resize of the 1x1 pooled map -> Expand.")] = True,
     argmax: Annotated[bool, typer.Option("--argmax/--no-argmax", help="Pass 3: output class ids instead of logits.")] = False,
-    argmax_dtype: Annotated[ArgmaxDtype, typer.Option(help="Class-id dtype with --argmax.")] = ArgmaxDtype.int32,
+    argmax_dtype: Annotated[Optional[ArgmaxDtype], typer.Option(help="Class-id dtype with --argmax (default int32; uint8 with --fused-io).")] = None,
+    fused_io: Annotated[bool, typer.Option("--fused-io/--no-fused-io", help=FUSED_HELP)] = False,
     data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val images join the parity check (default: shipped calibration images).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the manifest entry as JSON.")] = None,
 ) -> None:
@@ -149,7 +171,7 @@ def export(
                                     output_kind, output_layout=output_layout, threshold=threshold).build()
     dyn = None if dynamic is None else frozenset(d.strip() for d in dynamic.split(",") if d.strip())
     opts = ExportOptions(None, None, batch, dyn, opset, simplify, degenerate_atrous, pool_broadcast, argmax,
-                         argmax_dtype.value, name)
+                         argmax_dtype_for(argmax_dtype, fused_io), name, fused_io)
     with working("exporting"):
         result = onnx_from_source(source.load(), model_spec, out, opts, parity_images(data),
                                   log=lambda m: console.print(m, highlight=False))
@@ -184,7 +206,8 @@ def import_command(
     pool_broadcast: Annotated[bool, typer.Option("--pool-broadcast/--no-pool-broadcast",
                                                  help="Pass 2: Resize of the 1x1 pooled map -> Expand.")] = True,
     argmax: Annotated[bool, typer.Option("--argmax/--no-argmax", help="Pass 3: output class ids instead of logits.")] = False,
-    argmax_dtype: Annotated[ArgmaxDtype, typer.Option(help="Class-id dtype with --argmax.")] = ArgmaxDtype.int32,
+    argmax_dtype: Annotated[Optional[ArgmaxDtype], typer.Option(help="Class-id dtype with --argmax (default int32; uint8 with --fused-io).")] = None,
+    fused_io: Annotated[bool, typer.Option("--fused-io/--no-fused-io", help=FUSED_HELP)] = False,
     output_name: Annotated[Optional[str], typer.Option(help="The output that is the segmentation map, when the "
                                                          "model has several (default: the first).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="VOC folder whose val images, or folder of images whose first four, join the parity check (default: shipped calibration images).")] = None,
@@ -198,7 +221,7 @@ def import_command(
     model_spec = M.ModelSpecOptions(spec, height, width, layout, channel_order, scale, mean, std, resize, classes,
                                     output_kind, dynamic, output_layout, threshold).build()
     opts = ExportOptions(None, None, batch, None, 17, simplify, degenerate_atrous, pool_broadcast, argmax,
-                         argmax_dtype.value, name)
+                         argmax_dtype_for(argmax_dtype, fused_io), name, fused_io)
     with working("importing"):
         result = onnx_from_foreign(model, model_spec, out, opts, parity_images(data),
                                    log=lambda m: console.print(m, highlight=False), output_name=output_name)

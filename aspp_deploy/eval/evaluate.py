@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from aspp_deploy.backends.base import Runner, class_ids
+from aspp_deploy.backends.base import Runner, class_ids, runner_input
 from aspp_deploy.data.images import LABEL_TEXT, open_data
 from aspp_deploy.data.synthetic import CLASSES, write_synthetic_voc
 from aspp_deploy.data.voc import VOCSegmentation, load_image, load_mask
@@ -123,9 +123,9 @@ def evaluate(runner: Runner, data: "Path | DataSource", pre: Preprocess, classes
     cm = ConfusionMatrix(len(classes))
     done = 0
     worst: tuple[float, str] | None = None
-    for x, masks, names, sizes in iter_batches(ds, pre, len(classes), batch, limit):
-        preds = class_ids(runner.infer(x), runner.info.outputs_class_ids)
-        refs = None if ds.labelled or reference is None else class_ids(reference.infer(x),
+    for px, masks, names, sizes in iter_batches(ds, pre.fused(), len(classes), batch, limit):
+        preds = class_ids(runner.infer(runner_input(runner, px, pre)), runner.info.outputs_class_ids)
+        refs = None if ds.labelled or reference is None else class_ids(reference.infer(runner_input(reference, px, pre)),
                                                                        reference.info.outputs_class_ids)
         for k, (pred, mask, name, (w, h)) in enumerate(zip(preds, masks, names, sizes)):
             truth = mask if mask is not None else to_mask_size(refs[k], (h, w), pre)  # type: ignore[index]

@@ -105,7 +105,7 @@ def ensure_fp32(artifacts: Path, spec: ModelSpec, *, checkpoint: Path | None = N
             raise InputError(f"ONNX model not found: {onnx}")
         src = (entry or {}).get("source") or {}
         if entry and src.get("kind") == "onnx" and src.get("file_sha256") == sha256_file(onnx) \
-                and _spec_matches(spec, entry.get("spec")):
+                and _spec_matches(spec, entry.get("spec")) and not (entry.get("preprocess") or {}).get("fused_io"):
             return Fp32Artifact(fp32, entry, None, no_torch, "reused")
         if entry:
             log(f"{fp32} was made from another model or spec: importing {onnx} again")

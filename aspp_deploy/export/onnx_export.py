@@ -27,6 +27,7 @@ from aspp_deploy.backends.onnxruntime_backend import ort_session
 from aspp_deploy.data.voc import load_image
 from aspp_deploy.errors import InputError, ParityError
 from aspp_deploy.export import passes as P
+from aspp_deploy.export.fused_io import fuse_io
 from aspp_deploy.export.manifest import embed, tool_versions, write_with_entry
 from aspp_deploy.export.parity import ParityReport, compare_outputs
 from aspp_deploy.export.trt_check import SIDECAR_KEY, Preflight
@@ -53,6 +54,7 @@ class ExportOptions:
     argmax: bool = False
     argmax_dtype: str = "int32"
     name: str = "model"
+    fused_io: bool = False  # uint8 pixels in, uint8 class ids out (export/fused_io.py); implies the argmax
 
 
 @dataclass
@@ -279,7 +281,7 @@ def _check(model: onnx.ModelProto, what: str = "the exported graph") -> onnx.Mod
 @dataclass
 class Finished:
     graph: onnx.ModelProto       # after simplification and the exact passes (logits)
-    final: onnx.ModelProto       # graph, or graph + ArgMax
+    final: onnx.ModelProto       # graph, or graph + ArgMax, or graph with fused I/O
     reports: list
     simplify_note: str
     notes: list[str]
@@ -287,8 +289,10 @@ class Finished:
 
 
 def finish_graph(graph: onnx.ModelProto, opts: ExportOptions, log: Callable[[str], None],
-                 output_dims: list[int | str] | None = None, what: str = "the exported graph") -> Finished:
-    """checker -> onnxsim -> checker -> ASPP detection -> exact passes -> optional ArgMax.
+                 output_dims: list[int | str] | None = None, what: str = "the exported graph",
+                 pre: Preprocess | None = None, num_classes: int | None = None) -> Finished:
+    """checker -> onnxsim -> checker -> ASPP detection -> exact passes -> optional ArgMax, or fused I/O
+    (``opts.fused_io``: ``pre`` is the model's preprocessing, ``num_classes`` its class count).
 
     Shared by export and import. ``output_dims`` re-declares the output shape after each rewrite, so
     exporter-made symbol names never reach the manifest."""
@@ -318,7 +322,13 @@ def finish_graph(graph: onnx.ModelProto, opts: ExportOptions, log: Callable[[str
             reports.append(P.with_ops_delta(graph, new, rep))
             graph = _check(declare(new), what)
     final = graph
-    if opts.argmax:
+    if opts.fused_io:
+        if pre is None:
+            raise ValueError("fused I/O needs the model's preprocessing")
+        final, rep = fuse_io(graph, pre, num_classes)
+        reports.append(P.with_ops_delta(graph, final, rep))
+        final = _check(final, what)
+    elif opts.argmax:
         final, rep = P.append_argmax(graph, opts.argmax_dtype)
         reports.append(P.with_ops_delta(graph, final, rep))
         final = _check(final, what)
@@ -380,17 +390,24 @@ def verification_shapes(batch: int, dynamic, h: int, w: int, stride: int) -> lis
 
 
 def run_parity(reference: Callable[[np.ndarray], np.ndarray], graph: onnx.ModelProto, final: onnx.ModelProto,
-               cases: list[tuple[str, np.ndarray]], reference_ids: bool = False) -> ParityReport:
-    """ONNX Runtime on ``graph`` (and ``final`` when it differs: class ids) against ``reference``."""
+               cases: list[tuple[str, np.ndarray]], reference_ids: bool = False,
+               fused: Preprocess | None = None) -> ParityReport:
+    """ONNX Runtime on ``graph`` (and ``final`` when it differs: class ids) against ``reference``.
 
-    sessions = [("", ort_session_from_model(graph, ort_session))]
+    ``fused``: ``final`` has fused I/O with this preprocessing and ``cases`` are uint8 pixel batches
+    (``parity_inputs`` of it); ``final`` is fed them as they are, the reference and ``graph`` their
+    normalised float input (``Preprocess.from_pixels``, what the fused graph computes inside)."""
+
+    sessions = [("", ort_session_from_model(graph, ort_session), False)]
     if final is not graph:
-        sessions.append(("class ids, ", ort_session_from_model(final, ort_session)))
+        label = "fused I/O (uint8 in, class ids out), " if fused is not None else "class ids, "
+        sessions.append((label, ort_session_from_model(final, ort_session), fused is not None))
     results = []
     for name, arr in cases:
-        ref = reference(arr)
-        for prefix, session in sessions:
-            feed = {session.get_inputs()[0].name: arr}
+        x = fused.from_pixels(arr) if fused is not None else arr
+        ref = reference(x)
+        for prefix, session, takes_pixels in sessions:
+            feed = {session.get_inputs()[0].name: arr if takes_pixels else x}
             results.append(compare_outputs(prefix + name, ref, session.run(None, feed)[0], reference_ids))
     return ParityReport(results)
 
@@ -425,11 +442,14 @@ def onnx_from_source(source: ModelSource, spec: ModelSpec, out_dir: Path, opts: 
     pre0 = resolve_input(spec, GraphFacts(), source.preprocess)[0]
     notes = validate_options(opts, pre0.height, pre0.width, source.output_stride if source.config else None)
     resolved, module, plan = resolve_for_source(source, spec, opts.batch)
-    if opts.argmax and plan.kind == "class_ids":
+    if opts.argmax and not opts.fused_io and plan.kind == "class_ids":
         raise InputError("--argmax: the model already outputs class ids")
     ensure_writable(out_dir)
     pre = resolved.preprocess
     dynamic = frozenset(resolved.dynamic)
+    if opts.fused_io and "spatial" in dynamic:
+        raise InputError(f"--fused-io needs a fixed input height and width ({pre.height}x{pre.width}): export with "
+                         "--dynamic batch, or without --dynamic")
     ids = plan.kind == "class_ids"
     out_name = "class_ids" if ids else "logits"
     axes = dynamic_axes(dynamic, pre.layout, ids)
@@ -438,28 +458,38 @@ def onnx_from_source(source: ModelSource, spec: ModelSpec, out_dir: Path, opts: 
     for note in plan.notes:
         log(f"adapted: {note}")
     graph = _export_torch(module, x, opts, axes, out_name, (pre.height, pre.width), source.output_stride)
-    done = finish_graph(graph, opts, log, declared_output_dims(pre, opts.batch, axes, plan.num_classes, ids))
+    done = finish_graph(graph, opts, log, declared_output_dims(pre, opts.batch, axes, plan.num_classes, ids),
+                        pre=pre, num_classes=len(resolved.classes))
 
     def reference(arr: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return module(torch.from_numpy(arr)).numpy()
 
-    cases = parity_inputs(pre, verification_shapes(opts.batch, dynamic, pre.height, pre.width,
-                                                   source.output_stride), images or [])
-    parity = run_parity(reference, done.graph, done.final, cases, reference_ids=ids)
+    fused = pre.fused() if opts.fused_io else None
+    cases = parity_inputs(fused or pre, verification_shapes(opts.batch, dynamic, pre.height, pre.width,
+                                                            source.output_stride), images or [])
+    parity = run_parity(reference, done.graph, done.final, cases, reference_ids=ids, fused=fused)
     log(describe_parity(parity))
     require_parity(parity, "PyTorch")
     model_record = {"source": source.kind, "label": source.label, "config": source.config,
                     "output_adaptations": plan.notes, "source_notes": source.notes}
-    src_record = dict(source.record, fingerprint=source.fingerprint(resolved.to_dict()))
+    src_record = dict(source.record, fingerprint=source.fingerprint(fingerprinted_spec(resolved, opts)))
     export_record = {"exporter": "torch.onnx.export(dynamo=False)", "dynamic": sorted(dynamic),
                      "batch": opts.batch, "simplify": done.simplify_note, "aspp": done.aspp,
                      "passes": [r.to_dict() for r in done.reports], "notes": notes + done.notes,
                      "seconds": round(time.perf_counter() - t0, 2)}
     entry = manifest_entry(done.final, resolved, f"{opts.name}.onnx", model=model_record, source=src_record,
-                           export=export_record, parity=parity.to_dict(), argmax=opts.argmax or ids)
+                           export=export_record, parity=parity.to_dict(), argmax=opts.argmax or ids,
+                           fused_io=opts.fused_io)
     onnx_path, manifest_path = write_artifact(done.final, entry, out_dir, opts.name)
     return ExportResult(onnx_path, manifest_path, entry, notes + done.notes + source.notes + resolved_notes(resolved))
+
+
+def fingerprinted_spec(resolved: ResolvedSpec, opts: ExportOptions) -> dict:
+    """What an artifact's source fingerprint covers besides the model: its spec, and fused I/O when it has it
+    (a fused artifact is not the plain export a command that re-exports on demand wants; a plain one keeps
+    the fingerprint it always had)."""
+    return dict(resolved.to_dict(), fused_io=True) if opts.fused_io else resolved.to_dict()
 
 
 def resolved_notes(resolved: ResolvedSpec) -> list[str]:
@@ -474,13 +504,17 @@ def onnx_from_checkpoint(checkpoint: Path | None, out_dir: Path, opts: ExportOpt
 
 
 def manifest_entry(graph: onnx.ModelProto, resolved: ResolvedSpec, file_name: str, *, model: dict, source: dict,
-                   export: dict, parity: dict, argmax: bool) -> dict:
+                   export: dict, parity: dict, argmax: bool, fused_io: bool = False) -> dict:
+    """The manifest entry of an exported or imported graph; ``fused_io``: the graph takes uint8 pixels and
+    returns uint8 class ids (its preprocessing record says so, ``Preprocess.fused_io``)."""
+    argmax = argmax or fused_io
     return {
         "kind": "onnx", "file": file_name, "precision": "fp32",
         "inputs": tensor_records(graph.graph.input), "outputs": tensor_records(graph.graph.output),
         "outputs_class_ids": bool(argmax), "output_kind": "class_ids" if argmax else resolved.output_kind,
         "opset": next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
-        "preprocess": resolved.preprocess.to_dict(), "classes": resolved.classes, "palette": resolved.palette,
+        "preprocess": resolved.preprocess.fused(fused_io).to_dict(), "classes": resolved.classes,
+        "palette": resolved.palette,
         "spec": resolved.to_dict(), "assumed": resolved.assumed, "model": model, "source": source,
         "export": export, "parity": parity,
         "tools": tool_versions(),  # write_artifact adds the TensorRT pre-flight

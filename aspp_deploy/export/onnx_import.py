@@ -27,8 +27,9 @@ from onnx import TensorProto, helper, numpy_helper
 from aspp_deploy.backends.onnxruntime_backend import ort_session
 from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.export.graph import load_onnx
-from aspp_deploy.export.onnx_export import (describe_parity, ExportOptions, ExportResult, finish_graph, manifest_entry,
-                                            MIN_SIDE, ort_session_from_model, parity_inputs, require_parity,
+from aspp_deploy.export.onnx_export import (describe_parity, ExportOptions, ExportResult, finish_graph,
+                                            fingerprinted_spec, manifest_entry, MIN_SIDE, ort_session_from_model,
+                                            parity_inputs, require_parity,
                                             resolved_notes, run_parity, validate_options, verification_shapes,
                                             write_artifact)
 from aspp_deploy.export.parity import compare_outputs, ParityReport
@@ -350,6 +351,9 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
         dynamic = sorted(spec.dynamic)
         facts = GraphFacts(height=dims[hi] if isinstance(dims[hi], int) else None,
                            width=dims[wi] if isinstance(dims[wi], int) else None, layout=layout, dynamic=dynamic)
+    if opts.fused_io and "spatial" in dynamic:
+        raise InputError(f"--fused-io needs a fixed input height and width: input {inp.name} of {path.name} is {dims}; "
+                         "pin them with --dynamic batch (or --dynamic '') and the spec's --height/--width")
     if len(model.graph.output) > 1:
         dropped = [o.name for o in model.graph.output[1:]]
         del model.graph.output[1:]
@@ -398,7 +402,7 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
     resolved = resolve(spec, facts)
     pre = resolved.preprocess
     validate_options(opts, pre.height, pre.width, None)
-    if opts.argmax and ids:
+    if opts.argmax and not opts.fused_io and ids:
         raise InputError("--argmax: the model already outputs class ids")
     if squeeze_axis is not None:
         _squeeze_ids(model, squeeze_axis)
@@ -423,7 +427,8 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
     for note in notes:
         log(f"adapted: {note}")
     out_dims: list[int | str] = [dims[0]] + ([] if ids else [num_classes or "classes"]) + [dims[hi], dims[wi]]
-    done = finish_graph(model, opts, log, out_dims, what=f"the imported {path.name}")
+    done = finish_graph(model, opts, log, out_dims, what=f"the imported {path.name}", pre=pre,
+                        num_classes=len(resolved.classes))
 
     def post(out: np.ndarray) -> np.ndarray:
         """The original output read as the adopted graph returns it (before any upsampling)."""
@@ -445,10 +450,12 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
     stride = 32
     shapes = verification_shapes(batch, dynamic, pre.height, pre.width, stride)
     shapes = [(n, max(MIN_SIDE, h), max(MIN_SIDE, w)) for n, h, w in shapes]
-    cases = parity_inputs(pre, shapes, images or [])
-    tflite = _tflite_check(path, original, output_index, post, cases[:1] + cases[len(shapes):], ids, log) \
+    fused = pre.fused() if opts.fused_io else None
+    cases = parity_inputs(fused or pre, shapes, images or [])  # uint8 pixels for a fused model
+    float_cases = [(name, fused.from_pixels(a)) for name, a in cases] if fused is not None else cases
+    tflite = _tflite_check(path, original, output_index, post, float_cases[:1] + float_cases[len(shapes):], ids, log) \
         if source_kind == "tflite" else None
-    parity = run_parity(reference, done.graph, done.final, cases, reference_ids=ids)
+    parity = run_parity(reference, done.graph, done.final, cases, reference_ids=ids, fused=fused)
     log(describe_parity(parity))
     require_parity(parity, f"the original {path.name}" + (" (converted to ONNX)" if tflite is not None else ""))
     model_record = {"source": source_kind, "label": path.name, "tflite_runtime_check": tflite, "config": None, "output_adaptations": notes,
@@ -457,13 +464,13 @@ def onnx_from_foreign(path: Path, spec: ModelSpec, out_dir: Path, opts: ExportOp
                                                         "input_dtype": "uint8" if uint8_input else "float32",
                                                         "output_layout": out_layout, "opset": opset}}
     src_record = {"kind": source_kind, "file": str(path), "file_sha256": original_sha}
-    fp = fingerprint(src_record, resolved.to_dict())
+    fp = fingerprint(src_record, fingerprinted_spec(resolved, opts))
     export_record = {"exporter": "import", "dynamic": sorted(dynamic), "batch": batch,
                      "simplify": done.simplify_note, "aspp": done.aspp, "passes": [r.to_dict() for r in done.reports],
                      "notes": done.notes, "seconds": round(time.perf_counter() - t0, 2)}
     entry = manifest_entry(done.final, resolved, f"{opts.name}.onnx", model=model_record,
                            source=dict(src_record, fingerprint=fp), export=export_record, parity=parity.to_dict(),
-                           argmax=opts.argmax or ids)
+                           argmax=opts.argmax or ids, fused_io=opts.fused_io)
     onnx_path, manifest_path = write_artifact(done.final, entry, out_dir, opts.name)
     return ExportResult(onnx_path, manifest_path, entry, notes + done.notes + resolved_notes(resolved))
 

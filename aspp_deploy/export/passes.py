@@ -157,10 +157,13 @@ def append_argmax(model: onnx.ModelProto, dtype: str = "int32",
     logits = model.graph.output[0]
     dims = [d for d in logits.type.tensor_type.shape.dim]
     raw = f"{output_name}__int64"
-    model.graph.node.extend([
-        helper.make_node("ArgMax", [logits.name], [raw], axis=1, keepdims=0, name="class_argmax"),
-        helper.make_node("Cast", [raw], [output_name], to=ARGMAX_DTYPES[dtype], name="class_cast"),
-    ])
+    nodes = [helper.make_node("ArgMax", [logits.name], [raw], axis=1, keepdims=0, name="class_argmax")]
+    if dtype == "uint8":  # TensorRT 8.x casts to UINT8 only from FP32/FP16: through float (exact below 2^24)
+        nodes.append(helper.make_node("Cast", [raw], [f"{output_name}__float"], to=TensorProto.FLOAT,
+                                      name="class_cast_float"))
+        raw = f"{output_name}__float"
+    nodes.append(helper.make_node("Cast", [raw], [output_name], to=ARGMAX_DTYPES[dtype], name="class_cast"))
+    model.graph.node.extend(nodes)
     shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for i, d in enumerate(dims) if i != 1]
     del model.graph.output[:]
     model.graph.output.append(helper.make_tensor_value_info(output_name, ARGMAX_DTYPES[dtype], shape))

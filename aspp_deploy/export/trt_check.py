@@ -1,6 +1,13 @@
 """Offline pre-flight: lint an ONNX graph against the TensorRT ONNX parser's documented
 constraints for one TensorRT version, without TensorRT. Sources: onnx-tensorrt's operator
 support matrices per release and shared/TENSORRT_NOTES.md.
+
+UINT8 (a fused-I/O model's pixels in and class ids out): TensorRT takes UINT8 network inputs and
+outputs from 8.5 (8.5.1 release notes), every version checked here. Its UINT8 type is for I/O only:
+a UINT8 tensor may only be converted, by a Cast (8.x: an IIdentityLayer, to and from FP32/FP16 only,
+which onnx-tensorrt 8.x asserts; 10.x: an ICastLayer, any type), and no other layer reads one, not
+even a Transpose or Reshape (NVIDIA/TensorRT#3985). ``_check_uint8`` says where a graph breaks that;
+a graph that keeps it (Cast first, class ids cast to uint8 through float) passes on every version.
 """
 
 from __future__ import annotations
@@ -114,13 +121,52 @@ def check_for_trt(model: onnx.ModelProto, trt_version: str) -> CheckReport:
         if is_8x and op in ("ArgMax", "ArgMin"):
             findings.append(Finding("warning", name, op, "INT64 output: TensorRT 8.x computes it as INT32 "
                                     "(exact for class ids)"))
-        if is_8x and op == "Cast" and attr(node, "to") == TensorProto.UINT8:
-            findings.append(Finding("warning", name, op, "UINT8 tensors have limited support on 8.x: "
-                                    "prefer --argmax-dtype int32"))
     for io in list(model.graph.input) + list(model.graph.output):
         if is_8x and io.type.tensor_type.elem_type == TensorProto.INT64:
             findings.append(Finding("warning", io.name, "I/O", "INT64 network I/O is cast to INT32 on 8.x"))
+    findings += _check_uint8(model, elem_types, is_8x)
     return CheckReport(trt_version, findings)
+
+
+_FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16}
+_QDQ = ("QuantizeLinear", "DequantizeLinear")  # their uint8 is _check_qdq_type's finding
+
+
+def _type_name(elem: int | None) -> str:
+    return TensorProto.DataType.Name(elem) if elem in TensorProto.DataType.values() else "an unknown type"
+
+
+def _check_uint8(model: onnx.ModelProto, types: dict[str, int], is_8x: bool) -> list[Finding]:
+    """UINT8 tensors where TensorRT can hold them (see the module docstring): read only by Cast layers
+    (on 8.x to FP32/FP16), made only by a Cast (on 8.x from FP32/FP16) or given as a network input."""
+    out: list[Finding] = []
+    g = model.graph
+    uint8 = {i.name for i in g.input if i.type.tensor_type.elem_type == TensorProto.UINT8}
+    for node in g.node:  # in topological order, as ONNX stores them
+        if node.op_type in _QDQ:
+            continue
+        name = node.name or (node.output[0] if node.output else "?")
+        read = [i for i in node.input if i in uint8]
+        if node.op_type == "Cast":
+            to, source = attr(node, "to"), types.get(node.input[0])
+            if to == TensorProto.UINT8:
+                uint8.add(node.output[0])
+                if is_8x and not read and source is not None and source not in _FLOATS:
+                    out.append(Finding("error", name, "Cast", f"casts {_type_name(source)} to UINT8: TensorRT 8.x "
+                                       "converts to UINT8 only from FP32/FP16 (cast to float first)"))
+            elif read and is_8x and to not in _FLOATS:
+                out.append(Finding("error", name, "Cast", f"casts UINT8 to {_type_name(to)}: TensorRT 8.x converts "
+                                   "UINT8 only to FP32/FP16"))
+            continue
+        made = [o for o in node.output if types.get(o) == TensorProto.UINT8]
+        uint8.update(made)
+        if read:
+            out.append(Finding("error", name, node.op_type, f"reads the UINT8 tensor {read[0]}: in TensorRT only a "
+                               "Cast may read UINT8 (cast it to float first, even before a Transpose)"))
+        elif made:
+            out.append(Finding("error", name, node.op_type, f"makes the UINT8 tensor {made[0]}: TensorRT has UINT8 "
+                               "only for network I/O and Casts (cast to UINT8 last)"))
+    return out
 
 
 def _check_qdq(node: onnx.NodeProto, name: str, consts: dict, inits: dict) -> list[Finding]:

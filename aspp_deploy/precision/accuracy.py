@@ -6,7 +6,12 @@ Two kinds of labels (``Comparison.labels``): "masks" scores both models against 
 "fp32" (a folder of images without masks) scores the candidate against the FP32 model's own masks,
 so the FP32 figures are 1.0 by definition and the candidate's are its agreement with FP32. Either
 way the task metric (foreground IoU for binary models, mIoU otherwise) is also taken per image, and
-the image where the candidate lost most is named (``worst_image*``)."""
+the image where the candidate lost most is named (``worst_image*``).
+
+Each model is fed its own kind of input from the same pixels: the images are resized once to uint8
+pixels in the model's channel order, which a fused-I/O model takes as they are and any other model
+as their normalised float input (``Preprocess.from_pixels``, bit for bit what ``Preprocess`` gives it);
+a model that returns class ids (``--argmax``, fused I/O) is compared by its masks."""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from aspp_deploy.backends.base import class_ids
+from aspp_deploy.backends.base import class_ids, runner_input
 from aspp_deploy.backends.onnxruntime_backend import OrtRunner
 from aspp_deploy.bench.result_cache import samples_digest
 from aspp_deploy.data.images import LABEL_TEXT, DataSource, open_data
@@ -123,12 +128,16 @@ def _truths(ref_ids: np.ndarray, masks: list, sizes: list[tuple[int, int]], pre:
 
 class _Tally:
     """Accumulates one candidate's agreement with the reference, its confusion matrix against the
-    labels (masks, or the FP32 masks) and the image where it lost most of the task metric."""
+    labels (masks, or the FP32 masks) and the image where it lost most of the task metric.
+    ``class_output``: the candidate returns class ids; ``ref_class_output``: the reference does
+    (default: the same)."""
 
-    def __init__(self, num_classes: int, class_output: bool, pre: Preprocess, labels: str = "masks") -> None:
+    def __init__(self, num_classes: int, class_output: bool, pre: Preprocess, labels: str = "masks",
+                 ref_class_output: bool | None = None) -> None:
         self.cm = ConfusionMatrix(num_classes)
         self.pre = pre
         self.class_output = class_output
+        self.ref_class_output = class_output if ref_class_output is None else ref_class_output
         self.labels = labels
         self.agree = self.total = 0
         self.max_diff = 0.0
@@ -138,9 +147,9 @@ class _Tally:
             ref_scores: list[float] | None = None) -> None:
         """``masks``: what each image is scored against (the dataset's masks, or the FP32 masks);
         ``ref_scores``: the FP32 model's task metric on each image against them."""
-        if not self.class_output:
+        if not self.class_output and not self.ref_class_output:
             self.max_diff = max(self.max_diff, float(np.max(np.abs(out.astype(np.float32) - ref))))
-        pred, ref_pred = class_ids(out, self.class_output), class_ids(ref, self.class_output)
+        pred, ref_pred = class_ids(out, self.class_output), class_ids(ref, self.ref_class_output)
         self.agree += int((pred == ref_pred).sum())
         self.total += pred.size
         n = self.cm.num_classes
@@ -160,7 +169,7 @@ class _Tally:
         if classes is not None:
             per_class = {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, self.cm.iou())}
         return Comparison(n, ref.miou(), self.cm.miou(), self.agree / max(self.total, 1),
-                          None if self.class_output else self.max_diff, self.labels,
+                          None if self.class_output or self.ref_class_output else self.max_diff, self.labels,
                           ref.foreground_iou(), self.cm.foreground_iou(),
                           w[1] if w else None, w[2] if w else None, w[3] if w else None, per_class)
 
@@ -191,13 +200,14 @@ def compare_on_val(fp32_onnx: Path, candidate: Path, data: Path | DataSource, pr
     with OrtRunner(fp32_onnx, threads=threads) as ref_runner, OrtRunner(candidate, threads=threads) as runner:
         class_output = ref_runner.info.outputs_class_ids
         ref_tally = _RefTally(len(classes), ds.labelled)
-        tally = _Tally(len(classes), class_output, pre, ds.labels)
+        tally = _Tally(len(classes), runner.info.outputs_class_ids, pre, ds.labels, class_output)
         done = 0
-        for x, masks, names, sizes in iter_batches(ds, pre, len(classes), model_batch(ref_runner), n):
-            ref = infer_at_model_batch(ref_runner, x)
+        for px, masks, names, sizes in iter_batches(ds, pre.fused(), len(classes), model_batch(ref_runner), n):
+            ref = infer_at_model_batch(ref_runner, runner_input(ref_runner, px, pre))
             pairs = _truths(class_ids(ref, class_output), masks, sizes, pre)
             scores = [ref_tally.add(truth, ref_at) for truth, ref_at in pairs]
-            tally.add(infer_at_model_batch(runner, x), ref, [t for t, _ in pairs], names, scores)
+            tally.add(infer_at_model_batch(runner, runner_input(runner, px, pre)), ref, [t for t, _ in pairs], names,
+                      scores)
             done += len(names)
             if progress:
                 progress(done, n)
@@ -206,8 +216,8 @@ def compare_on_val(fp32_onnx: Path, candidate: Path, data: Path | DataSource, pr
 
 class Reference:
     """The FP32 model's outputs on the first ``limit`` validation images, so that many candidates
-    (the budget loop) are compared without re-running FP32. Inputs, outputs and what each image is
-    scored against (its mask, or the FP32 model's mask for an image without one) are kept in
+    (the budget loop) are compared without re-running FP32. Inputs (as uint8 pixels: ``model_input``
+    makes each candidate's own kind of input from them), outputs and what each image is scored against (its mask, or the FP32 model's mask for an image without one) are kept in
     ``.npy`` files (in ``folder``, else a temporary folder removed with this object) and read back
     one batch at a time: memory stays one batch (the model's static batch, else one image) whatever
     ``limit`` is."""
@@ -233,9 +243,9 @@ class Reference:
         self.batches = 0  # stored .npy batches (images / the model's batch, rounded up)
         with OrtRunner(fp32_onnx, threads=threads) as runner:
             self.class_output = runner.info.outputs_class_ids
-            for i, (x, masks, names, sizes) in enumerate(iter_batches(ds, pre, len(classes), model_batch(runner),
-                                                                      self.limit)):
-                out = infer_at_model_batch(runner, x)
+            for i, (x, masks, names, sizes) in enumerate(iter_batches(ds, pre.fused(), len(classes),
+                                                                      model_batch(runner), self.limit)):
+                out = infer_at_model_batch(runner, runner_input(runner, x, pre))
                 pairs = _truths(class_ids(out, self.class_output), masks, sizes, pre)
                 np.save(self.folder / f"x{i:05d}.npy", x)
                 np.save(self.folder / f"ref{i:05d}.npy", out)
@@ -256,12 +266,13 @@ class Reference:
             yield np.load(self.folder / f"x{i:05d}.npy"), masks, np.load(self.folder / f"ref{i:05d}.npy")
 
     def compare(self, candidate: Path) -> Comparison:
-        tally = _Tally(len(self.classes), self.class_output, self.pre, self.labels)
         with OrtRunner(candidate, threads=self.threads) as runner:
+            tally = _Tally(len(self.classes), runner.info.outputs_class_ids, self.pre, self.labels, self.class_output)
             k = 0
             for x, masks, ref in self._items():
                 n = len(masks)
-                tally.add(infer_at_model_batch(runner, x), ref, masks, self.names[k:k + n], self.ref.scores[k:k + n])
+                out = infer_at_model_batch(runner, runner_input(runner, x, self.pre))
+                tally.add(out, ref, masks, self.names[k:k + n], self.ref.scores[k:k + n])
                 k += n
         return tally.result(self.limit, self.ref, self.classes)
 

@@ -1,4 +1,5 @@
-"""FP16: a strongly typed mixed-precision ONNX, inputs and outputs kept FP32.
+"""FP16: a strongly typed mixed-precision ONNX, inputs and outputs kept FP32 (a fused-I/O model's
+uint8 pixels and class ids kept uint8: its fused nodes are on the block list, ``keep_fused_float``).
 
 First choice: ModelOpt AutoCast (``modelopt_backend.ModelOptFp16Builder``), which runs the model
 on calibration images and keeps in FP32 every node whose activations leave FP16's safe range.
@@ -16,6 +17,7 @@ from pathlib import Path
 import onnx
 
 from aspp_deploy.errors import MissingDependencyError
+from aspp_deploy.export.fused_io import keep_fused_float
 
 
 def onnxconverter_available() -> bool:
@@ -38,7 +40,7 @@ class ConverterFp16Builder:
 
         source = self.graph()
         model = float16.convert_float_to_float16(source, keep_io_types=True,
-                                                 node_block_list=list(exclude) or None)
+                                                 node_block_list=keep_fused_float(exclude, source) or None)
         restore_float_outputs(model, source)
         onnx.save(model, str(out))
 

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from aspp_deploy.export.fused_io import keep_fused_float
 from aspp_deploy.io import TempFolder
 from aspp_deploy.precision.cache import CacheLookup
 from aspp_deploy.runtime.calibration import CalibrationData, ort_reader
@@ -147,7 +148,7 @@ class OrtInt8Builder:
     def build(self, exclude: list[str], out: Path) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        exclude = list(exclude) + [n for n in self.output_tail() if n not in exclude]
+        exclude = keep_fused_float(list(exclude) + [n for n in self.output_tail() if n not in exclude], self.graph())
         r = self.recipe
         qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
         method = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,

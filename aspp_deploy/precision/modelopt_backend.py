@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from aspp_deploy.errors import AsppDeployError, MissingDependencyError
+from aspp_deploy.export.fused_io import keep_fused_float
 from aspp_deploy.io import atomic_write_text
 from aspp_deploy.precision.cache import CacheLookup
 from aspp_deploy.runtime.calibration import CalibrationData
@@ -71,7 +72,7 @@ def save_calibration(data: CalibrationData, path: Path, limit: int | None = None
     batches = len(data) if limit is None else max(1, min(len(data), limit // data.batch_size))
     first = data.batch(0)
     shape = (batches * data.batch_size, *first.shape[1:])
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=first.dtype, shape=shape)  # uint8 for fused I/O
     try:
         for i in range(batches):
             b = first if i == 0 else data.batch(i)
@@ -176,7 +177,7 @@ class ModelOptInt8Builder:
             else save_calibration(self.calib, self.work / "calib-one.npy", limit=self.calib.batch_size)
         job = {"op": "int8", "onnx": str(self.fp32), "out": str(raw), "calib": str(calib),
                "calib_input": self.calib.input_name, "calib_batch": self.calib.batch_size,
-               "method": MODELOPT_METHODS[self.method], "exclude": exclude,
+               "method": MODELOPT_METHODS[self.method], "exclude": keep_fused_float(exclude, self.graph()),
                "high_precision": self.high_precision,
                "cache": str(self.table) if self.calibrated else None}
         run_worker([job], self.work)
@@ -212,7 +213,7 @@ class ModelOptFp16Builder:
     def build(self, exclude: list[str], out: Path) -> None:
         raw = self.work / f"{out.stem}.autocast.onnx"
         run_worker([{"op": "fp16", "onnx": str(self.fp32), "out": str(raw), "calib": str(self.calib_file),
-                     "exclude": exclude}], self.work)
+                     "exclude": keep_fused_float(exclude, self.graph())}], self.work)
         model = onnx.load(str(raw))
         low = to_opset(model, OPSET_FOR_TRT8)
         onnx.save(canonical_tensors(low if low is not None else model), str(out))

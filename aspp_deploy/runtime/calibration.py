@@ -1,7 +1,8 @@
 """Calibration data: one shape for every consumer.
 
-``CalibrationData`` is an iterable of ``{input_name: float32 batch}`` (in the model's layout) built from a folder of
-images run through exactly the ``Preprocess`` of the model's manifest. ONNX Runtime takes it
+``CalibrationData`` is an iterable of ``{input_name: batch}`` (float32 in the model's layout, or the uint8
+N x H x W x 3 pixels a fused-I/O model takes) built from a folder of images run through exactly the
+``Preprocess`` of the model's manifest. ONNX Runtime takes it
 through ``OrtCalibrationReader`` (its ``CalibrationDataReader`` interface, in chunks: see
 ``int8_ort.stream_calibrate``), ModelOpt as one ``.npy`` file written batch by batch and
 memory-mapped by its worker, and the TensorRT calibrator (``aspp_deploy/runtime/trt/calibrator.py``) as
@@ -73,7 +74,8 @@ def data_digest(files: list[Path]) -> str:
 
 @dataclass
 class CalibrationData:
-    """An iterable of ``{input_name: float32 batch}`` in the model's layout; iterating again starts over.
+    """An iterable of ``{input_name: batch}``, what the model takes (``Preprocess.input_dtype``: float32 in
+    its layout, or uint8 pixels for a fused-I/O model); iterating again starts over.
 
     Every image is decoded and checked up front (``load``), so a bad file fails before any work
     starts; the decoded images are not kept: each pass decodes one batch at a time, so memory
@@ -112,24 +114,24 @@ class CalibrationData:
         return image
 
     def image(self, i: int) -> np.ndarray:
-        """Image ``i`` preprocessed (float32, the model's layout, no batch axis)."""
-        return np.asarray(self.preprocess(self._checked(self.files[i])), dtype=np.float32)
+        """Image ``i`` preprocessed (the model's input dtype and layout, no batch axis)."""
+        return np.asarray(self.preprocess(self._checked(self.files[i])), dtype=self.preprocess.input_dtype)
 
     def batch(self, i: int) -> np.ndarray:
-        """Batch ``i`` as one contiguous float32 array."""
+        """Batch ``i`` as one contiguous array."""
         b = self.batch_size
         return np.ascontiguousarray(np.stack([self.image(k) for k in range(i * b, (i + 1) * b)]))
 
     @property
     def array(self) -> np.ndarray:
-        """All images as one float32 array (N x 3 x H x W, or N x H x W x 3 for NHWC models).
+        """All images as one array (N x 3 x H x W, or N x H x W x 3 for NHWC and fused models).
         Decoded on each access and held by the caller: for small sets only (tests); the
         pipeline iterates instead."""
-        return np.stack([self.image(i) for i in range(len(self.files))]).astype(np.float32)
+        return np.stack([self.image(i) for i in range(len(self.files))])
 
     @property
     def image_nbytes(self) -> int:
-        """Bytes of one preprocessed image."""
+        """Bytes of one image as the model's float input (what its intermediate tensors scale with, fused or not)."""
         return 4 * 3 * self.preprocess.height * self.preprocess.width
 
     def __len__(self) -> int:

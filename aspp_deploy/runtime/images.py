@@ -213,7 +213,8 @@ def load_rgb(image: ImageLike) -> Image.Image:
 
 
 def preprocess_image(image: ImageLike, preprocess: Preprocess) -> np.ndarray:
-    """One image -> the model's ``3 x H x W`` float32 input (exactly the toolkit's preprocessing)."""
+    """One image -> the model's input (exactly the toolkit's preprocessing: float32 ``3 x H x W`` or
+    ``H x W x 3``, or uint8 ``H x W x 3`` pixels for a fused model)."""
     return preprocess(load_rgb(image))
 
 
@@ -305,11 +306,16 @@ def overlay(image: ImageLike, mask: np.ndarray, palette: Sequence[Sequence[int]]
 
 
 def stack_inputs(arrays: Sequence[np.ndarray], batch: int) -> np.ndarray:
-    """``3 x H x W`` inputs -> one ``batch x 3 x H x W`` array, padded by repeating the last input."""
+    """One image's inputs (``Preprocess``'s: float32 ``3 x H x W`` or ``H x W x 3``, or a fused model's
+    uint8 ``H x W x 3`` pixels) -> one batch of at least ``batch``, padded by repeating the last input.
+    uint8 pixels stay uint8; anything else is float32."""
     if not arrays:
         raise InputError("no images to stack")
     padded = list(arrays) + [arrays[-1]] * max(0, batch - len(arrays))
-    return np.ascontiguousarray(np.stack(padded).astype(np.float32, copy=False))
+    stacked = np.stack(padded)
+    if stacked.dtype != np.uint8:
+        stacked = stacked.astype(np.float32, copy=False)
+    return np.ascontiguousarray(stacked)
 
 
 # -- legend ---------------------------------------------------------------------------------------

@@ -206,6 +206,12 @@ class ArtifactEntry:
         return _to_dict(self, self.TYPED, _entry_value)
 
     @property
+    def fused_io(self) -> bool:
+        """True when the model takes uint8 pixels and returns uint8 class ids (its preprocessing record's
+        ``fused_io``; absent in every record written before the option: not fused)."""
+        return self.preprocess.fused_io
+
+    @property
     def input(self) -> Optional[TensorInfo]:
         """The image input (the first input), when the entry records its tensors."""
         return self.inputs[0] if self.inputs else None
@@ -494,6 +500,11 @@ class EngineManifest:
         if manifest.engine_bytes is not None and manifest.engine_bytes != engine.stat().st_size:
             raise InputError("{} does not match its manifest (the engine was replaced): rebuild it".format(engine))
         return manifest
+
+    @property
+    def fused_io(self) -> bool:
+        """True when the engine takes uint8 pixels and returns uint8 class ids (built from a fused ONNX)."""
+        return self.preprocess is not None and self.preprocess.fused_io
 
     def verify_bytes(self, data: bytes, engine_path: PathLike) -> None:
         """InputError unless the engine's bytes ``data`` are those the manifest recorded."""

@@ -15,6 +15,15 @@ Geometry (``policy``), for a model input of ``width x height``:
 
 Pixel values: ``x = (pixel * scale - mean) / std`` per channel, where ``mean``/``std`` are listed
 in the model's channel order (``channel_order`` RGB or BGR), then laid out NCHW or NHWC.
+
+Fused I/O (``fused_io``, an export/import option): the graph itself does the pixel work. It takes
+uint8 ``N x H x W x 3`` pixels in the model's channel order (``pixels``) and computes the normalisation
+and layout above inside (the same float32 operations in the same order, so it gives the model the very
+input ``normalize`` would), and returns uint8 class ids at the input size. The host keeps the
+geometry (resize, letterbox, centre crop and ``restore``), so a fused and an unfused model see and
+return the same pixels. ``scale``/``mean``/``std``/``layout`` then describe what the graph does
+inside; ``input_layout`` and ``input_dtype`` are what it takes. A record without the key (every
+record written before the option) is not fused, and an unfused record is written without it.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ class Preprocess:
     scale: float = 1.0 / 255.0        # pixel (0..255) -> value before mean/std
     policy: str = "stretch"
     pad_value: Tuple[int, int, int] = (0, 0, 0)
+    fused_io: bool = False            # the graph normalises uint8 pixels itself (module docstring)
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -91,13 +101,19 @@ class Preprocess:
             out.append(f"pad_value must be pixel values 0..255, got {list(self.pad_value)}")
         if not (np.isfinite(self.scale) and self.scale > 0):
             out.append(f"scale must be a positive number, got {self.scale}")
+        if not isinstance(self.fused_io, bool):
+            out.append(f"fused_io must be true or false, got {self.fused_io!r}")
         return out
 
     # -- serialisation ---------------------------------------------------------------------------
 
     def to_dict(self) -> Dict[str, Any]:
+        """The record; ``fused_io`` only when true, so an unfused record (and every digest, cache key and
+        manifest made from one) is what it was before the option existed."""
         d = dataclasses.asdict(self)
         d["mean"], d["std"], d["pad_value"] = list(self.mean), list(self.std), list(self.pad_value)
+        if not self.fused_io:
+            del d["fused_io"]
         return d
 
     @classmethod
@@ -122,8 +138,22 @@ class Preprocess:
     def with_size(self, height: int, width: int) -> "Preprocess":
         return dataclasses.replace(self, height=int(height), width=int(width))
 
+    def fused(self, fused_io: bool = True) -> "Preprocess":
+        """The same preprocessing for a model with (or without) fused I/O."""
+        return dataclasses.replace(self, fused_io=bool(fused_io))
+
+    @property
+    def input_layout(self) -> str:
+        """The layout of the tensor the model takes: NHWC pixels when fused, else ``layout``."""
+        return "NHWC" if self.fused_io else self.layout
+
+    @property
+    def input_dtype(self) -> str:
+        """The NumPy dtype of the tensor the model takes: uint8 when fused, else float32."""
+        return "uint8" if self.fused_io else "float32"
+
     def input_shape(self, batch: int = 1) -> Tuple[int, int, int, int]:
-        if self.layout == "NHWC":
+        if self.input_layout == "NHWC":
             return (batch, self.height, self.width, 3)
         return (batch, 3, self.height, self.width)
 
@@ -146,7 +176,7 @@ class Preprocess:
 
     def resize_image(self, image: Image.Image) -> Image.Image:
         """An image -> an RGB image of exactly the model's input size, by ``policy``."""
-        if image.mode != "RGB":
+        if image.mode != "RGB":  # convert("RGB") of an RGB image is a copy of every pixel, for nothing
             image = image.convert("RGB")
         box = self.box(image.size)
         if image.size != box.resized:
@@ -182,33 +212,65 @@ class Preprocess:
 
     # -- pixels ----------------------------------------------------------------------------------
 
-    def normalize(self, rgb: np.ndarray) -> np.ndarray:
-        """uint8 H x W x 3 RGB -> float32 in the model's channel order and layout, normalised.
+    def pixels(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 H x W x 3 RGB -> uint8 H x W x 3 in the model's channel order (what a fused model takes)."""
+        rgb = _uint8(rgb)
+        return np.ascontiguousarray(rgb[..., ::-1] if self.channel_order == "BGR" else rgb)
 
-        ``(pixel * scale - mean) / std`` in float32, looked up per channel in a 256-entry table of those
-        very float32 operations: the same bits as computing them per pixel, in a third of the time."""
-        rgb = np.asarray(rgb)
-        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ValueError(f"normalize takes H x W x 3 uint8 RGB, got {rgb.dtype} {rgb.shape}")
+    def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels in the model's channel order (H x W x 3, or a batch N x H x W x 3) -> the float32
+        normalised input in ``layout``: what a fused graph computes inside, with the same operations."""
+        return self._normalised(_uint8(pixels))
+
+    def normalize(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 H x W x 3 RGB -> float32 in the model's channel order and layout, normalised."""
+        return self._normalised(rgb[..., ::-1] if self.channel_order == "BGR" else rgb)
+
+    def _normalised(self, ordered: np.ndarray) -> np.ndarray:
+        """uint8 ... x H x W x 3 in the model's channel order -> float32 ``(pixel * scale - mean) / std`` in
+        ``layout``, looked up per channel in a 256-entry table of those very float32 operations: the same
+        bits as computing them per pixel, in a third of the time."""
+        ordered = np.asarray(ordered)
+        if ordered.dtype != np.uint8 or ordered.ndim < 3 or ordered.shape[-1] != 3:
+            raise ValueError(f"normalize takes ... x H x W x 3 uint8 pixels, got {ordered.dtype} {ordered.shape}")
         table = _value_table(float(self.scale), tuple(self.mean), tuple(self.std))
-        order = (2, 1, 0) if self.channel_order == "BGR" else (0, 1, 2)
         if self.layout == "NHWC":
-            out = np.empty(rgb.shape, np.float32)
-            for c, source in enumerate(order):
-                out[..., c] = np.take(table[c], rgb[..., source])
+            out = np.empty(ordered.shape, np.float32)
+            for c in range(3):
+                out[..., c] = np.take(table[c], ordered[..., c])
             return out
-        out = np.empty((3,) + rgb.shape[:2], np.float32)
-        for c, source in enumerate(order):
-            np.take(table[c], rgb[..., source], out=out[c])
+        out = np.empty(ordered.shape[:-3] + (3,) + ordered.shape[-3:-1], np.float32)
+        for c in range(3):
+            if ordered.ndim == 3:  # one image: each channel plane is contiguous, filled in place
+                np.take(table[c], ordered[..., c], out=out[c])
+            else:
+                out[..., c, :, :] = np.take(table[c], ordered[..., c])
         return out
 
+    def model_input(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 H x W x 3 RGB at the input size -> what the model takes: ``pixels`` when fused, else
+        ``normalize``."""
+        return self.pixels(rgb) if self.fused_io else self.normalize(rgb)
+
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """A PIL image -> one float32 array (3 x H x W or H x W x 3) of the model's input."""
-        return self.normalize(np.asarray(self.resize_image(image), dtype=np.uint8))
+        """A PIL image -> one array of the model's input: float32 (3 x H x W or H x W x 3), or uint8
+        H x W x 3 pixels for a fused model."""
+        return self.model_input(np.asarray(self.resize_image(image), dtype=np.uint8))
 
     def random_input(self, batch: int, seed: int = 0) -> np.ndarray:
-        """Standard-normal float32 inputs of the model's shape (for parity checks)."""
-        return np.random.default_rng(seed).standard_normal(self.input_shape(batch)).astype(np.float32)
+        """Inputs of the model's shape for parity checks and timing: standard-normal float32, or uniform
+        uint8 pixels for a fused model."""
+        rng = np.random.default_rng(seed)
+        if self.fused_io:
+            return rng.integers(0, 256, size=self.input_shape(batch), dtype=np.uint8)
+        return rng.standard_normal(self.input_shape(batch)).astype(np.float32)
+
+
+def _uint8(pixels: np.ndarray) -> np.ndarray:
+    array = np.asarray(pixels)
+    if array.dtype != np.uint8 or array.ndim < 3 or array.shape[-1] != 3:
+        raise ValueError("pixels must be uint8 ... x H x W x 3, got {} {}".format(array.dtype, list(array.shape)))
+    return array
 
 
 @functools.lru_cache(maxsize=16)

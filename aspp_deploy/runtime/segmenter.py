@@ -118,8 +118,14 @@ class Segmenter:
 
     @property
     def outputs_class_ids(self) -> bool:
-        """True when the model outputs class ids (exported with ``--argmax``), False for scores."""
+        """True when the model outputs class ids (exported with ``--argmax`` or ``--fused-io``), False for scores."""
         return self.engine.outputs_class_ids
+
+    @property
+    def fused_io(self) -> bool:
+        """True when the model takes uint8 pixels and returns uint8 class ids (``--fused-io``): ``preprocess``
+        then stops at the pixels and the model does the normalisation and the argmax."""
+        return self.preprocess.fused_io
 
     # -- the loop ------------------------------------------------------------------------------------
 
@@ -164,8 +170,8 @@ class Segmenter:
         return [postprocess(result[i], size, classes, self.preprocess) for i, size in enumerate(sizes)]
 
     def infer_raw(self, batch: np.ndarray) -> np.ndarray:
-        """A preprocessed float32 batch in the model's layout (``N x 3 x H x W`` or ``N x H x W x 3``) -> the
-        engine's raw output (scores or class ids)."""
+        """A preprocessed batch in the model's layout (float32 ``N x 3 x H x W`` or ``N x H x W x 3``; uint8
+        ``N x H x W x 3`` pixels for a fused-I/O model) -> the engine's raw output (scores or class ids)."""
         return self.engine.infer(batch)
 
     def close(self) -> None:

@@ -35,8 +35,9 @@ def array_sha256(array: np.ndarray) -> str:
 def input_reference(image: Path, preprocess: Preprocess, name: str) -> Dict[str, Any]:
     """What the reference file records for one image (the bundle writes these with the toolkit)."""
     x = preprocess_image(image, preprocess)
+    channels = np.moveaxis(x, -1, 0) if preprocess.input_layout == "NHWC" else x  # NHWC and fused pixels: last
     return {"file": name, "input_sha256": array_sha256(x), "shape": list(x.shape),
-            "channel_mean": [float(v) for v in x.reshape(x.shape[0], -1).mean(axis=1)]}
+            "channel_mean": [float(v) for v in channels.reshape(channels.shape[0], -1).mean(axis=1)]}
 
 
 def library_versions() -> Dict[str, str]:

@@ -34,6 +34,7 @@ class Engine:
     min_batch: int = 1               # the batch sizes the model takes: min..max (max None: any)
     max_batch: Optional[int] = None
     outputs_class_ids: bool = False  # True: integer class ids (an --argmax export), False: scores
+    input_dtype: str = "float32"     # "uint8": the model takes pixels (fused I/O), the NumPy dtype's name
 
     @property
     def input_name(self) -> str:
@@ -53,7 +54,8 @@ class Engine:
         return True
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """A preprocessed float32 batch in the model's layout -> the model's raw output (scores or class ids)."""
+        """A preprocessed batch (``feed_array``: float32 in the model's layout, or a fused model's uint8
+        N x H x W x 3 pixels) -> the model's raw output (scores or class ids)."""
         raise NotImplementedError
 
     def enter_thread(self) -> None:
@@ -80,6 +82,13 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def feed_array(batch: np.ndarray) -> np.ndarray:
+    """A batch as an engine is fed it, C-contiguous: uint8 pixels (a fused-I/O model's input) stay uint8,
+    anything else is float32. A model given the other kind refuses it with its own message."""
+    array = np.asarray(batch)
+    return np.ascontiguousarray(array, dtype=np.uint8 if array.dtype == np.uint8 else np.float32)
 
 
 def first_line(exc: BaseException) -> str:

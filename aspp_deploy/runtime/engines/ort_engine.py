@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from aspp_deploy.errors import InputError, MissingDependencyError, require
-from aspp_deploy.runtime.engines.base import Engine, first_line
+from aspp_deploy.runtime.engines.base import Engine, feed_array, first_line
 from aspp_deploy.runtime.manifest import METADATA_KEY, ArtifactEntry, read_artifact_entry
 
 ORT_INSTALL_HINT = "pip install onnxruntime (CPU; on a Jetson, the onnxruntime-gpu wheel for its JetPack)"
@@ -86,6 +86,8 @@ class OrtEngine(Engine):
         if isinstance(first, int) and first > 0:
             self.min_batch = self.max_batch = int(first)
         self.outputs_class_ids = bool(outputs) and "int" in outputs[0].type
+        if inputs and inputs[0].type == "tensor(uint8)":
+            self.input_dtype = "uint8"
 
     @property
     def providers(self) -> List[str]:
@@ -103,7 +105,7 @@ class OrtEngine(Engine):
         return read_artifact_entry(self.path, meta.get(METADATA_KEY))
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        feed = {self.input_name: feed_array(batch)}
         try:
             return np.asarray(self.session.run([self.output_name], feed)[0])
         except Exception as exc:  # InvalidArgument & co: the input does not fit the graph

@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 
 from aspp_deploy.errors import InputError, require
-from aspp_deploy.runtime.engines.base import Engine
+from aspp_deploy.runtime.engines.base import Engine, feed_array
 from aspp_deploy.runtime.manifest import METADATA_KEY, ArtifactEntry, read_artifact_entry
 
 OPENVINO_INSTALL_HINT = "pip install openvino (x86-64 and ARM64 CPUs), or aspp-deploy[openvino]"
@@ -108,6 +108,8 @@ class OvEngine(Engine):
         if shape is not None and shape.rank.is_static and shape[0].is_static:
             self.min_batch = self.max_batch = int(shape[0].get_length())
         self.outputs_class_ids = bool(outputs) and not outputs[0].get_element_type().get_type_name().startswith(("f", "bf"))
+        if inputs and inputs[0].get_element_type().get_type_name() == "u8":
+            self.input_dtype = "uint8"
 
     def get_property(self, name: str) -> Any:
         """A property of the compiled model as OpenVINO reports it (None where this release has no such property)."""
@@ -135,7 +137,7 @@ class OvEngine(Engine):
         return read_artifact_entry(self.path, embedded)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        self.request.infer({0: feed_array(batch)})
         return np.array(self.request.get_output_tensor(0).data, copy=True)  # the request reuses its buffer
 
     def close(self) -> None:

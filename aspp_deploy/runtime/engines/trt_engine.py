@@ -10,7 +10,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from aspp_deploy.errors import InputError
-from aspp_deploy.runtime.engines.base import Engine
+from aspp_deploy.runtime.engines.base import Engine, feed_array
 from aspp_deploy.runtime.manifest import EngineManifest
 
 
@@ -35,6 +35,7 @@ class TrtEngine(Engine):
         self.profile = profile
         self.min_batch, self.max_batch = int(profile[0][0]), int(profile[2][0])
         self.outputs_class_ids = bool(self.runner.outputs) and self.runner.outputs[0].dtype.kind in "iu"
+        self.input_dtype = str(self.runner.inputs[0].dtype)
 
     def takes(self, image_shape: Sequence[int]) -> bool:
         lo, _, hi = self.profile
@@ -55,11 +56,11 @@ class TrtEngine(Engine):
         self.runner.cuda.leave_thread()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.runner.infer({self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[self.output_name]
+        return self.runner.infer({self.input_name: feed_array(batch)})[self.output_name]
 
     def infer_phases(self, batch: np.ndarray) -> Any:
         """Milliseconds of host-to-device copy, compute and device-to-host copy of one run (device events)."""
-        t = self.runner.time({self.input_name: batch}, warmup=0, iters=1)
+        t = self.runner.time({self.input_name: feed_array(batch)}, warmup=0, iters=1)
         return {"h2d": t.h2d_ms[0], "compute": t.compute_ms[0], "d2h": t.d2h_ms[0]}
 
     def close(self) -> None:

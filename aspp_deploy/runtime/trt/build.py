@@ -293,6 +293,11 @@ def engine_from_onnx(onnx_path: Path | str, out_path: Path | str, req: BuildRequ
         batches = feeder_of(calibrator).batches
         if profiles and batches is not None and batches.spec != {n: p[1] for n, p in profiles.items()}:
             raise InputError(f"calibration batches {batches.spec} must have the profile's opt shapes")
+        takes = {t.name: numpy_dtype(t.dtype.name) for t in inputs}  # uint8 for a fused-I/O network
+        wrong = sorted(n for n, d in (batches.dtypes.items() if batches is not None else ()) if takes.get(n, d) != d)
+        if batches is not None and wrong:
+            raise InputError(f"calibration input {wrong[0]!r} is {batches.dtypes[wrong[0]]}; the network takes "
+                             f"{takes[wrong[0]]} (calibrate with the ONNX's own manifest preprocessing)")
         config.int8_calibrator = calibrator
         if profile is not None:
             config.set_calibration_profile(profile)

@@ -1,7 +1,8 @@
 """INT8 calibration for TensorRT's legacy implicit path (8.x to 10.x; TensorRT 11 removed it).
 
-Calibration data has one shape everywhere in aspp-deploy: an iterable of ``{input_name: float32 array}``
-batches. ``CalibrationBatches`` checks them as they are consumed, ``CalibrationCache`` reuses a cache
+Calibration data has one shape everywhere in aspp-deploy: an iterable of ``{input_name: array}``
+batches (float32, or the uint8 pixels a fused-I/O model takes: the network's input type, which the
+device buffers are made of). ``CalibrationBatches`` checks them as they are consumed, ``CalibrationCache`` reuses a cache
 only when its sidecar key (model + data + settings) matches, and ``make_calibrator`` wraps both in
 a TensorRT calibrator subclass. Everything but that subclass is plain Python, testable without TensorRT.
 """
@@ -25,10 +26,12 @@ if TYPE_CHECKING:
 
 ALGORITHMS = ("entropy", "minmax")
 Batch = Mapping[str, np.ndarray]
+INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.uint8))  # float inputs, or a fused-I/O model's pixels
 
 
 def check_batch(batch: Any, index: int, expected: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
-    """Names -> shapes of one batch; InputError unless float32, C-contiguous and shaped like ``expected``."""
+    """Names -> shapes of one batch; InputError unless float32 (or uint8 pixels), C-contiguous and shaped
+    like ``expected``."""
     where = f"calibration batch {index}"
     if not isinstance(batch, Mapping) or not batch:
         raise InputError(f"{where} must be a non-empty dict of input name -> array")
@@ -36,8 +39,9 @@ def check_batch(batch: Any, index: int, expected: dict[str, tuple[int, ...]] | N
     for name, array in batch.items():
         if not isinstance(array, np.ndarray):
             raise InputError(f"{where} input {name!r} is a {type(array).__name__}, not a NumPy array")
-        if array.dtype != np.float32:
-            raise InputError(f"{where} input {name!r} is {array.dtype}; calibration data must be float32")
+        if array.dtype not in INPUT_DTYPES:
+            raise InputError(f"{where} input {name!r} is {array.dtype}; calibration data must be float32 "
+                             "(uint8 pixels for a fused-I/O model)")
         if not array.flags["C_CONTIGUOUS"]:
             raise InputError(f"{where} input {name!r} is not C-contiguous (use np.ascontiguousarray)")
         if array.ndim == 0:
@@ -63,6 +67,7 @@ class CalibrationBatches:
         if first is None:
             raise InputError("calibration data is empty: give at least one batch")
         self.spec = check_batch(first, 0)
+        self.dtypes = {str(name): np.dtype(array.dtype) for name, array in first.items()}
         self._first: Batch | None = first
         self.count = 0
 
@@ -79,6 +84,10 @@ class CalibrationBatches:
             if batch is None:
                 return None
             check_batch(batch, self.count, self.spec)
+            changed = [n for n, a in batch.items() if np.dtype(a.dtype) != self.dtypes.get(str(n))]
+            if changed:
+                raise InputError(f"calibration batch {self.count} input {changed[0]!r} is {batch[changed[0]].dtype}, "
+                                 f"batch 0 was {self.dtypes.get(str(changed[0]))}")
         self.count += 1
         return batch
 
@@ -149,8 +158,9 @@ class CalibrationFeeder:
         self.error: Exception | None = None
         self.stream = cuda.stream_create()
         spec = batches.spec if batches is not None else {}
+        dtypes = batches.dtypes if batches is not None else {}
         self.buffers: dict[str, DeviceBuffer] = {
-            name: cuda.malloc(int(np.prod(shape)) * np.dtype(np.float32).itemsize) for name, shape in spec.items()}
+            name: cuda.malloc(int(np.prod(shape)) * dtypes[name].itemsize) for name, shape in spec.items()}
 
     def batch_size(self) -> int:
         return self.batches.batch_size if self.batches is not None else 1

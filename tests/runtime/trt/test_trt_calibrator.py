@@ -114,3 +114,32 @@ def test_cache_key_is_order_independent_but_value_sensitive():
     a = calibration_cache_key(MODEL, "d", {"x": 1, "y": [1, 2]})
     assert a == calibration_cache_key(MODEL, "d", {"y": [1, 2], "x": 1})
     assert a != calibration_cache_key(MODEL, "d", {"x": 1, "y": [2, 1]})
+
+
+def test_a_fused_models_uint8_pixels_calibrate_in_buffers_of_their_own_size(tmp_path):
+    """A fused-I/O network takes uint8 pixels: they are accepted, a batch of another dtype is refused, and the
+    device buffers the calibrator hands TensorRT hold uint8, not float32 (a recording stand-in for CUDA)."""
+    from aspp_deploy.runtime.trt.calibrator import CalibrationFeeder
+
+    rng = np.random.default_rng(0)
+    pixels = [{"pixels": rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)} for _ in range(2)]
+    data = CalibrationBatches(pixels + [{"pixels": np.zeros((2, 8, 8, 3), np.float32)}])
+    assert data.dtypes == {"pixels": np.dtype(np.uint8)}
+
+    class RecordingCuda:
+        def __init__(self):
+            self.sizes = []
+
+        def stream_create(self):
+            return object()
+
+        def malloc(self, nbytes):
+            self.sizes.append(nbytes)
+            return type("Buffer", (), {"ptr": len(self.sizes), "free": lambda self: None})()
+
+    cuda = RecordingCuda()
+    CalibrationFeeder(data, CalibrationCache(tmp_path / "c.calib", "k"), cuda)  # type: ignore[arg-type]
+    assert cuda.sizes == [2 * 8 * 8 * 3]  # one byte per value
+    assert data.next() is not None and data.next() is not None
+    with pytest.raises(InputError, match="batch 2 input 'pixels' is float32, batch 0 was uint8"):
+        data.next()
