@@ -137,6 +137,16 @@ def test_video_file_masks_equal_still_predict(clips, exported, still_masks, tmp_
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
+def test_fused_model_streams_the_same_masks(clips, fused_exported, still_masks, tmp_path):
+    """uint8 pixels in, uint8 class ids out (``--fused-io``): the same masks as the unfused model's stills."""
+    folder, _ = clips
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(folder / "clip.mp4"), "--model", str(fused_exported), "--out", str(out),
+                                 "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    _check_stream(out, "clip", json.loads((tmp_path / "r.json").read_text()), still_masks)
+
+
 def test_image_sequences_glob_and_printf(clips, exported, still_masks, tmp_path):
     folder, _ = clips
     for pattern in ("f*.png", "f%03d.png"):
