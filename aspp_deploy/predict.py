@@ -138,13 +138,15 @@ def _choose_batch(asked: int, static: int | None, max_batch: int | None, name: s
 
 
 def open_model(backend: str | None = None, model: Path | None = None, source_options: tuple = (None, None, None, None),
-               spec: Any = None, batch: int = 0, device: str = "cpu", threads: int = 0) -> PredictModel:
+               spec: Any = None, batch: int = 0, device: str = "cpu", threads: int = 0,
+               pipelined: bool = False) -> PredictModel:
     """Open ``model`` on ``backend`` (None: from the file's suffix).
 
     ``torch`` runs a PyTorch source: ``model`` (a checkpoint) or ``source_options`` =
     ``(checkpoint, arch, arch_args, weights)`` as ``aspp-deploy eval`` takes them, resolved with ``spec``;
     with neither, the shipped checkpoint. Every other backend opens ``model`` through the registry and
-    reads the model description from its manifest."""
+    reads the model description from its manifest. ``pipelined``: the model will run in the stream
+    pipeline (see ``registry.open_runner``)."""
     checkpoint, arch, arch_args, weights = source_options
     torch_options = checkpoint is not None or arch is not None
     if backend is None:
@@ -178,7 +180,7 @@ def open_model(backend: str | None = None, model: Path | None = None, source_opt
     registry.require_backend(backend)
     desc = artifact_description(model)
     chosen = _choose_batch(batch, desc["static_batch"], desc["max_batch"], model.name)
-    runner = registry.open_runner(backend, model, desc["precision"], device, threads)
+    runner = registry.open_runner(backend, model, desc["precision"], device, threads, pipelined)
     return PredictModel(runner, desc["preprocess"], [str(c) for c in desc["classes"]], desc["palette"], backend,
                         str(model), runner.info.precision or desc["precision"], chosen, desc["static_batch"])
 

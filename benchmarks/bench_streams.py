@@ -17,7 +17,9 @@ interleaved (compare figures within one run only; the CPU and its flags are prin
 - ``infer only``: the engine's ``infer`` on a preprocessed batch, the frames' count of times;
 - ``sequential``: decode, preprocess, infer, post-process, write the mask video one after another
   (what ``predict`` did before streams);
-- ``pipelined``: ``segment_stream`` (the runtime's pipeline) writing the mask video;
+- ``pipelined``: ``segment_stream`` (the runtime's pipeline) writing the mask video, on a session opened
+  as ``predict`` opens it for a stream (intra-op threads sleep between runs; the other modes keep ONNX
+  Runtime's default busy-waiting, its best back-to-back latency);
 - ``+ overlay``: the same, writing the H.264 overlay video too.
 
 Printed: FPS (median over rounds), the ratio of end to end to inference only, the overlay's cost, the
@@ -210,7 +212,10 @@ def main() -> int:
             make_video(video, frames, (w, h), people=base != "shipped")
         videos[name] = (video, frames)
     results: dict = {name: {mode: [] for mode in MODES} for name in models}
+    # inference only and sequential: ONNX Runtime's defaults (threads spin between runs: its best
+    # back-to-back latency); pipelined: as `predict` opens a stream's model, threads sleep between runs
     segs = {name: Segmenter(OrtEngine(onnx, threads=args.threads)) for name, onnx in models.items()}
+    piped = {name: Segmenter(OrtEngine(onnx, threads=args.threads, spinning=False)) for name, onnx in models.items()}
     try:
         for r in range(args.rounds):
             for name, seg in segs.items():
@@ -218,11 +223,11 @@ def main() -> int:
                 with tempfile.TemporaryDirectory(dir=args.work) as tmp:
                     results[name]["infer only"].append(infer_only(seg, video, frames))
                     results[name]["sequential"].append(sequential(seg, video, Path(tmp)))
-                    results[name]["pipelined"].append(pipelined(seg, video, Path(tmp), overlay=False))
-                    results[name]["+ overlay"].append(pipelined(seg, video, Path(tmp), overlay=True))
+                    results[name]["pipelined"].append(pipelined(piped[name], video, Path(tmp), overlay=False))
+                    results[name]["+ overlay"].append(pipelined(piped[name], video, Path(tmp), overlay=True))
             print(f"round {r + 1}/{args.rounds} done", flush=True)
     finally:
-        for seg in segs.values():
+        for seg in [*segs.values(), *piped.values()]:
             seg.close()
 
     def fps(name: str, mode: str) -> float:

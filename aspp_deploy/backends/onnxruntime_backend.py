@@ -24,8 +24,8 @@ def ort_session(path: Path | str, device: str = "cpu", threads: int = 0):
 
 class OrtRunner(Runner):
     def __init__(self, onnx_path: Path | str, device: str = "cpu", threads: int = 0,
-                 precision: str = "fp32") -> None:
-        self.engine = OrtEngine(onnx_path, threads=threads, providers=providers_for(device))
+                 precision: str = "fp32", spinning: bool = True) -> None:
+        self.engine = OrtEngine(onnx_path, threads=threads, providers=providers_for(device), spinning=spinning)
         self.session = self.engine.session
         self.input_name, self.output_name = self.engine.input_name, self.engine.output_name
         self.info = RunnerInfo("onnxruntime", precision, device, str(onnx_path),

@@ -17,7 +17,9 @@ from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.runtime.trt.cuda import get_cuda
 from aspp_deploy.runtime.trt.runtime import tensorrt_installed, TRT_INSTALL_HINT
 
-Opener = Callable[[Optional[Path], str, str, int], Runner]  # (model, precision, device, threads) -> runner
+# (model, precision, device, threads, pipelined) -> runner; pipelined: other CPU work overlaps inference
+# (the stream pipeline), so the runtime should not busy-wait between runs
+Opener = Callable[[Optional[Path], str, str, int, bool], Runner]
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class Backend:
     needs_model: bool = True    # False: opens the shipped model when none is given
 
 
-def _open_torch(model: Optional[Path], precision: str, device: str, threads: int) -> Runner:
+def _open_torch(model: Optional[Path], precision: str, device: str, threads: int, pipelined: bool) -> Runner:
     import torch
 
     if threads:
@@ -39,17 +41,17 @@ def _open_torch(model: Optional[Path], precision: str, device: str, threads: int
     return TorchRunner(model, device=device, precision=precision)
 
 
-def _open_onnxruntime(model: Optional[Path], precision: str, device: str, threads: int) -> Runner:
+def _open_onnxruntime(model: Optional[Path], precision: str, device: str, threads: int, pipelined: bool) -> Runner:
     assert model is not None
-    return OrtRunner(model, device=device, threads=threads, precision=precision)
+    return OrtRunner(model, device=device, threads=threads, precision=precision, spinning=not pipelined)
 
 
-def _open_trt(model: Optional[Path], precision: str, device: str, threads: int) -> Runner:
+def _open_trt(model: Optional[Path], precision: str, device: str, threads: int, pipelined: bool) -> Runner:
     assert model is not None
     return TrtBackendRunner(model)
 
 
-def _open_openvino(model: Optional[Path], precision: str, device: str, threads: int) -> Runner:
+def _open_openvino(model: Optional[Path], precision: str, device: str, threads: int, pipelined: bool) -> Runner:
     assert model is not None
     return OpenVinoRunner(model, device=device, threads=threads, precision=precision)
 
@@ -111,11 +113,13 @@ def require_backend(backend: str) -> None:
 
 
 def open_runner(backend: str, model: Optional[Path], precision: str = "fp32", device: str = "cpu",
-                threads: int = 0) -> Runner:
+                threads: int = 0, pipelined: bool = False) -> Runner:
+    """``backend``'s runner on ``model``; ``pipelined``: the caller overlaps other CPU work with inference
+    (the stream pipeline), so runtimes that busy-wait between runs (ONNX Runtime) are told not to."""
     b = get(backend)
     if model is not None:
         check_artifact_kind(backend, model)
     elif b.needs_model:
         raise InputError(f"the {backend} backend needs --model MODEL{b.suffixes[0]} (see {b.made_by})")
     require_backend(backend)
-    return b.open(model, precision, device, threads)
+    return b.open(model, precision, device, threads, pipelined)

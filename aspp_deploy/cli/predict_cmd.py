@@ -97,7 +97,8 @@ def predict_command(
     spec_options = M.ModelSpecOptions(spec, height, width, classes=classes)
     model_spec = spec_options.build() if spec_options.given else None
     with working("loading the model"), code_trusted(source.trust_code):
-        opened = open_model(backend, model, source.options, model_spec, batch, device, threads)
+        opened = open_model(backend, model, source.options, model_spec, batch, device, threads,
+                            pipelined=stream is not None)
     with opened:
         for note in opened.notes:
             console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)

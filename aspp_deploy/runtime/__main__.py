@@ -147,13 +147,15 @@ def open_segmenter(args: argparse.Namespace):
         reason = why if why and not why.startswith("TensorRT is not installed") else TRT_INSTALL_HINT
         raise MissingDependencyError(f"{reason}; the CPU fallback, ONNX Runtime, is not installed either: "
                                      f"{ORT_INSTALL_HINT}")
-    return OrtSegmenter(args.onnx, threads=args.threads), why
+    # a stream runs in the pipeline: ONNX Runtime's threads must not busy-wait between runs there
+    return OrtSegmenter(args.onnx, threads=args.threads, spinning=not getattr(args, "pipelined", False)), why
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from aspp_deploy.runtime.app import StreamOutputs, find_inputs, segment_images, segment_stream
 
     kind, files = find_inputs(args.input)
+    args.pipelined = kind == "stream"
     seg, why = open_segmenter(args)
     with seg:
         _say(f"segmenting with {seg.description}" + (f" ({why})" if why else ""))

@@ -32,8 +32,9 @@ class OrtSegmenter(Segmenter):
 
     engine: OrtEngine
 
-    def __init__(self, onnx: Union[Path, str], threads: int = 0, providers: Optional[List[str]] = None) -> None:
-        super().__init__(OrtEngine(onnx, threads=threads, providers=providers))
+    def __init__(self, onnx: Union[Path, str], threads: int = 0, providers: Optional[List[str]] = None,
+                 spinning: bool = True) -> None:
+        super().__init__(OrtEngine(onnx, threads=threads, providers=providers, spinning=spinning))
 
     @property
     def providers(self) -> List[str]:

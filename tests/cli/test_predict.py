@@ -254,9 +254,9 @@ def test_a_backend_added_to_the_registry_is_usable(tiny_onnx, images, tmp_path, 
     base = registry.REGISTRY["onnxruntime"]
     opened = []
 
-    def open_newrt(model, precision, device, threads):
+    def open_newrt(model, precision, device, threads, pipelined):
         opened.append(model)
-        return base.open(model, precision, device, threads)
+        return base.open(model, precision, device, threads, pipelined)
 
     monkeypatch.setitem(registry.REGISTRY, "newrt", dataclasses.replace(base, name="newrt", open=open_newrt))
     monkeypatch.setattr(registry, "BACKENDS", tuple(registry.REGISTRY))

@@ -226,6 +226,19 @@ class _LiveBurst(FrameSource):
             yield Frame(i, rgb)
 
 
+def test_a_stream_opens_onnx_runtime_without_busy_waiting(exported):
+    """In the pipeline other threads need the CPU between runs: ONNX Runtime's threads must sleep there."""
+    from aspp_deploy.predict import open_model
+
+    with open_model("onnxruntime", exported, pipelined=True) as model:
+        options = model.runner.engine.session.get_session_options()  # type: ignore[attr-defined]
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with open_model("onnxruntime", exported) as model:  # still images, bench, compare: ONNX Runtime's default
+        options = model.runner.engine.session.get_session_options()  # type: ignore[attr-defined]
+        with pytest.raises(Exception, match="allow_spinning"):
+            options.get_session_config_entry("session.intra_op.allow_spinning")
+
+
 def test_live_source_drops_only_when_behind_and_counts_every_drop(clips, exported):
     _, decoded = clips
     with Segmenter(exported) as seg:
