@@ -13,7 +13,8 @@ the way a user would name it:
   (``nvv4l2decoder``) and the CSI cameras; when PyAV is not installed, OpenCV reads the other kinds too.
 
 Cameras and network streams are live: the pipeline may drop frames to keep up with them (and counts
-every one); files and image sequences never drop a frame.
+every one); files and image sequences never drop a frame, nor does a video file on a web server (an
+``http(s)://`` URL whose length the container tells).
 
 Outputs: the mask video holds the class ids exactly (PNG frames in a QuickTime ``.mov``, palette mode:
 each pixel's value is its class id and players show the model's colours); the overlay video is H.264
@@ -157,6 +158,8 @@ class AvSource(FrameSource):
         rate = self.stream.average_rate or self.stream.guessed_rate
         if rate and rate > 0:
             self.fps, self.fps_known = Fraction(rate), True
+        if kind == "stream" and name.lower().startswith(("http://", "https://")) and self.container.duration:
+            self.live = False  # a file on a web server (its length is known), not a live HTTP stream
         self.frames = int(self.stream.frames) if self.stream.frames and not self.live else None
 
     def __iter__(self) -> Iterator[Frame]:

@@ -185,6 +185,9 @@ def test_http_stream_frames_in_equal_frames_out(http_server, exported, still_mas
     stem = Path(summary["outputs"]["mask_video"]).name[:-len(".mask.mov")]
     assert stem.startswith("127_0_0_1") and "/" not in stem
     _check_stream(out, stem, summary, still_masks)
+    # a video file on a web server (its length known) is not live: every frame, without --no-drop
+    with open_source(f"{http_server}/clip.mp4") as source:
+        assert not source.live and source.frames == FRAMES
 
 
 def test_bundle_runtime_segments_a_video(clips, exported, still_masks, tmp_path):
