@@ -421,8 +421,7 @@ def run_compare(specs: list[RowSpec], val: ValidationSet, classes: list[str], op
                 row.delta_miou, row.pixel_agreement, row.boundary_f, row.max_abs_logit_diff = 0.0, 1.0, 1.0, 0.0
             reused = f" (reused: {', '.join(row.reused)})" if row.reused else ""
             log(f"{s.label}: mIoU {row.miou:.4f}{reused}")
-        _time_rows(rows, held, open_runner, val.inputs[0], warmup, rounds, iters, seed, log, rounds_progress,
-                   cache, lat_keys)
+        _time_rows(rows, held, open_runner, val, warmup, rounds, iters, seed, log, rounds_progress, cache, lat_keys)
     finally:
         release()
         for store in stores:
@@ -431,13 +430,14 @@ def run_compare(specs: list[RowSpec], val: ValidationSet, classes: list[str], op
     return rows
 
 
-def _time_rows(rows: list[Row], held: dict[int, Runner], open_runner, x, warmup: int, rounds: int, iters: int,
-               seed: int, log: Callable[[str], None], rounds_progress, cache: ResultCache | None,
+def _time_rows(rows: list[Row], held: dict[int, Runner], open_runner, val: ValidationSet, warmup: int, rounds: int,
+               iters: int, seed: int, log: Callable[[str], None], rounds_progress, cache: ResultCache | None,
                lat_keys: dict[int, dict]) -> None:
     """The latency rounds of every ok row without a reused latency (and of the reference with them,
     even when its latency was reused: a speed-up pairs only within one run). ``held`` holds the
-    runners still open from the accuracy passes; the others are opened here. A row whose latency
-    cannot be measured keeps its accuracy figures, with the reason in ``reason``."""
+    runners still open from the accuracy passes; the others are opened here. Every call runs the first
+    validation image. A row whose latency cannot be measured keeps its accuracy figures, with the
+    reason in ``reason``."""
     ok = [i for i, r in enumerate(rows) if r.status == "ok"]
     todo = [i for i in ok if rows[i].bench is None]
     if not todo:
@@ -448,6 +448,7 @@ def _time_rows(rows: list[Row], held: dict[int, Runner], open_runner, x, warmup:
         ref.bench = None
         ref.reused.remove("latency")
         todo.insert(0, ok[0])
+    x = val.inputs[0]
     contestants: dict[int, Contestant] = {}
     for i in todo:
         try:
