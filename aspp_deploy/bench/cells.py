@@ -62,9 +62,11 @@ def latency_text(settings: dict) -> str:
     """How the latency was timed: ``batch 1, 6 interleaved rounds x 4 timed calls per row after 3
     warm-up calls``; the single block of older reports (no rounds) as ``5 warm-up + 30 timed runs``."""
     if settings.get("rounds"):
+        rewarm = settings.get("rewarm", 0)
+        opening = f"; each row's block opens with {rewarm} untimed call{'s' * (rewarm != 1)}" if rewarm else ""
         return (f"batch 1, {settings['rounds']} interleaved rounds x {settings['iters']} timed calls per row "
                 f"after {settings.get('warmup', 0)} warm-up calls (every row once per round, in a new order each "
-                "round)")
+                f"round{opening})")
     return f"batch 1, {settings.get('warmup', 0)} warm-up + {settings.get('iters', 0)} timed runs"
 
 

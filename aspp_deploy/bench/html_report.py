@@ -114,9 +114,10 @@ def html_report(rows: list[dict], machine: dict, settings: dict, plots: list[tup
     if unstable:
         parts.append(f'<p id="unstable" class="unstable">{UNSTABLE_MARK} Unstable latency: '
                      f"{_text(', '.join(unstable))}. The timed calls spread widely (std over "
-                     f"{100 * UNSTABLE_CV:.0f}% of the mean or p99 over {UNSTABLE_P99_RATIO:g}x p50) or the rounds' "
-                     f"medians lie over {100 * UNSTABLE_ROUNDS:.0f}% apart: the machine was busy. Rerun on a quiet "
-                     f"machine or with more rounds (--rounds) before trusting these latencies.</p>")
+                     f"{100 * UNSTABLE_CV:.0f}% of the mean or p99 over {UNSTABLE_P99_RATIO:g}x p50) or the middle "
+                     f"half of its rounds' medians spans over {100 * UNSTABLE_ROUNDS:.0f}% of their median: the machine "
+                     f"was busy. Rerun on a quiet machine or with more rounds (--rounds) before trusting these "
+                     f"latencies.</p>")
     if plots:
         parts += ["<h2>Plots</h2>", *_figures(plots)]
     parts += _per_class_table(rows, settings)

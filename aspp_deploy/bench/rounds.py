@@ -7,6 +7,11 @@ contestant runs ``iters`` synchronised calls back to back, and the next round st
 of them have run. A contestant's latency is then all its rounds' samples, and a ratio between two
 contestants is taken per round (``stats.paired_ratios``), where both saw the same minute.
 
+Each block opens with one untimed call (``REWARM``): the first call after another contestant ran
+pays for that one's footprint (the caches it filled, its threads going back to sleep), often 20-50%
+more on a 2-core machine, which a model running on its own never pays; timed, it would make every
+row look unstable and tie each figure to whichever row ran before it.
+
 The order within a round is shuffled with a fixed seed (as Google Benchmark's random interleaving
 does), drawn so that no contestant follows the same one (or opens the round) twice in a row: a
 contestant that always ran right after a heavy one would always pay for its cache misses or its
@@ -23,11 +28,14 @@ from typing import Callable, Generic, Hashable, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
-# ``compare``'s defaults: 3 warm-up calls per row, then 6 rounds x 4 timed calls (24 samples per row,
-# six paired ratios per speed-up; about as long as the single block of 5 + 30 it replaced)
-DEFAULT_WARMUP, DEFAULT_ROUNDS, DEFAULT_ITERS = 3, 6, 4
+# ``compare``'s defaults: 2 warm-up calls per row, then 6 rounds of 1 untimed + 3 timed calls (18
+# samples per row, six paired ratios per speed-up): 26 calls per row, about the 27 of a single
+# block of 3 warm-up + 24 timed calls
+DEFAULT_WARMUP, DEFAULT_ROUNDS, DEFAULT_ITERS = 2, 6, 3
+REWARM = 1  # untimed calls opening each contestant's block in every round
 SEED = 0  # the rounds' orders are drawn from this seed: the same orders on every run
-METHOD = "interleaved rounds, shuffled order, paired per-round ratios"  # what a latency was measured by
+METHOD = (f"interleaved rounds, shuffled order, {REWARM} untimed call opening each block, "
+          "paired per-round ratios")  # how a latency was measured: part of its cache key
 ORDER_DRAWS = 200  # shuffles tried for a round before one that repeats a predecessor is accepted
 
 
@@ -79,15 +87,16 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def run_rounds(contestants: dict[K, Contestant], rounds: int, iters: int, warmup: int = 0, seed: int = 0,
-               on_round: Callable[[int, int], None] | None = None,
+               on_round: Callable[[int, int], None] | None = None, rewarm: int = REWARM,
                clock: Callable[[], int] = time.perf_counter_ns) -> RoundsResult[K]:
     """Warm every contestant up (``warmup`` untimed calls each, in the first round's order), then
-    time ``rounds`` interleaved rounds of ``iters`` synchronised calls per contestant.
+    time ``rounds`` interleaved rounds: in each, every contestant runs ``rewarm`` untimed calls and
+    then ``iters`` timed, synchronised ones. ``started`` records when each block began.
 
     A contestant whose call raises is dropped with its reason in ``failed`` (and its samples with it);
     the others go on. ``on_round(done, rounds)`` is called after each round."""
-    if rounds < 1 or iters < 1 or warmup < 0:
-        raise ValueError("rounds and iters must be >= 1 and warmup >= 0")
+    if rounds < 1 or iters < 1 or warmup < 0 or rewarm < 0:
+        raise ValueError("rounds and iters must be >= 1, warmup and rewarm >= 0")
     orders = round_orders(list(contestants), rounds, seed)
     result: RoundsResult[K] = RoundsResult(samples={k: [] for k in contestants},
                                            started={k: [] for k in contestants})
@@ -115,6 +124,9 @@ def run_rounds(contestants: dict[K, Contestant], rounds: int, iters: int, warmup
             result.started[key].append((clock() - t0) / 1e6)
             times = []
             try:
+                for _ in range(rewarm):
+                    c.call()
+                c.sync()
                 for _ in range(iters):
                     t = clock()
                     c.call()

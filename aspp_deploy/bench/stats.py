@@ -9,7 +9,7 @@ import numpy as np
 # A figure is flagged unstable when run-to-run spread is this large (trtexec-style warning).
 UNSTABLE_CV = 0.10        # std / mean
 UNSTABLE_P99_RATIO = 1.5  # p99 / p50
-UNSTABLE_ROUNDS = 0.20    # (slowest - fastest round's median) / the median of the rounds' medians
+UNSTABLE_ROUNDS = 0.10    # interquartile range of the rounds' medians / their median
 
 
 @dataclass(frozen=True)
@@ -69,19 +69,21 @@ def round_medians(rounds_ms) -> list[float]:
 
 
 def rounds_drift(rounds_ms) -> float:
-    """How far the rounds' medians spread: (slowest - fastest) / their median; 0 for one round."""
+    """How far the rounds' medians spread: their interquartile range over their median (0 for one
+    round). Robust to one disturbed round, which moves neither quartile much nor the p50 of all the
+    rounds' samples; large when the machine's load changed for a good part of the rounds."""
     meds = round_medians(rounds_ms)
     if not meds:
         raise ValueError("no latency rounds")
-    mid = float(np.median(meds))
-    return (max(meds) - min(meds)) / mid if mid > 0 else float("nan")
+    q1, mid, q3 = np.percentile(meds, [25, 50, 75])
+    return float((q3 - q1) / mid) if mid > 0 else float("nan")
 
 
 def rounds_unstable(rounds_ms) -> bool:
     """The latency of interleaved rounds is unstable when all the rounds' samples together spread
     widely (``LatencyStats.unstable``: std over 10% of the mean, or p99 over 1.5x p50) or when the
-    rounds' medians differ by more than ``UNSTABLE_ROUNDS`` of their median (the load changed while
-    they ran)."""
+    rounds' medians spread by more than ``UNSTABLE_ROUNDS`` of their median (``rounds_drift``: the
+    load changed while they ran)."""
     pooled = latency_stats([v for r in rounds_ms for v in r])
     return pooled.unstable or rounds_drift(rounds_ms) > UNSTABLE_ROUNDS
 

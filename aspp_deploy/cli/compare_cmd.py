@@ -15,7 +15,7 @@ from rich.text import Text
 
 from aspp_deploy.bench.cells import (UNSTABLE_MARK, accuracy_kind, images_text, is_binary, latency_notes, latency_text,
                                      result_cells)
-from aspp_deploy.bench.rounds import DEFAULT_ITERS, DEFAULT_ROUNDS, DEFAULT_WARMUP, METHOD, SEED
+from aspp_deploy.bench.rounds import DEFAULT_ITERS, DEFAULT_ROUNDS, DEFAULT_WARMUP, METHOD, REWARM, SEED
 from aspp_deploy.cli import _model_opts as M
 from aspp_deploy.cli._click import Command
 from aspp_deploy.cli._console import console, out_console, write_json
@@ -117,8 +117,8 @@ def results_notes(rows: list[dict], rounds: int, settings: dict | None = None) -
         which = "every row" if len(unstable) == len(ok) > 1 else ", ".join(unstable)
         notes.append(f"{UNSTABLE_MARK} unstable latency ({which}): the timed calls spread widely (std over "
                      f"{100 * UNSTABLE_CV:.0f}% of the mean or p99 over {UNSTABLE_P99_RATIO:g}x p50, over all "
-                     f"rounds) or the rounds' medians lie over {100 * UNSTABLE_ROUNDS:.0f}% apart, so the machine was "
-                     f"busy; rerun on a quiet machine or with more rounds (--rounds {max(20, 3 * rounds)}) before "
+                     f"rounds) or the middle half of its rounds' medians spans over {100 * UNSTABLE_ROUNDS:.0f}% of "
+                     f"their median, so the machine was busy; rerun on a quiet machine or with more rounds (--rounds {max(20, 3 * rounds)}) before "
                      "trusting these latencies.")
     reasons: dict[str, list[str]] = {}
     for r in rows:
@@ -176,7 +176,8 @@ def compare(
     limit: Annotated[int, typer.Option(help="Measure accuracy on the first N validation images (0: the whole split). "
                                        "64 keeps a cold compare of the shipped model within 3 minutes on 2 CPU cores; "
                                        "use 0 for final figures.")] = DEFAULT_LIMIT,
-    warmup: Annotated[int, typer.Option(help="Untimed latency calls per row before the rounds.")] = DEFAULT_WARMUP,
+    warmup: Annotated[int, typer.Option(help="Untimed latency calls per row before the rounds (each row's block in a round "
+                                        "also opens with one untimed call).")] = DEFAULT_WARMUP,
     rounds: Annotated[int, typer.Option(help="Latency rounds, after every row's accuracy: each round runs every row, in a new "
                                         "order (fixed seed); a speed-up is the median of the per-round ratios to the "
                                         "reference, shown with their spread. More rounds for a busy machine.")] = DEFAULT_ROUNDS,
@@ -247,7 +248,7 @@ def compare(
 
         cache = ResultCache(artifacts / FOLDER, read=reuse)
         machine = machine_description()
-        latency_key = {"method": METHOD, "seed": SEED, "warmup": warmup, "rounds": rounds,
+        latency_key = {"method": METHOD, "seed": SEED, "rewarm": REWARM, "warmup": warmup, "rounds": rounds,
                        "iters": iters, "threads": threads, "input": list(pre.input_shape(1)), "machine": machine}
         timing = progress.add_task("latency rounds", total=rounds, visible=False)
         rows = run_compare(specs, val, class_names, row_opener(fp32.source, pre, threads), warmup, iters,
@@ -261,7 +262,7 @@ def compare(
     settings = {"images": len(val.inputs), "split_images": val.split_size, "data": str(root),
                 "labels": val.labels,
                 "input": [pre.height, pre.width], "warmup": warmup, "rounds": rounds, "iters": iters,
-                "latency_method": METHOD, "latency_seed": SEED,
+                "rewarm": REWARM, "latency_method": METHOD, "latency_seed": SEED,
                 "latency_order": latency_orders(rows),
                 "threads": threads or torch.get_num_threads(),
                 "model": (entry.get("model") or {}).get("label"), "reference": ref_label,
