@@ -8,9 +8,9 @@ of them have run. A contestant's latency is then all its rounds' samples, and a 
 contestants is taken per round (``stats.paired_ratios``), where both saw the same minute.
 
 Each block opens with one untimed call (``REWARM``): the first call after another contestant ran
-pays for that one's footprint (the caches it filled, its threads going back to sleep), often 20-50%
-more on a 2-core machine, which a model running on its own never pays; timed, it would make every
-row look unstable and tie each figure to whichever row ran before it.
+pays for that one's footprint (the caches it filled, its threads going back to sleep), 10-40% more
+in the median on a 2-core machine, which a model running on its own never pays; timed, it would make
+every row look unstable and tie each figure to whichever row ran before it.
 
 The order within a round is shuffled with a fixed seed (as Google Benchmark's random interleaving
 does), drawn so that no contestant follows the same one (or opens the round) twice in a row: a
