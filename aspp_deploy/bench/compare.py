@@ -1,30 +1,43 @@
 """``compare``: every backend x precision on the same validation images and latency bench,
 measured against PyTorch FP32. A row that cannot run here stays in the table with its reason.
 
+Latency is measured after every row's accuracy, in interleaved rounds (``bench.rounds``): every
+row that ran is warmed up, then in each round every row runs ``iters`` timed synchronised calls on
+the same input, in a new order each round; a row's latency is all its rounds' samples, and its
+speed-up is the reference's median over the row's median *in the same round*, summarised as the
+median of the rounds' ratios with their range (``stats.paired_ratios``). So a speed-up never
+compares two measurements minutes apart on a machine whose load changed between them. Runners
+stay open from their accuracy pass to the rounds, except when an artifact has to be made
+(quantized, built): the open runners are closed first, so that the maker gets their memory, and
+reopened for the rounds.
+
 Nothing is measured twice: with a ``ResultCache`` (``ARTIFACTS/result-cache/``) a row's accuracy
 figures and first predictions are stored under a key of what they depend on (``row_key``: the
 artifact's sha256 or the PyTorch source's fingerprint, the data's digest, the preprocessing, the
 backend/precision settings; for the figures against the reference, the reference's key too) and
 reused only where the key matches exactly. Its latency is measured every time unless asked to be
-reused too (then keyed further by the bench settings and the machine); where the accuracy pass
-runs, its own synchronised calls (after ``warmup`` of them) are the latency samples, so the model
-is not run ``warmup + iters`` times more for the bench. A row whose figures all
-come from the cache does not even open its runner; a row that misses while the reference's came
-from the cache runs the reference once more to compare with it."""
+reused too (then keyed further by the bench settings, the rounds included, and the machine); a
+reused latency keeps its rounds and the id of the run that measured them, and pairs with the
+reference by round only when the reference's latency comes from that same run. When any row is
+timed, the reference is timed with it, so that every speed-up measured now is paired. A row whose
+figures all come from the cache does not even open its runner; a row that misses while the
+reference's came from the cache runs the reference once more to compare with it."""
 
 from __future__ import annotations
 
-import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from aspp_deploy.backends.base import class_ids
+from aspp_deploy.backends.base import Runner, class_ids
 from aspp_deploy.bench.result_cache import Cached, ResultCache, samples_digest
-from aspp_deploy.bench.stats import latency_stats
-from aspp_deploy.bench.timing import BenchResult, bench_runner
+from aspp_deploy.bench.rounds import (DEFAULT_ITERS, DEFAULT_ROUNDS, DEFAULT_WARMUP, SEED, Contestant, failure_reason,
+                                      run_rounds)
+from aspp_deploy.bench.stats import PairedRatio, paired_ratios
+from aspp_deploy.bench.timing import BenchResult, phase_stats
 from aspp_deploy.data.images import DataSource, open_data
 from aspp_deploy.data.voc import image_size, load_image, load_mask
 from aspp_deploy.errors import AsppDeployError
@@ -72,12 +85,14 @@ class Row:
     worst_image_name: str | None = None
     bench: BenchResult | None = None
     speedup: float | None = None
+    speedup_rounds: PairedRatio | None = None  # the per-round ratios behind ``speedup`` (None: not paired)
     predictions: list[np.ndarray] = field(default_factory=list, repr=False)
     reused: list[str] = field(default_factory=list)  # what came from the result cache: accuracy, latency
 
     def to_dict(self) -> dict:
         s = self.spec
         lat = self.bench.end_to_end if self.bench else None
+        ratio = self.speedup_rounds
         return {"backend": s.backend, "precision": s.precision, "device": s.device,
                 "artifact": str(s.artifact) if s.artifact else None, "note": s.note,
                 "status": self.status, "reason": self.reason, "size_bytes": self.size_bytes,
@@ -85,7 +100,11 @@ class Row:
                 "boundary_f": self.boundary_f, "max_abs_logit_diff": self.max_abs_logit_diff,
                 "p50_ms": lat.p50 if lat else None, "p99_ms": lat.p99 if lat else None,
                 "throughput": lat.throughput if lat else None, "speedup": self.speedup,
-                "latency_unstable": lat.unstable if lat else None, "reused": list(self.reused),
+                "speedup_min": ratio.min if ratio else None, "speedup_max": ratio.max if ratio else None,
+                "speedup_paired": (ratio is not None) if self.speedup is not None else None,
+                "speedup_rounds": list(ratio.rounds) if ratio else None,
+                "latency_rounds": len(self.bench.rounds_ms) if self.bench else None,
+                "latency_unstable": self.bench.unstable if self.bench else None, "reused": list(self.reused),
                 "labels": self.labels, "foreground_iou": self.foreground_iou, "worst_image": self.worst_image,
                 "worst_image_name": self.worst_image_name,
                 "per_class_iou": self.per_class_iou, "latency": self.bench.to_dict() if self.bench else None}
@@ -167,11 +186,9 @@ class LogitStore:
 
 def measure_accuracy(row: Row, runner, val: ValidationSet, classes: list[str], reference: Row | None,
                      ref_logits: LogitStore | None,
-                     progress: Callable[[int, int], None] | None = None,
-                     timings: list[float] | None = None, keep: LogitStore | None = None) -> None:
+                     progress: Callable[[int, int], None] | None = None, keep: LogitStore | None = None) -> None:
     """Fill ``row``'s accuracy figures (against ``reference`` and its ``ref_logits`` when given).
-    ``keep`` receives this row's logits (the reference's pass). ``timings`` receives each synchronised
-    ``infer`` call's milliseconds (the model alone, as ``bench_runner`` times it)."""
+    ``keep`` receives this row's logits (the reference's pass)."""
     cm = ConfusionMatrix(len(classes))
     bf = BoundaryF()
     agree = total = 0
@@ -179,11 +196,7 @@ def measure_accuracy(row: Row, runner, val: ValidationSet, classes: list[str], r
     row.labels, row.image_scores = val.labels, []
     worst: tuple[float, float, str] | None = None  # (drop against the reference, score, name)
     for i, (x, mask) in enumerate(zip(val.inputs, val.masks)):
-        t0 = time.perf_counter_ns()
         out = runner.infer(x)
-        if timings is not None:
-            runner.synchronize()
-            timings.append((time.perf_counter_ns() - t0) / 1e6)
         if mask is None:
             w, h = val.sizes[i]
             shape = (h, w)
@@ -249,37 +262,89 @@ def _restore_accuracy(row: Row, cached: Cached) -> bool:
 
 
 def _store_latency(cache: ResultCache, key: dict, bench: BenchResult, batch: int) -> None:
-    cache.put(key, {"samples_ms": bench.samples_ms, "batch": batch})
+    cache.put(key, {"rounds_ms": bench.rounds_ms, "started_ms": bench.started_ms, "run": bench.run, "batch": batch})
 
 
 def _restore_latency(cached: Cached) -> BenchResult | None:
-    samples, batch = cached.result.get("samples_ms"), cached.result.get("batch")
-    if not isinstance(samples, list) or not samples or not isinstance(batch, int) \
-            or not all(isinstance(v, (int, float)) for v in samples):
+    r = cached.result
+    rounds, started, run, batch = r.get("rounds_ms"), r.get("started_ms"), r.get("run"), r.get("batch")
+    number = (int, float)
+    if not isinstance(rounds, list) or not rounds or not isinstance(batch, int) or not isinstance(run, str) \
+            or not all(isinstance(x, list) and x and all(isinstance(v, number) for v in x) for x in rounds) \
+            or not isinstance(started, list) or not all(isinstance(v, number) for v in started):
         return None
-    return BenchResult(latency_stats([float(v) for v in samples], batch), samples_ms=[float(v) for v in samples])
+    return BenchResult.from_rounds(rounds, batch, [float(v) for v in started], run)
+
+
+def latency_orders(rows: list[Row]) -> list[list[str]]:
+    """The order the rows timed in this run ran in, round by round, from when each row's block of
+    calls started (what happened, not what was planned); rows whose latency was reused are not in it."""
+    timed = [r for r in rows if r.bench is not None and r.bench.started_ms and "latency" not in r.reused]
+    orders = []
+    for k in range(max((len(r.bench.started_ms) for r in timed if r.bench), default=0)):
+        here = sorted((r.bench.started_ms[k], r.spec.label) for r in timed if r.bench and k < len(r.bench.started_ms))
+        orders.append([label for _, label in here])
+    return orders
+
+
+def _speedups(rows: list[Row]) -> None:
+    """Each ok row's speed-up against the first ok row (the reference): paired by round when both were
+    timed in the same run, else (a latency reused from another run) the ratio of their p50s."""
+    reference = next((r for r in rows if r.status == "ok"), None)
+    if reference is None or reference.bench is None:
+        return
+    ref = reference.bench
+    for row in rows:
+        b = row.bench
+        if row.status != "ok" or b is None:
+            continue
+        if b.run is not None and b.run == ref.run and len(b.rounds_ms) == len(ref.rounds_ms) > 0:
+            row.speedup_rounds = paired_ratios(ref.rounds_ms, b.rounds_ms)
+            row.speedup = row.speedup_rounds.median
+        else:
+            row.speedup_rounds, row.speedup = None, ref.end_to_end.p50 / b.end_to_end.p50
 
 
 def run_compare(specs: list[RowSpec], val: ValidationSet, classes: list[str], open_runner,
-                warmup: int = 5, iters: int = 30, log: Callable[[str], None] = lambda m: None,
+                warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS, log: Callable[[str], None] = lambda m: None,
                 progress_factory=None, cache: ResultCache | None = None,
                 row_key: Callable[[RowSpec], dict | None] | None = None,
-                latency_key: dict | None = None, reuse_latency: bool = False) -> list[Row]:
+                latency_key: dict | None = None, reuse_latency: bool = False, rounds: int = DEFAULT_ROUNDS,
+                rounds_progress: Callable[[int, int], None] | None = None, seed: int = SEED) -> list[Row]:
     """Run every spec; the first runnable one is the reference (PyTorch FP32).
 
+    Accuracy row by row, then latency: ``warmup`` untimed calls per row, then ``rounds`` interleaved
+    rounds of ``iters`` timed calls per row (``rounds_progress(done, rounds)`` after each).
     ``cache`` with ``row_key`` (what a row's figures depend on; None: not cacheable) reuses accuracy
     figures measured before; ``latency_key`` (the bench settings and the machine), when given, stores
     latencies too, and ``reuse_latency`` reuses them."""
+    if rounds < 1 or iters < 1 or warmup < 0:
+        raise ValueError("rounds and iters must be >= 1 and warmup >= 0")
     rows = [Row(s) for s in specs]
     reference: Row | None = None
     ref_logits: LogitStore | None = None  # the reference's logits, on disk
     ref_key: dict | None = None
     ref_complete = False  # the reference's predictions are all in memory and its logits in ref_logits
     stores: list[LogitStore] = []
+    held: dict[int, Runner] = {}  # row index -> its runner, open from its accuracy pass to the rounds
+    lat_keys: dict[int, dict] = {}  # row index -> the key its latency is stored under
 
     def new_store() -> LogitStore:
         stores.append(LogitStore())
         return stores[-1]
+
+    def release() -> None:
+        """Close the open runners (reopened for the rounds): an artifact is about to be made."""
+        for runner in held.values():
+            runner.close()
+        held.clear()
+
+    def hold(i: int, runner: Runner) -> None:
+        """Keep ``runner`` open for the rounds when row ``i`` is to be timed, else close it."""
+        if rows[i].bench is None:
+            held[i] = runner
+        else:
+            runner.close()
 
     def reference_outputs() -> None:
         """Run the reference again (its figures came from the cache; another row needs its outputs)."""
@@ -287,14 +352,19 @@ def run_compare(specs: list[RowSpec], val: ValidationSet, classes: list[str], op
         assert reference is not None
         log(f"{reference.spec.label}: running it again to compare a row measured anew with it")
         scratch = Row(reference.spec)
-        with open_runner(reference.spec) as runner:
+        runner = open_runner(reference.spec)
+        try:
             progress = progress_factory(f"{reference.spec.label} (reference)") if progress_factory else None
             ref_logits = new_store()
             measure_accuracy(scratch, runner, val, classes, None, None, progress, keep=ref_logits)
+        except BaseException:
+            runner.close()
+            raise
+        hold(next(k for k, r in enumerate(rows) if r is reference), runner)
         reference.predictions, ref_complete = scratch.predictions, True
 
     try:
-        for row in rows:
+        for i, row in enumerate(rows):
             s = row.spec
             if s.unavailable:
                 row.status, row.reason = "unavailable", s.unavailable
@@ -303,52 +373,44 @@ def run_compare(specs: list[RowSpec], val: ValidationSet, classes: list[str], op
                 if s.artifact is not None and (s.refresh or not s.artifact.is_file()):
                     if s.produce is None:
                         raise AsppDeployError(f"{s.artifact} is missing")
+                    release()
                     log(f"{'remaking out-of-date' if s.refresh else 'making'} {s.artifact.name} ...")
                     s.artifact = s.produce()
                 key = row_key(s) if cache is not None and row_key is not None else None
-                acc_key = lat_key = None
+                acc_key = None
                 if key is not None and (reference is None or ref_key is not None):
                     acc_key = {"what": "accuracy", "row": key, "reference": ref_key,
                                "max_logit_diff_over": "every measured image"}
                     if latency_key is not None:
-                        lat_key = {"what": "latency", "row": key, "bench": latency_key}
+                        lat_keys[i] = {"what": "latency", "row": key, "bench": latency_key}
                 hit = cache.get(acc_key) if cache is not None and acc_key is not None else None
                 if hit is not None and _restore_accuracy(row, hit):
                     row.reused.append("accuracy")
                 elif acc_key is not None and cache is not None:
                     log(f"{s.label}: measuring accuracy ({cache.why})")
-                lat_hit = cache.get(lat_key) if cache is not None and lat_key is not None and reuse_latency else None
+                lat_hit = cache.get(lat_keys[i]) if cache is not None and i in lat_keys and reuse_latency else None
                 row.bench = _restore_latency(lat_hit) if lat_hit is not None else None
                 if row.bench is not None:
                     row.reused.append("latency")
                 keep = new_store() if reference is None else None  # the reference's logits, for the others
-                if "accuracy" not in row.reused or row.bench is None:
-                    if "accuracy" not in row.reused and reference is not None and not ref_complete:
+                if "accuracy" not in row.reused:
+                    if reference is not None and not ref_complete:
                         reference_outputs()
-                    with open_runner(s) as runner:
-                        timings: list[float] = []
-                        if "accuracy" not in row.reused:
-                            progress = progress_factory(s.label) if progress_factory else None
-                            measure_accuracy(row, runner, val, classes, reference, ref_logits, progress,
-                                             timings if row.bench is None else None, keep=keep)
-                            if acc_key is not None and cache is not None:
-                                _store_accuracy(cache, acc_key, row)
-                        if row.bench is None:
-                            x = val.inputs[0]
-                            if len(timings) >= warmup + iters and runner.infer_phases(x) is None:
-                                # the accuracy pass already ran the model warmup + iters times, one
-                                # synchronised image at a time: its calls are the latency samples
-                                samples = timings[warmup:warmup + iters]
-                                row.bench = BenchResult(latency_stats(samples, int(x.shape[0])), samples_ms=samples)
-                            else:
-                                row.bench = bench_runner(runner, x, warmup, iters)
-                            if lat_key is not None and cache is not None:
-                                _store_latency(cache, lat_key, row.bench, int(x.shape[0]))
+                    runner = open_runner(s)
+                    try:
+                        progress = progress_factory(s.label) if progress_factory else None
+                        measure_accuracy(row, runner, val, classes, reference, ref_logits, progress, keep=keep)
+                    except BaseException:
+                        runner.close()
+                        raise
+                    hold(i, runner)
+                    if acc_key is not None and cache is not None:
+                        _store_accuracy(cache, acc_key, row)
             except AsppDeployError as exc:
                 row.status, row.reason = "unavailable", str(exc)
                 continue
             except Exception as exc:  # one broken backend must not hide the others
-                row.status, row.reason = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                row.status, row.reason = "failed", failure_reason(exc)
                 continue
             if s.artifact is not None and s.artifact.is_file():
                 row.size_bytes = s.artifact.stat().st_size
@@ -358,14 +420,59 @@ def run_compare(specs: list[RowSpec], val: ValidationSet, classes: list[str], op
                 ref_logits = keep if ref_complete else None
                 row.delta_miou, row.pixel_agreement, row.boundary_f, row.max_abs_logit_diff = 0.0, 1.0, 1.0, 0.0
             reused = f" (reused: {', '.join(row.reused)})" if row.reused else ""
-            log(f"{s.label}: mIoU {row.miou:.4f}, p50 {row.bench.end_to_end.p50:.1f} ms{reused}" if row.bench
-                else s.label)
+            log(f"{s.label}: mIoU {row.miou:.4f}{reused}")
+        _time_rows(rows, held, open_runner, val, warmup, rounds, iters, seed, log, rounds_progress, cache, lat_keys)
     finally:
+        release()
         for store in stores:
             store.close()
-    if reference is not None and reference.bench is not None:
-        base = reference.bench.end_to_end.p50
-        for row in rows:
-            if row.bench is not None:
-                row.speedup = base / row.bench.end_to_end.p50
+    _speedups(rows)
     return rows
+
+
+def _time_rows(rows: list[Row], held: dict[int, Runner], open_runner, val: ValidationSet, warmup: int, rounds: int,
+               iters: int, seed: int, log: Callable[[str], None], rounds_progress, cache: ResultCache | None,
+               lat_keys: dict[int, dict]) -> None:
+    """The latency rounds of every ok row without a reused latency (and of the reference with them,
+    even when its latency was reused: a speed-up pairs only within one run). ``held`` holds the
+    runners still open from the accuracy passes; the others are opened here. Every call runs the first
+    validation image. A row whose latency cannot be measured keeps its accuracy figures, with the
+    reason in ``reason``."""
+    ok = [i for i, r in enumerate(rows) if r.status == "ok"]
+    todo = [i for i in ok if rows[i].bench is None]
+    if not todo:
+        return
+    if ok[0] not in todo:
+        ref = rows[ok[0]]
+        log(f"{ref.spec.label}: timed again with the rows measured now (its cached latency is from another run)")
+        ref.bench = None
+        ref.reused.remove("latency")
+        todo.insert(0, ok[0])
+    x = val.inputs[0]
+    contestants: dict[int, Contestant] = {}
+    for i in todo:
+        try:
+            runner = held[i] if i in held else open_runner(rows[i].spec)
+        except Exception as exc:
+            rows[i].reason = f"latency not measured: {failure_reason(exc)}"
+            continue
+        held[i] = runner
+        contestants[i] = Contestant(lambda r=runner: r.infer(x), runner.synchronize)
+    run = uuid.uuid4().hex[:12]
+    log(f"latency: {len(contestants)} rows, {warmup} warm-up calls each, then {rounds} rounds of {iters} timed "
+        f"calls per row, in a new order every round")
+    result = run_rounds(contestants, rounds, iters, warmup, seed, rounds_progress)
+    batch = int(x.shape[0])
+    for i, why in result.failed.items():
+        rows[i].reason = f"latency not measured: {why}"
+    for i, samples in result.samples.items():
+        row = rows[i]
+        try:
+            phases = phase_stats(held[i], x, rounds * iters)
+        except Exception as exc:
+            row.reason = f"latency not measured: {failure_reason(exc)}"
+            continue
+        row.bench = BenchResult.from_rounds(samples, batch, result.started[i], run)
+        row.bench.phases = phases
+        if cache is not None and i in lat_keys:
+            _store_latency(cache, lat_keys[i], row.bench, batch)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from aspp_deploy.bench.cells import (UNSTABLE_MARK, accuracy_kind, fmt, images_text, is_binary, reference_label,
-                                     result_cells, result_columns, unstable_labels)
-from aspp_deploy.bench.stats import UNSTABLE_CV, UNSTABLE_P99_RATIO
+from aspp_deploy.bench.cells import (UNSTABLE_MARK, accuracy_kind, fmt, images_text, is_binary, latency_notes,
+                                     latency_text, reference_label, result_cells, result_columns, unstable_labels)
+from aspp_deploy.bench.stats import UNSTABLE_CV, UNSTABLE_P99_RATIO, UNSTABLE_ROUNDS
 
 
 STYLE = """
@@ -94,7 +94,9 @@ def html_report(rows: list[dict], machine: dict, settings: dict, plots: list[tup
     reference = reference_label(rows, settings)
     facts = [f"accuracy on {images_text(settings)} at {height}x{width}",
              f"accuracy shown: {accuracy_kind(settings, rows)}",
-             f"latency: batch 1, {settings['warmup']} warm-up + {settings['iters']} timed runs"]
+             f"latency: {latency_text(settings)}",
+             "speed-up: per round, the reference's median over the row's, then the median of those ratios "
+             "(the slowest and fastest round's in brackets)"]
     if settings.get("threads"):
         facts.append(f"{settings['threads']} threads")
     if settings.get("model"):
@@ -108,11 +110,13 @@ def html_report(rows: list[dict], machine: dict, settings: dict, plots: list[tup
              f"GPU: {_text(machine['gpu'] or 'none')}</p>",
              f"<p>{'; '.join(_text(f) for f in facts)}.</p>",
              "<h2>Results</h2>", *_results_table(rows, settings)]
+    parts += [f"<p>{_text(note)}</p>" for note in latency_notes(rows)]
     if unstable:
         parts.append(f'<p id="unstable" class="unstable">{UNSTABLE_MARK} Unstable latency: '
-                     f"{_text(', '.join(unstable))}. The timed runs spread widely (std over "
-                     f"{100 * UNSTABLE_CV:.0f}% of the mean or p99 over {UNSTABLE_P99_RATIO:g}x p50): the machine "
-                     f"was busy. Rerun on a quiet machine or with more runs (--iters) before trusting these "
+                     f"{_text(', '.join(unstable))}. The timed calls spread widely (std over "
+                     f"{100 * UNSTABLE_CV:.0f}% of the mean or p99 over {UNSTABLE_P99_RATIO:g}x p50) or the middle "
+                     f"half of its rounds' medians spans over {100 * UNSTABLE_ROUNDS:.0f}% of their median: the machine "
+                     f"was busy. Rerun on a quiet machine or with more rounds (--rounds) before trusting these "
                      f"latencies.</p>")
     if plots:
         parts += ["<h2>Plots</h2>", *_figures(plots)]

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aspp_deploy.bench.cells import (accuracy_kind, images_text, is_binary, reference_label, result_cells, result_columns,
-                                     unstable_labels)
+from aspp_deploy.bench.cells import (accuracy_kind, images_text, is_binary, latency_notes, latency_text, reference_label,
+                                     result_cells, result_columns, unstable_labels)
 from aspp_deploy.bench.html_report import html_report
 from aspp_deploy.export.manifest import tool_versions
 from aspp_deploy.io import atomic_write_bytes, atomic_write_text, json_text
@@ -23,7 +23,8 @@ from aspp_deploy.runtime.images import label_font, overlay
 
 CSV_COLUMNS = ["backend", "precision", "device", "status", "reason", "size_bytes", "labels", "miou", "delta_miou",
                "foreground_iou", "worst_image", "worst_image_name", "pixel_agreement", "boundary_f", "max_abs_logit_diff", "p50_ms", "p99_ms", "throughput",
-               "speedup", "latency_unstable", "artifact"]
+               "speedup", "speedup_min", "speedup_max", "speedup_paired", "latency_rounds", "latency_unstable",
+               "artifact"]
 OVERLAY_IMAGES = 3
 
 
@@ -65,7 +66,8 @@ def markdown_summary(rows: list[dict], machine: dict, settings: dict) -> str:
     lines = ["# aspp-deploy compare", "",
              f"Machine: {machine['cpu']} ({machine['cores']} cores), GPU: {machine['gpu'] or 'none'}; "
              f"accuracy on {images_text(settings)} at {settings['input'][0]}x{settings['input'][1]}; "
-             f"latency: batch 1, {settings['warmup']} warm-up + {settings['iters']} timed runs.", "",
+             f"latency: {latency_text(settings)}; speed-up: per round, the reference's median over the row's, "
+             "then the median of those ratios (the slowest and fastest round's in brackets).", "",
              f"Accuracy shown: {accuracy_kind(settings, rows)}.", "",
              "| " + " | ".join(columns) + " |",
              "|---|---|---|" + "---:|" * (len(columns) - 3)]
@@ -76,9 +78,12 @@ def markdown_summary(rows: list[dict], machine: dict, settings: dict) -> str:
             continue
         lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | "
                      + " | ".join(result_cells(r, binary)) + " |")
+    notes = latency_notes(rows)
+    if notes:
+        lines += ["", *notes]
     unstable = unstable_labels(rows)
     if unstable:
-        lines += ["", f"Unstable latency (high run-to-run spread): {', '.join(unstable)}."]
+        lines += ["", f"Unstable latency (high spread of the timed calls or between rounds): {', '.join(unstable)}."]
     reference = reference_label(rows, settings)
     lines += ["", "Deltas, agreement, boundary F-score and the max logit difference (the largest |difference| "
               f"over every measured image) are against the reference, {reference}. Plots: `latency.png`, `miou_vs_latency.png`; overlays in `overlays/`; "
@@ -127,7 +132,10 @@ def latency_figure(rows: list[dict], settings: dict | None = None):
     ax.boxplot([r["latency"]["samples_ms"] for r in ok][::-1], showfliers=True, widths=0.6, **across)
     ax.set_yticks(range(1, len(ok) + 1), [_row_label(r) for r in ok][::-1], fontsize=8)
     ax.set_xlabel("latency of one batch of 1 image (ms)")
-    runs = f"{settings['iters']} timed runs after {settings['warmup']} warm-up" if "iters" in settings else "timed runs"
+    if settings.get("rounds"):
+        runs = f"{settings['rounds']} interleaved rounds x {settings['iters']} timed calls after {settings['warmup']} warm-up"
+    else:
+        runs = f"{settings['iters']} timed runs after {settings['warmup']} warm-up" if "iters" in settings else "timed runs"
     mark = "; * unstable latency" if any(r.get("latency_unstable") for r in ok) else ""
     ax.set_title(f"Latency per row: box = p25..p75, line = p50, whiskers 1.5 IQR\n({runs}{mark})", fontsize=9)
     ax.set_xlim(left=0)

@@ -9,6 +9,7 @@ import numpy as np
 # A figure is flagged unstable when run-to-run spread is this large (trtexec-style warning).
 UNSTABLE_CV = 0.10        # std / mean
 UNSTABLE_P99_RATIO = 1.5  # p99 / p50
+UNSTABLE_ROUNDS = 0.10    # interquartile range of the rounds' medians / their median
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,62 @@ def latency_stats(samples_ms, batch: int = 1) -> LatencyStats:
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
     return LatencyStats(int(a.size), float(a.mean()), float(p50), float(p90), float(p99),
                         float(a.min()), float(a.max()), float(a.std(ddof=1)) if a.size > 1 else 0.0, batch)
+
+
+def round_medians(rounds_ms) -> list[float]:
+    """Each round's median (milliseconds)."""
+    return [float(np.median(r)) for r in rounds_ms]
+
+
+def rounds_drift(rounds_ms) -> float:
+    """How far the rounds' medians spread: their interquartile range over their median (0 for one
+    round). Robust to one disturbed round, which moves neither quartile much nor the p50 of all the
+    rounds' samples; large when the machine's load changed for a good part of the rounds."""
+    meds = round_medians(rounds_ms)
+    if not meds:
+        raise ValueError("no latency rounds")
+    q1, mid, q3 = np.percentile(meds, [25, 50, 75])
+    return float((q3 - q1) / mid) if mid > 0 else float("nan")
+
+
+def rounds_unstable(rounds_ms) -> bool:
+    """The latency of interleaved rounds is unstable when all the rounds' samples together spread
+    widely (``LatencyStats.unstable``: std over 10% of the mean, or p99 over 1.5x p50) or when the
+    rounds' medians spread by more than ``UNSTABLE_ROUNDS`` of their median (``rounds_drift``: the
+    load changed while they ran)."""
+    pooled = latency_stats([v for r in rounds_ms for v in r])
+    return pooled.unstable or rounds_drift(rounds_ms) > UNSTABLE_ROUNDS
+
+
+@dataclass(frozen=True)
+class PairedRatio:
+    """A ratio of two latencies measured in the same rounds: one ratio per round, summarised by
+    their median and their range."""
+
+    rounds: tuple[float, ...]
+    median: float
+    min: float
+    max: float
+
+    @property
+    def spread(self) -> float:
+        """The largest distance of any round's ratio from the median, as a share of the median."""
+        return max(self.median - self.min, self.max - self.median) / self.median if self.median > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        return {"rounds": list(self.rounds), "median": self.median, "min": self.min, "max": self.max,
+                "spread": self.spread}
+
+
+def paired_ratios(numerator_rounds, denominator_rounds) -> PairedRatio:
+    """Per round, the numerator's median over the denominator's median (the reference's latency over
+    a row's: how many times faster the row is), then their median and range over the rounds. Both
+    must hold the same rounds (round i of one ran in the same round as round i of the other)."""
+    if len(numerator_rounds) != len(denominator_rounds) or not numerator_rounds:
+        raise ValueError(f"paired ratios need the same rounds on both sides "
+                         f"({len(numerator_rounds)} and {len(denominator_rounds)})")
+    ratios = tuple(a / b for a, b in zip(round_medians(numerator_rounds), round_medians(denominator_rounds)))
+    return PairedRatio(ratios, float(np.median(ratios)), min(ratios), max(ratios))
 
 
 def signed(value: float, digits: int = 4) -> str:

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from aspp_deploy.backends.base import Runner, class_ids
-from aspp_deploy.bench.stats import LatencyStats, latency_stats
+from aspp_deploy.bench.stats import LatencyStats, latency_stats, round_medians, rounds_drift, rounds_unstable
 from aspp_deploy.data.voc import load_image
 from aspp_deploy.eval.evaluate import to_mask_size
 from aspp_deploy.runtime.preprocess import Preprocess
@@ -29,13 +29,36 @@ class BenchResult:
     preprocess: LatencyStats | None = None
     postprocess: LatencyStats | None = None
     samples_ms: list[float] = field(default_factory=list)
+    # interleaved rounds (``compare``): each round's samples, when its block of calls started (ms
+    # from the first round's start) and which run measured them (rounds pair only within one run)
+    rounds_ms: list[list[float]] = field(default_factory=list)
+    started_ms: list[float] = field(default_factory=list)
+    run: str | None = None
+
+    @classmethod
+    def from_rounds(cls, rounds_ms: list[list[float]], batch: int, started_ms: list[float] | None = None,
+                    run: str | None = None) -> "BenchResult":
+        """The latency of interleaved rounds: statistics over all the rounds' samples together."""
+        samples = [float(v) for r in rounds_ms for v in r]
+        return cls(latency_stats(samples, batch), samples_ms=samples,
+                   rounds_ms=[[float(v) for v in r] for r in rounds_ms], started_ms=list(started_ms or []), run=run)
+
+    @property
+    def unstable(self) -> bool:
+        """High spread: over the rounds when there are rounds (``stats.rounds_unstable``), else over
+        the samples (``LatencyStats.unstable``)."""
+        return rounds_unstable(self.rounds_ms) if self.rounds_ms else self.end_to_end.unstable
 
     def to_dict(self) -> dict:
-        return {"end_to_end": self.end_to_end.to_dict(),
-                "phases": {k: v.to_dict() for k, v in self.phases.items()},
-                "preprocess": self.preprocess.to_dict() if self.preprocess else None,
-                "postprocess": self.postprocess.to_dict() if self.postprocess else None,
-                "samples_ms": self.samples_ms}
+        d = {"end_to_end": self.end_to_end.to_dict(),
+             "phases": {k: v.to_dict() for k, v in self.phases.items()},
+             "preprocess": self.preprocess.to_dict() if self.preprocess else None,
+             "postprocess": self.postprocess.to_dict() if self.postprocess else None,
+             "samples_ms": self.samples_ms}
+        if self.rounds_ms:
+            d.update(rounds_ms=self.rounds_ms, round_p50_ms=round_medians(self.rounds_ms),
+                     rounds_drift=rounds_drift(self.rounds_ms), started_ms=self.started_ms, run=self.run)
+        return d
 
 
 def time_calls(fn: Callable[[], object], warmup: int, iters: int, sync: Callable[[], None] = lambda: None
@@ -60,12 +83,7 @@ def bench_runner(runner: Runner, batch: np.ndarray, warmup: int = 10, iters: int
     n = batch.shape[0]
     samples = time_calls(lambda: runner.infer(batch), warmup, iters, runner.synchronize)
     result = BenchResult(latency_stats(samples, n), samples_ms=samples)
-    if runner.infer_phases(batch) is not None:
-        per_phase: dict[str, list[float]] = {}
-        for _ in range(iters):
-            for k, v in (runner.infer_phases(batch) or {}).items():
-                per_phase.setdefault(k, []).append(v)
-        result.phases = {k: latency_stats(v, n) for k, v in per_phase.items()}
+    result.phases = phase_stats(runner, batch, iters)
     if images and pre is not None:
         imgs = images[: max(1, min(len(images), 8))]
         pre_ms = time_calls(lambda: [pre(load_image(p)) for p in imgs], 1, 3)
@@ -75,6 +93,18 @@ def bench_runner(runner: Runner, batch: np.ndarray, warmup: int = 10, iters: int
         post_ms = time_calls(lambda: _postprocess(out, runner.info.outputs_class_ids, size, pre), 1, 10)
         result.postprocess = latency_stats([t / n for t in post_ms], 1)
     return result
+
+
+def phase_stats(runner: Runner, batch: np.ndarray, iters: int) -> dict[str, LatencyStats]:
+    """GPU runners: host-to-device, compute and device-to-host statistics over ``iters`` calls of
+    ``infer_phases`` (device events); {} where the runner has no such split (CPU)."""
+    if runner.infer_phases(batch) is None:
+        return {}
+    per_phase: dict[str, list[float]] = {}
+    for _ in range(iters):
+        for k, v in (runner.infer_phases(batch) or {}).items():
+            per_phase.setdefault(k, []).append(v)
+    return {k: latency_stats(v, batch.shape[0]) for k, v in per_phase.items()}
 
 
 def _postprocess(output: np.ndarray, outputs_class_ids: bool, size: tuple[int, int], pre: Preprocess) -> np.ndarray:

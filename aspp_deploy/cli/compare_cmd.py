@@ -13,7 +13,9 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from aspp_deploy.bench.cells import UNSTABLE_MARK, accuracy_kind, images_text, is_binary, result_cells
+from aspp_deploy.bench.cells import (UNSTABLE_MARK, accuracy_kind, images_text, is_binary, latency_notes, latency_text,
+                                     result_cells)
+from aspp_deploy.bench.rounds import DEFAULT_ITERS, DEFAULT_ROUNDS, DEFAULT_WARMUP, METHOD, REWARM, SEED
 from aspp_deploy.cli import _model_opts as M
 from aspp_deploy.cli._click import Command
 from aspp_deploy.cli._console import console, out_console, write_json
@@ -31,7 +33,8 @@ ACCURACY_COLUMNS = [("MB", "size"), ("mIoU", "miou"), ("ΔmIoU", "delta"), ("fg 
 LATENCY_COLUMNS = [("p50 ms", "p50"), ("p99 ms", "p99"), ("img/s", "ips"), ("speed-up", "speedup")]
 CELL_ORDER = ["size", "miou", "delta", "fg", "agree", "bndf", "logit", "p50", "p99", "ips", "speedup"]
 GLOSSARY = ("agree: share of pixels given the reference's class; bnd F: boundary F-score; Δlogit: largest "
-            "|logit difference| over every image; speed-up: the reference's p50 / the row's p50")
+            "|logit difference| over every image; speed-up: in each latency round, the reference's median / the "
+            "row's median; the median of those ratios, ± how far the farthest round's ratio lies from it")
 
 
 def _row_label(r: dict, with_device: bool) -> str:
@@ -44,7 +47,7 @@ def _results_table(ok: list[dict], columns: list[tuple[str, str]], title: str, b
     shown = [(head, key) for head, key in columns if key != "fg" or binary]
     body = []
     for r in ok:
-        cells = dict(zip([k for k in CELL_ORDER if k != "fg" or binary], result_cells(r, binary)))
+        cells = dict(zip([k for k in CELL_ORDER if k != "fg" or binary], result_cells(r, binary, compact=True)))
         if r.get("latency_unstable"):
             cells["p50"] += UNSTABLE_MARK
         body.append([_row_label(r, len(devices) > 1), *(cells[key] for _, key in shown)])
@@ -91,24 +94,32 @@ def results_tables(rows: list[dict], reference: str, labels: str, console: Conso
     if _narrowest(one) <= console.width:
         return [one]
     return [_results_table(ok, ACCURACY_COLUMNS, f"accuracy ({kind}; deltas vs {reference}{where})", binary),
-            _results_table(ok, LATENCY_COLUMNS, "latency, batch 1 (speed-up vs " + reference + ")", binary)]
+            _results_table(ok, LATENCY_COLUMNS, "latency, batch 1 (speed-up vs " + reference + ", paired by round)",
+                           binary)]
 
 
-def results_notes(rows: list[dict], iters: int) -> list[str]:
-    """The lines under the table: what the short headers mean, which rows have unstable latency and
-    what to do, and each row that did not run with why (rows sharing a reason on one line)."""
-    from aspp_deploy.bench.stats import UNSTABLE_CV, UNSTABLE_P99_RATIO
+def results_notes(rows: list[dict], rounds: int, settings: dict | None = None) -> list[str]:
+    """The lines under the table: what the short headers mean, how latency was measured (rows whose
+    latency was reused or not measured), which rows have unstable latency and what to do, and each
+    row that did not run with why (rows sharing a reason on one line)."""
+    from aspp_deploy.bench.stats import UNSTABLE_CV, UNSTABLE_P99_RATIO, UNSTABLE_ROUNDS
 
-    notes = [GLOSSARY + "."]
     ok = [r for r in rows if r["status"] == "ok"]
+    notes = []
+    if ok:
+        notes.append(GLOSSARY + ".")
+        if settings and settings.get("rounds"):
+            notes.append(f"latency: {latency_text(settings)}.")
+        notes += latency_notes(rows)
     devices = len({r["device"] for r in ok}) > 1  # named as the table names them
     unstable = [_row_label(r, devices) for r in ok if r.get("latency_unstable")]
     if unstable:
         which = "every row" if len(unstable) == len(ok) > 1 else ", ".join(unstable)
-        notes.append(f"{UNSTABLE_MARK} unstable latency ({which}): the timed runs spread widely "
-                     f"(std over {100 * UNSTABLE_CV:.0f}% of the mean or p99 over {UNSTABLE_P99_RATIO:g}x p50), "
-                     f"so the machine was busy; rerun on a quiet machine or with more runs "
-                     f"(--iters {max(200, 4 * iters)}) before trusting these latencies.")
+        notes.append(f"{UNSTABLE_MARK} unstable latency ({which}): the timed calls spread widely (std over "
+                     f"{100 * UNSTABLE_CV:.0f}% of the mean or p99 over {UNSTABLE_P99_RATIO:g}x p50, over all "
+                     f"rounds) or the middle half of its rounds' medians spans over {100 * UNSTABLE_ROUNDS:.0f}% of "
+                     f"their median, so the machine was busy; rerun on a quiet machine or with more rounds (--rounds {max(20, 3 * rounds)}) before "
+                     "trusting these latencies.")
     reasons: dict[str, list[str]] = {}
     for r in rows:
         if r["status"] != "ok":
@@ -120,13 +131,15 @@ def results_notes(rows: list[dict], iters: int) -> list[str]:
     return notes
 
 
-def print_results(rows: list[dict], reference: str, labels: str, iters: int, console: Console) -> None:
-    """The results table(s) and their notes, fitted to ``console``'s width (no figure cut)."""
+def print_results(rows: list[dict], reference: str, labels: str, rounds: int, console: Console,
+                  settings: dict | None = None) -> None:
+    """The results table(s) and their notes, fitted to ``console``'s width (no figure cut); ``rounds``:
+    the latency rounds run (for the advice on unstable latency), ``settings``: the run's settings
+    (the latency's rounds, said under the table)."""
     if any(r["status"] == "ok" for r in rows):
         for table in results_tables(rows, reference, labels, console):
             console.print(table)
-    notes = results_notes(rows, iters)
-    for note in notes if any(r["status"] == "ok" for r in rows) else notes[1:]:  # reasons hold [extras]: plain Text, never markup
+    for note in results_notes(rows, rounds, settings):  # reasons hold [extras]: plain Text, never markup
         indent = len(note) - len(note.lstrip(" "))  # a reason's wrapped lines keep its indent
         console.print(Padding(Text(note.lstrip(" "), overflow="fold"), (0, 0, 0, indent)), highlight=False)
 
@@ -163,11 +176,16 @@ def compare(
     limit: Annotated[int, typer.Option(help="Measure accuracy on the first N validation images (0: the whole split). "
                                        "64 keeps a cold compare of the shipped model within 3 minutes on 2 CPU cores; "
                                        "use 0 for final figures.")] = DEFAULT_LIMIT,
-    warmup: Annotated[int, typer.Option(help="Latency warm-up runs per row.")] = 5,
-    iters: Annotated[int, typer.Option(help="Timed latency runs per row.")] = 30,
+    warmup: Annotated[int, typer.Option(help="Untimed latency calls per row before the rounds (each row's block in a round "
+                                        "also opens with one untimed call).")] = DEFAULT_WARMUP,
+    rounds: Annotated[int, typer.Option(help="Latency rounds, after every row's accuracy: each round runs every row, in a new "
+                                        "order (fixed seed); a speed-up is the median of the per-round ratios to the "
+                                        "reference, shown with their spread. More rounds for a busy machine.")] = DEFAULT_ROUNDS,
+    iters: Annotated[int, typer.Option(help="Timed latency calls per row in each round (a row's latency: rounds x iters "
+                                       "calls).")] = DEFAULT_ITERS,
     threads: Annotated[int, typer.Option(help="CPU threads for every CPU backend (0: library default).")] = 0,
     reuse: Annotated[bool, typer.Option("--reuse/--remeasure", help="Reuse accuracy figures measured before on the same artifact (sha256), images, preprocessing and settings (ARTIFACTS/result-cache/); --remeasure measures every row again and stores the new figures.")] = True,
-    reuse_latency: Annotated[bool, typer.Option("--reuse-latency/--measure-latency", help="Reuse latencies measured before on this machine with the same settings too (default: measured every run, and stored for a later --reuse-latency).")] = False,
+    reuse_latency: Annotated[bool, typer.Option("--reuse-latency/--measure-latency", help="Reuse latencies measured before on this machine with the same settings (rounds included) too: those rows are not timed again, and their speed-ups pair by round only with a reference from the same earlier run (default: measured every run, and stored for a later --reuse-latency).")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Report folder (JSON, CSV, Markdown, plots, overlays).")] = Path("reports/compare"),
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure as JSON.")] = None,
 ) -> None:
@@ -177,7 +195,7 @@ def compare(
     already holds, else the shipped checkpoint."""
     import torch
 
-    from aspp_deploy.bench.compare import ValidationSet, run_compare
+    from aspp_deploy.bench.compare import ValidationSet, latency_orders, run_compare
     from aspp_deploy.bench.report import machine_description, write_report
     from aspp_deploy.bench.row_keys import row_keys
     from aspp_deploy.bench.rows import default_row_specs, row_opener
@@ -186,8 +204,8 @@ def compare(
     from aspp_deploy.eval.evaluate import default_data_for
     from aspp_deploy.export.ensure import ensure_fp32
 
-    if limit < 0 or iters < 1 or warmup < 0 or threads < 0:
-        raise InputError("--limit, --warmup and --threads must be >= 0 and --iters >= 1")
+    if limit < 0 or iters < 1 or rounds < 1 or warmup < 0 or threads < 0:
+        raise InputError("--limit, --warmup and --threads must be >= 0, and --rounds and --iters >= 1")
     if threads:
         torch.set_num_threads(threads)
     source = M.ModelSourceOptions(checkpoint, arch, arch_args, weights, trust_code)
@@ -230,23 +248,27 @@ def compare(
 
         cache = ResultCache(artifacts / FOLDER, read=reuse)
         machine = machine_description()
-        latency_key = {"warmup": warmup, "iters": iters, "threads": threads, "input": list(pre.input_shape(1)),
-                       "machine": machine}
+        latency_key = {"method": METHOD, "seed": SEED, "rewarm": REWARM, "warmup": warmup, "rounds": rounds,
+                       "iters": iters, "threads": threads, "input": list(pre.input_shape(1)), "machine": machine}
+        timing = progress.add_task("latency rounds", total=rounds, visible=False)
         rows = run_compare(specs, val, class_names, row_opener(fp32.source, pre, threads), warmup, iters,
                            log=log, progress_factory=progress_factory, cache=cache,
                            row_key=row_keys(fp32, pre, class_names, val, threads), latency_key=latency_key,
-                           reuse_latency=reuse_latency)
+                           reuse_latency=reuse_latency, rounds=rounds,
+                           rounds_progress=lambda i, n: progress.update(timing, completed=i, visible=True))
     dicts = [r.to_dict() for r in rows]
     reference = next((r for r in rows if r.status == "ok"), None)
     ref_label = f"{reference.spec.backend} {reference.spec.precision}" if reference else "nothing"
-    print_results(dicts, ref_label, val.labels, iters, out_console)
     settings = {"images": len(val.inputs), "split_images": val.split_size, "data": str(root),
                 "labels": val.labels,
-                "input": [pre.height, pre.width], "warmup": warmup, "iters": iters,
+                "input": [pre.height, pre.width], "warmup": warmup, "rounds": rounds, "iters": iters,
+                "rewarm": REWARM, "latency_method": METHOD, "latency_seed": SEED,
+                "latency_order": latency_orders(rows),
                 "threads": threads or torch.get_num_threads(),
                 "model": (entry.get("model") or {}).get("label"), "reference": ref_label,
                 "checkpoint": str(torch_model) if torch_model else None}
     settings["accuracy"] = accuracy_kind(settings, dicts)
+    print_results(dicts, ref_label, val.labels, rounds, out_console, settings)
     out_console.print(f"accuracy on {images_text(settings)}"
                       + (" (--limit 0 measures them all)" if val.split_size > len(val.inputs) else ""),
                       highlight=False)

@@ -69,18 +69,30 @@ def test_bench_trt_without_tensorrt_says_what_is_missing(tmp_path):
     assert len([ln for ln in r.output.splitlines() if ln.strip()]) == 1
 
 
-def test_compare_rows_reports_and_figures(tiny_checkpoint, tiny_data, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def compared(tiny_checkpoint, tiny_data, tmp_path_factory):
+    """One compare of the tiny model on the tiny split (every row that runs here, 3 latency rounds of
+    3 calls), shared by the tests that read its output."""
     import aspp_deploy.backends.registry as registry
     from aspp_deploy.backends.openvino_backend import OPENVINO_INSTALL_HINT
+
+    tmp_path = tmp_path_factory.mktemp("compared")
+    report, out = tmp_path / "rep", tmp_path / "c.json"
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("ASPP_DEPLOY_CACHE", str(tmp_path / "cache"))
+        # as on a machine without OpenVINO: the reason's "[openvino]" must survive the console's markup
+        m.setattr(registry, "openvino_unavailable_reason", lambda: OPENVINO_INSTALL_HINT)
+        r = runner.invoke(app, ["compare", "--checkpoint", str(tiny_checkpoint), "--artifacts", str(tmp_path / "a"),
+                                "--data", str(tiny_data), "--rounds", "3", "--iters", "3", "--warmup", "1",
+                                "--report", str(report), "--json", str(out)])
+    return r, tmp_path, report, out
+
+
+def test_compare_rows_reports_and_figures(compared, tiny_checkpoint, tiny_data):
     from aspp_deploy.backends.torch_backend import TorchRunner
     from aspp_deploy.eval.evaluate import evaluate
 
-    # as on a machine without OpenVINO: the reason's "[openvino]" must survive the console's markup
-    monkeypatch.setattr(registry, "openvino_unavailable_reason", lambda: OPENVINO_INSTALL_HINT)
-    report, out = tmp_path / "rep", tmp_path / "c.json"
-    r = runner.invoke(app, ["compare", "--checkpoint", str(tiny_checkpoint), "--artifacts", str(tmp_path / "a"),
-                            "--data", str(tiny_data), "--iters", "3", "--warmup", "1",
-                            "--report", str(report), "--json", str(out)])
+    r, tmp_path, report, out = compared
     assert r.exit_code == 0, r.output
     assert "pip install 'aspp-deploy[openvino]'" in r.output
     assert "accuracy on 4 validation images" in r.output  # the whole tiny split: under --limit's 64
@@ -116,6 +128,49 @@ def test_compare_rows_reports_and_figures(tiny_checkpoint, tiny_data, tmp_path, 
         with Image.open(report / png) as im:
             assert im.size[0] > 100
     assert len(list((report / "overlays").iterdir())) == 3
+
+
+def test_compare_times_every_row_in_interleaved_rounds(compared):
+    """After the accuracy passes, every row that ran is timed in 3 rounds of 3 calls, every row once
+    per round in a new order; each speed-up is the median of the per-round ratios to the reference."""
+    r, _, report, out = compared
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    settings, rows = data["settings"], [x for x in data["rows"] if x["status"] == "ok"]
+    assert len(rows) >= 4 and (settings["rounds"], settings["iters"], settings["warmup"]) == (3, 3, 1)
+    labels = [f"{x['backend']} {x['precision']} ({x['device']})" for x in rows]
+    for x in rows:
+        lat = x["latency"]
+        assert [len(rnd) for rnd in lat["rounds_ms"]] == [3, 3, 3] and all(v > 0 for rnd in lat["rounds_ms"] for v in rnd)
+        assert sorted(lat["samples_ms"]) == sorted(v for rnd in lat["rounds_ms"] for v in rnd)
+        assert lat["end_to_end"]["n"] == 9 and x["p50_ms"] == pytest.approx(float(np.median(lat["samples_ms"])))
+        assert x["latency_rounds"] == 3 and x["reused"] == [] and lat["run"] == rows[0]["latency"]["run"]
+    # the rounds interleave: each round ran every row once, and every row's block of round k started
+    # before any row's block of round k + 1; the recorded order is the order the blocks started in
+    order = settings["latency_order"]
+    assert len(order) == 3 and all(sorted(o) == sorted(labels) for o in order)
+    assert len({tuple(o) for o in order}) > 1  # a new order: no row always runs right after another
+    started = {label: x["latency"]["started_ms"] for label, x in zip(labels, rows)}
+    for k in range(3):
+        assert sorted(labels, key=lambda label: started[label][k]) == order[k]
+        if k < 2:
+            assert max(s[k] for s in started.values()) < min(s[k + 1] for s in started.values())
+    # speed-ups: per round the reference's median over the row's, then the median of those ratios
+    ref = rows[0]["latency"]["rounds_ms"]
+    for x in rows:
+        ratios = [float(np.median(a)) / float(np.median(b)) for a, b in zip(ref, x["latency"]["rounds_ms"])]
+        assert x["speedup_rounds"] == pytest.approx(ratios) and x["speedup_paired"] is True
+        assert x["speedup"] == pytest.approx(float(np.median(ratios)))
+        assert (x["speedup_min"], x["speedup_max"]) == (pytest.approx(min(ratios)), pytest.approx(max(ratios)))
+    assert rows[0]["speedup_rounds"] == [1.0, 1.0, 1.0]
+    # the reports say how latency was timed, and carry the spread
+    with open(report / "results.csv") as f:
+        csv_rows = [c for c in csv.DictReader(f) if c["status"] == "ok"]
+    assert [float(c["speedup_min"]) for c in csv_rows] == pytest.approx([x["speedup_min"] for x in rows])
+    summary = (report / "summary.md").read_text()
+    assert "3 interleaved rounds x 3 timed calls per row after 1 warm-up calls" in summary
+    assert f"{rows[1]['speedup']:.2f}x ({rows[1]['speedup_min']:.2f}–{rows[1]['speedup_max']:.2f})" in summary
+    assert "3 interleaved rounds x 3 timed calls" in " ".join(r.output.split())
 
 
 def test_compare_reexports_stale_onnx(tiny_checkpoint, tiny_data, tmp_path):

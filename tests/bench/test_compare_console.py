@@ -1,6 +1,7 @@
 """compare's console output as a person reads it in a terminal: the table fits 80, 100 and 120 columns
-with every figure whole, unstable latency and rows that did not run are said in words under it, and
-the last line names report.html."""
+with every figure whole (the speed-up with its spread over the rounds), unstable latency, latencies
+reused from an earlier run and rows that did not run are said in words under it, and the last line
+names report.html."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def _row(backend, precision, device="cpu", *, status="ok", reason="", unstable=F
             "pixel_agreement": 0.99871 if ok else None, "boundary_f": 0.9512 if ok else None,
             "max_abs_logit_diff": 9.54e-05 if ok else None, "p50_ms": p50 if ok else None,
             "p99_ms": 2210.2 if ok else None, "throughput": 1.4 if ok else None, "speedup": 0.25 if ok else None,
-            "latency_unstable": unstable if ok else None}
+            "speedup_min": 0.241 if ok else None, "speedup_max": 0.262 if ok else None,  # 0.25x ±5%
+            "speedup_paired": True if ok else None, "latency_rounds": 6 if ok else None,
+            "latency_unstable": unstable if ok else None, "reused": ["accuracy"] if ok else []}
 
 
 def _rows(unstable: bool = True, fg=None) -> list[dict]:
@@ -40,7 +43,8 @@ def _rows(unstable: bool = True, fg=None) -> list[dict]:
 
 def _render(rows: list[dict], width: int, labels: str = "masks") -> str:
     console = Console(width=width, file=io.StringIO(), record=True, color_system=None)
-    print_results(rows, "torch fp32", labels, 30, console)
+    settings = {"warmup": 3, "rounds": 6, "iters": 4}
+    print_results(rows, "torch fp32", labels, 6, console, settings)
     return console.export_text()
 
 
@@ -54,7 +58,7 @@ def test_the_table_fits_the_terminal_with_every_figure_whole(width, binary):
     assert "…" not in text and "..." not in text, text
     table = text[:text.index("agree: ")]
     tokens = table.split()
-    figures = ["94.5", "0.8062", "-0.0001", "0.9987", "0.9512", "9.54e-05", "2210.2", "1.4", "0.25x",
+    figures = ["94.5", "0.8062", "-0.0001", "0.9987", "0.9512", "9.54e-05", "2210.2", "1.4", "0.25x", "±5%",
                *(["0.9731"] if binary else [])]
     for f in figures:  # each figure whole, once per ok row
         assert tokens.count(f) == 5, (f, text)
@@ -83,11 +87,35 @@ def test_unstable_latency_is_marked_and_explained_only_when_a_row_is_unstable():
     assert [line.split()[0:2] for line in marked] == [["torch", "fp32"], ["onnxruntime", "fp16"]]
     note = " ".join(text.split())
     assert f"{UNSTABLE_MARK} unstable latency (torch fp32, onnxruntime fp16)" in note
-    assert "--iters 200" in note and "quiet machine" in note
+    assert "--rounds 20" in note and "quiet machine" in note and "rounds' medians" in note
     everywhere = [dict(r, latency_unstable=r["status"] == "ok") for r in _rows()]
     assert f"{UNSTABLE_MARK} unstable latency (every row)" in " ".join(_render(everywhere, 100).split())
     calm = _render(_rows(unstable=False), 100)
     assert "unstable" not in calm and f"1707.4{UNSTABLE_MARK}" not in calm
+
+
+def test_how_latency_was_timed_and_which_latencies_were_reused_are_said_under_the_table():
+    rows = _rows(unstable=False)
+    text = " ".join(_render(rows, 100).split())
+    assert "6 interleaved rounds x 4 timed calls per row after 3 warm-up calls" in text
+    assert "reused from an earlier run" not in text and "not paired" not in text
+    # one row's latency reused from an earlier run than the reference's: its speed-up is the ratio of
+    # two p50s, marked, and said so in words
+    rows[3].update(reused=["accuracy", "latency"], speedup_paired=False, speedup_min=None, speedup_max=None)
+    text = _render(rows, 80)
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert text.split().count("~0.25x") == 1 and text.split().count("±5%") == 4, text
+    flat = " ".join(text.split())
+    assert "Latency reused from an earlier run (--reuse-latency), not timed again: onnxruntime fp16." in flat
+    assert "~ speed-up not paired by round (onnxruntime fp16)" in flat
+    # the reference against itself: no spread to show
+    rows[0].update(speedup=1.0, speedup_min=1.0, speedup_max=1.0)
+    assert "1.00x" in _render(rows, 100).split() and "±0.0%" not in _render(rows, 100)
+    # a row whose latency could not be measured keeps its accuracy; the reason is said under the table
+    rows[2].update(p50_ms=None, p99_ms=None, throughput=None, speedup=None, speedup_paired=None,
+                   reason="latency not measured: RuntimeError: device lost")
+    flat = " ".join(_render(rows, 100).split())
+    assert "onnxruntime fp32: latency not measured: RuntimeError: device lost." in flat
 
 
 def test_rows_that_did_not_run_are_listed_with_their_reason_under_the_table():

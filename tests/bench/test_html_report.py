@@ -19,7 +19,7 @@ from aspp_deploy.data.voc import VOCSegmentation, load_mask, voc_palette
 HOSTILE_REASON = "<script>alert(1)</script>"
 HOSTILE_CLASS = "<img src=x onerror=alert(1)>"
 MACHINE = {"cpu": "Test CPU <x86>", "cores": 4, "gpu": None, "os": "test", "versions": {}}
-SETTINGS = {"images": 4, "data": "/d", "input": [128, 128], "warmup": 1, "iters": 5, "threads": 2,
+SETTINGS = {"images": 4, "data": "/d", "input": [128, 128], "warmup": 1, "rounds": 3, "iters": 5, "threads": 2,
             "model": "tiny & <small>", "reference": "torch fp32", "checkpoint": None}
 
 
@@ -41,8 +41,9 @@ def _row(backend, precision, *, status="ok", reason="", miou=None, delta=None, u
 def _rows() -> list[dict]:
     ious = {"background": 0.9, HOSTILE_CLASS: None, "cat": 0.5}
     return [_row("torch", "fp32", miou=0.61234, delta=0.0, per_class=ious),
-            _row("onnxruntime", "int8", miou=0.61233, delta=-0.00001, unstable=True,  # rounds to -0.0000
-                 samples=[5.0, 30.0, 6.0, 5.5, 40.0], per_class=ious),
+            dict(_row("onnxruntime", "int8", miou=0.61233, delta=-0.00001, unstable=True,  # rounds to -0.0000
+                      samples=[5.0, 30.0, 6.0, 5.5, 40.0], per_class=ious),
+                 speedup=1.9, speedup_min=1.8, speedup_max=2.05, speedup_paired=True),
             _row("trt", "int8", status="unavailable", reason=HOSTILE_REASON),
             _row("openvino", "fp32", status="failed", reason="a & b")]
 
@@ -119,7 +120,10 @@ def _check_self_contained_and_escaped(text: str, rows: list[dict]) -> _Parsed:
             assert cells[9] == f"{r['p50_ms']:.1f}" + (UNSTABLE_MARK if r["latency_unstable"] else "")
     assert 'href="#unstable"' in text and 'id="unstable"' in text
     note = joined[joined.index(f"{UNSTABLE_MARK} Unstable latency: "):]
-    assert note.startswith(f"{UNSTABLE_MARK} Unstable latency: onnxruntime int8.") and "--iters" in note
+    assert note.startswith(f"{UNSTABLE_MARK} Unstable latency: onnxruntime int8.") and "--rounds" in note
+    # the speed-up with the range of its per-round ratios; how latency was timed, in the facts
+    assert [cells[12] for cells in body[:2]] == ["1.00x", "1.90x (1.80–2.05)"]
+    assert "3 interleaved rounds x 5 timed calls per row after 1 warm-up calls" in joined
     assert body[0][5] == body[1][5] == "+0.0000"
     # per-class IoU: ok rows only, columns in first-seen order, None as an empty cell
     per_class = p.tables["per-class"]

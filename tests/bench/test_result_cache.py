@@ -154,7 +154,7 @@ def _compare(checkpoint, data, art, tmp_path, tag, *extra) -> dict:
 
     out = tmp_path / f"{tag}.json"
     r = CliRunner().invoke(app, ["compare", "--checkpoint", str(checkpoint), "--artifacts", str(art),
-                                 "--data", str(data), "--limit", "2", "--iters", "2", "--warmup", "0",
+                                 "--data", str(data), "--limit", "2", "--rounds", "2", "--iters", "2", "--warmup", "0",
                                  "--report", str(tmp_path / f"rep-{tag}"), "--json", str(out), *extra])
     assert r.exit_code == 0, r.output
     return {(x["backend"], x["precision"], x["device"]): x for x in json.loads(out.read_text())["rows"]}
@@ -172,25 +172,45 @@ def test_a_second_compare_reuses_every_row_and_a_tampered_entry_is_measured_agai
     def no_measuring(*args, **kwargs):
         raise AssertionError("measured again although nothing changed")
 
-    with monkeypatch.context() as m:  # 2 images >= 0 warm-up + 2 timed runs: the accuracy pass times them
-        m.setattr(C, "bench_runner", no_measuring)
-        first = _compare(tiny_checkpoint, tiny_data, art, tmp_path, "1", "--reuse-latency")
+    first = _compare(tiny_checkpoint, tiny_data, art, tmp_path, "1", "--reuse-latency")
     ok = [k for k, r in first.items() if r["status"] == "ok"]
     assert len(ok) >= 4 and all(first[k]["reused"] == [] for k in ok)
     onnx_before = {p.name: p.read_bytes() for p in art.glob("*.onnx")}
 
-    assert all(len(first[k]["latency"]["samples_ms"]) == 2 for k in ok)
-    # nothing changed: no row is measured again (measuring would fail here), every figure is the same
+    assert all([len(r) for r in first[k]["latency"]["rounds_ms"]] == [2, 2] for k in ok)
+    # nothing changed: no row is measured again (measuring would fail here), every figure is the same;
+    # the speed-ups still pair by round: every latency comes from the same earlier run
     with monkeypatch.context() as m:
         m.setattr(C, "measure_accuracy", no_measuring)
-        m.setattr(C, "bench_runner", no_measuring)
+        m.setattr(C, "run_rounds", no_measuring)
         second = _compare(tiny_checkpoint, tiny_data, art, tmp_path, "2", "--reuse-latency")
     for k in ok:
         assert second[k]["status"] == "ok", second[k]
         assert second[k]["reused"] == ["accuracy", "latency"], k
         assert {f: second[k][f] for f in FIGURES} == {f: first[k][f] for f in FIGURES}
         assert second[k]["p50_ms"] == first[k]["p50_ms"]
+        assert second[k]["latency"]["rounds_ms"] == first[k]["latency"]["rounds_ms"]
+        assert second[k]["speedup_paired"] is True and second[k]["speedup"] == pytest.approx(first[k]["speedup"])
     assert {p.name: p.read_bytes() for p in art.glob("*.onnx")} == onnx_before  # nothing remade
+
+    # one row's latency entry gone: that row is timed now, and the reference with it (a speed-up pairs
+    # only within one run); the other rows keep their latency from the first run, not paired with this
+    # run's reference, and the report says so
+    fp16, ref = ("onnxruntime", "fp16", "cpu"), ok[0]
+    for record_path in (art / "result-cache").glob("*.json"):
+        record = json.loads(record_path.read_text())
+        if record["key"].get("what") == "latency" and record["key"]["row"]["settings"]["precision"] == "fp16":
+            record_path.unlink()
+    mixed = _compare(tiny_checkpoint, tiny_data, art, tmp_path, "2b", "--reuse-latency")
+    assert mixed[fp16]["reused"] == ["accuracy"] and mixed[ref]["reused"] == ["accuracy"]
+    assert mixed[fp16]["speedup_paired"] is True and mixed[fp16]["latency"]["run"] == mixed[ref]["latency"]["run"]
+    others = [k for k in ok if k not in (fp16, ref)]
+    for k in others:
+        assert mixed[k]["reused"] == ["accuracy", "latency"] and mixed[k]["speedup_paired"] is False
+        assert mixed[k]["speedup"] == pytest.approx(mixed[ref]["p50_ms"] / mixed[k]["p50_ms"])
+    summary = (tmp_path / "rep-2b" / "summary.md").read_text()
+    assert "Latency reused from an earlier run (--reuse-latency), not timed again: " in summary
+    assert "~ speed-up not paired by round" in summary
 
     # latency is measured every run unless --reuse-latency: accuracy still reused
     third = _compare(tiny_checkpoint, tiny_data, art, tmp_path, "3")
@@ -218,3 +238,20 @@ def test_a_second_compare_reuses_every_row_and_a_tampered_entry_is_measured_agai
     # --remeasure measures everything again (and gets the same figures)
     sixth = _compare(tiny_checkpoint, tiny_data, art, tmp_path, "6", "--remeasure")
     assert all(sixth[k]["reused"] == [] and sixth[k]["miou"] == first[k]["miou"] for k in ok)
+
+
+    # a latency measured another way is never reused: its key holds how it was measured (the rounds,
+    # their method and seed); a latency stored with other rounds, or by an older compare (one block of
+    # calls, no rounds), is measured again
+    cache = ResultCache(art / "result-cache")
+    entries = [json.loads(p.read_text()) for p in (art / "result-cache").glob("*.json")]
+    latency = [e for e in entries if e["key"]["what"] == "latency"]
+    assert latency and all({"method", "seed", "rounds", "iters", "warmup"} <= set(e["key"]["bench"]) for e in latency)
+    for e in latency:  # as an older compare stored them: no method, seed or rounds; one block of samples
+        old_bench = {k: v for k, v in e["key"]["bench"].items() if k not in ("method", "seed", "rounds")}
+        assert cache.put(dict(e["key"], bench=old_bench), {"samples_ms": [1.0, 1.0], "batch": 1})
+        (art / "result-cache" / f"{e['digest']}.json").unlink()
+    seventh = _compare(tiny_checkpoint, tiny_data, art, tmp_path, "7", "--reuse-latency")
+    assert all(seventh[k]["reused"] == ["accuracy"] and seventh[k]["p50_ms"] != 1.0 for k in ok)
+    eighth = _compare(tiny_checkpoint, tiny_data, art, tmp_path, "8", "--reuse-latency", "--rounds", "3")
+    assert all(eighth[k]["reused"] == ["accuracy"] and eighth[k]["latency_rounds"] == 3 for k in ok)
