@@ -1,0 +1,44 @@
+"""Post-processing shortcuts give NumPy's own answers: the two-class argmax is one comparison, with
+NumPy's rules for ties and NaN; the value table of ``Preprocess.normalize`` gives the formula's bits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aspp_deploy.runtime.images import class_map
+from aspp_deploy.runtime.preprocess import Preprocess
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_two_class_argmax_is_numpys_with_ties_and_nan(dtype):
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        scores = rng.standard_normal((2, 17, 23)).astype(dtype)
+        if trial % 3 == 0:
+            tie = rng.random((17, 23)) < 0.3
+            scores[1][tie] = scores[0][tie]
+        if trial % 2 == 0:
+            scores[0][rng.random((17, 23)) < 0.1] = np.nan
+            scores[1][rng.random((17, 23)) < 0.1] = np.nan
+        expected = scores.argmax(0)
+        for output in (scores, scores[None]):
+            got = class_map(output)
+            assert got.shape == expected.shape and np.array_equal(got, expected), trial
+    three = rng.standard_normal((3, 5, 7)).astype(np.float32)
+    assert np.array_equal(class_map(three), three.argmax(0))
+
+
+@pytest.mark.parametrize("spec", [{}, {"layout": "NHWC"}, {"channel_order": "BGR"},
+                                  {"scale": 1.0, "mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5)}])
+def test_normalize_gives_the_formulas_bits(spec):
+    pre = Preprocess(9, 11, **spec)
+    rgb = np.random.default_rng(1).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    ordered = rgb[..., ::-1] if pre.channel_order == "BGR" else rgb
+    x = ordered.astype(np.float32) * np.float32(pre.scale)
+    x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    expected = x if pre.layout == "NHWC" else x.transpose(2, 0, 1)
+    got = pre.normalize(rgb)
+    assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"] and np.array_equal(got, expected)
+    batch = np.stack([ordered, ordered[::-1]])
+    assert np.array_equal(pre.from_pixels(batch)[0], expected)
