@@ -17,6 +17,7 @@ from aspp_deploy.cli._console import console, out_console, write_json
 from aspp_deploy.cli._errors import fail, handle_errors
 from aspp_deploy.cli._progress import LOG_EVERY_S, working
 from aspp_deploy.data.voc import IMAGE_FORMATS
+from aspp_deploy.runtime.pipeline import busy_shares
 
 
 def _backends() -> str:
@@ -189,10 +190,8 @@ def _predict_stream(opened, stream: str, out: Path, overlay: bool, mask_video: b
 
 def _stream_figures(run: dict) -> str:
     """``120 frames in 4.1 s, 29.3 FPS; inference 81% of the time (the pace), decode 12%, ...; 3 dropped``"""
-    shares = sorted(run["stage_share"].items(), key=lambda kv: -kv[1])
-    stages = ", ".join(f"{name} {100 * share:.0f}%" for name, share in shares)
     dropped = f"; {run['dropped']} dropped to stay real-time" if run["dropped"] else ""
-    return (f"{run['frames_out']} frame(s) in {run['seconds']:.1f} s, {run['fps']:.1f} FPS; busy: {stages} "
+    return (f"{run['frames_out']} frame(s) in {run['seconds']:.1f} s, {run['fps']:.1f} FPS; {busy_shares(run)} "
             f"(pace: {run['bottleneck']}){dropped}")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -153,6 +154,7 @@ def open_segmenter(args: argparse.Namespace):
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from aspp_deploy.runtime.app import StreamOutputs, find_inputs, segment_images, segment_stream
+    from aspp_deploy.runtime.pipeline import busy_shares
 
     kind, files = find_inputs(args.input)
     args.pipelined = kind == "stream"
@@ -169,7 +171,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                      progress=_stream_progress(files[0]))
             run = summary["stream"]
             _say(f"{run['frames_out']} frame(s) -> {args.out} at {run['fps']} FPS on {where} "
-                 f"({_stream_shares(run)}{'; ' + str(run['dropped']) + ' dropped' if run['dropped'] else ''})")
+                 f"({busy_shares(run)}{'; ' + str(run['dropped']) + ' dropped' if run['dropped'] else ''})")
             return 0
         summary = segment_images(seg.predict_batch, files, args.out, seg.palette, args.alpha,
                                  args.batch or seg.max_batch, _say, classes=seg.classes or None)
@@ -178,14 +180,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stream_shares(run: Dict[str, Any]) -> str:
-    shares = sorted(run["stage_share"].items(), key=lambda kv: -kv[1])
-    return "busy: " + ", ".join(f"{name} {100 * share:.0f}%" for name, share in shares)
-
-
 def _stream_progress(name: str):
-    import time
-
     last = [time.monotonic()]
 
     def report(stats: Any) -> None:

@@ -86,6 +86,13 @@ class StreamStats:
                 "bottleneck": self.bottleneck(), "stopped_by": self.stopped_by}
 
 
+def busy_shares(run: Dict[str, Any]) -> str:
+    """``busy: inference 81%, decode 12%, ...``: each stage's share of a run (``StreamStats.to_dict()``),
+    largest first, for the progress and summary lines."""
+    shares = sorted(run["stage_share"].items(), key=lambda kv: -kv[1])
+    return "busy: " + ", ".join(f"{name} {100 * share:.0f}%" for name, share in shares)
+
+
 class _Run:
     """The shared state of one run: the stop flag and the first error of any stage."""
 
