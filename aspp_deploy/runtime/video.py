@@ -168,11 +168,7 @@ class AvSource(FrameSource):
             for frame in self.container.decode(self.stream):
                 yield Frame(index, frame.to_ndarray(format="rgb24"))
                 index += 1
-        except InputError:
-            raise
         except Exception as exc:  # a corrupt file or a stream that went away: say where it stopped
-            if isinstance(exc, (GeneratorExit, KeyboardInterrupt)):
-                raise
             raise InputError(f"{self.name}: decoding stopped after {index} frame(s): {_first_line(exc)}") from None
         if index == 0:
             raise InputError(f"{self.name} has no readable frames")
