@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 EXPORT_SIZE = 64
+
+
+def copy_model(onnx: Path, folder: Path) -> Path:
+    """The files beside ``onnx`` (the model, its manifest, its pre-flight report) copied into ``folder``
+    (made here); returns the copy of ``onnx``. For fixtures shared across tests: write only in a copy."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in onnx.parent.iterdir():
+        if f.is_file():
+            shutil.copy(f, folder / f.name)
+    return folder / onnx.name
 
 
 @pytest.fixture(scope="session")

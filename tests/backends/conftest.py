@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from aspp_deploy.data.synthetic import SynthConfig, write_calibration_folder
+from tests.conftest import copy_model
 
 SIZE = 64
 
@@ -26,9 +26,7 @@ def int8_cpu_64(tmp_path_factory, exported_64, tiny_data) -> Path:
     from aspp_deploy.precision.quantize import QuantizeOptions, quantized_onnx_from_fp32
 
     folder = tmp_path_factory.mktemp("int8cpu64")
-    for f in exported_64.parent.iterdir():
-        if f.is_file():
-            shutil.copy(f, folder / f.name)
+    copy_model(exported_64, folder)
     calib = write_calibration_folder(tmp_path_factory.mktemp("calib64"), 4, cfg=SynthConfig(size=96))
     r = quantized_onnx_from_fp32(folder / exported_64.name,
                                  QuantizeOptions("int8", "cpu", calib, data=tiny_data, budget_images=0, eval_images=2))

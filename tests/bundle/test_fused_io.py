@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import configparser
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +17,7 @@ from aspp_deploy.bundle.deepstream import check_nvinfer_config
 from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.serve.triton_config import config_pbtxt
 from tests.bundle.conftest import run_cli
+from tests.conftest import copy_model
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -26,10 +26,7 @@ ort = pytest.importorskip("onnxruntime")
 def fused_bundle(tmp_path_factory, fused_exported, tiny_data, calib_images):
     root = tmp_path_factory.mktemp("fused-bundle")
     src = root / "artifacts"
-    src.mkdir()
-    for f in fused_exported.parent.iterdir():
-        if f.is_file():
-            shutil.copy(f, src / f.name)
+    copy_model(fused_exported, src)
     out = root / "jetson"
     result = run_cli("bundle", "--onnx", src / "model.onnx", "--calib", calib_images, "--data", tiny_data,
                      "--backend", "ort", "--precision", "fp16", "--out", out)

@@ -3,7 +3,6 @@ hand-built model whose INT8 version is known to need the accuracy budget."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +16,13 @@ from aspp_deploy.data.synthetic import SynthConfig, write_calibration_folder
 from aspp_deploy.data.voc import voc_palette, write_split_list
 from aspp_deploy.export.manifest import embed, update_sidecar
 from aspp_deploy.io import atomic_save_image
+from tests.conftest import copy_model
 
 
 @pytest.fixture
 def fp32_model(tmp_path, exported) -> Path:
     """A private copy of the exported model (outputs are written beside it)."""
-    folder = tmp_path / "model"
-    folder.mkdir()
-    for f in exported.parent.iterdir():
-        if f.is_file():
-            shutil.copy(f, folder / f.name)
-    return folder / exported.name
+    return copy_model(exported, tmp_path / "model")
 
 
 @pytest.fixture(scope="session")

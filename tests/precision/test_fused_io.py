@@ -5,7 +5,6 @@ the accuracy is measured on masks, each model fed its own kind of input."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +19,14 @@ from aspp_deploy.precision.modelopt_backend import modelopt_available
 from aspp_deploy.precision.quantize import QuantizeOptions, quantized_onnx_from_fp32
 from aspp_deploy.runtime.calibration import CalibrationData, calibration_files
 from aspp_deploy.runtime.preprocess import Preprocess
+from tests.conftest import copy_model
 
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
 
 @pytest.fixture
 def fused_model(tmp_path, fused_exported) -> Path:
-    folder = tmp_path / "model"
-    folder.mkdir()
-    for f in fused_exported.parent.iterdir():
-        if f.is_file():
-            shutil.copy(f, folder / f.name)
-    return folder / fused_exported.name
+    return copy_model(fused_exported, tmp_path / "model")
 
 
 def _entry(onnx_path: Path) -> dict:
