@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from aspp_deploy.errors import InputError
-from aspp_deploy.io import atomic_path, atomic_save_image, make_folder
+from aspp_deploy.io import atomic_file, atomic_path, atomic_save_image, make_folder
 from aspp_deploy.runtime.images import (IMAGE_EXTENSIONS, IMAGE_FORMATS, class_areas, load_rgb, overlay,
                                         overlay_with_legend, palette_array)
 from aspp_deploy.runtime.pipeline import StreamStats, run_stream
@@ -177,10 +177,12 @@ def segment_stream(seg: Any, source_text: str, out: Path, outputs: StreamOutputs
     frames_with = np.zeros(max(1, len(classes)), dtype=np.int64)
     state = {"size": None}  # type: Dict[str, Any]
     with contextlib.ExitStack() as files, open_source(source_text, fps=fps) as source:
+        # the encoders open their files by name (with their extension); the JSON lines are written to the
+        # temporary file atomic_file opened, never reopened by name
         temps = {key: files.enter_context(atomic_path(path, suffix=path.suffix))
-                 for key, path in paths.items() if key != "frame_masks"}
+                 for key, path in paths.items() if key in ("mask_video", "overlay_video")}
         writers = {}  # type: Dict[str, Any]
-        lines = files.enter_context(open(temps["frame_json"], "w")) if "frame_json" in temps else None
+        lines = files.enter_context(atomic_file(paths["frame_json"])) if "frame_json" in paths else None
 
         def consume(frame: Frame, mask: np.ndarray) -> None:
             size = (frame.rgb.shape[1], frame.rgb.shape[0])
@@ -211,8 +213,8 @@ def segment_stream(seg: Any, source_text: str, out: Path, outputs: StreamOutputs
                 atomic_save_image(mask_image(mask, palette), paths["frame_masks"] / f"{frame.index:06d}.png")
             if lines is not None:
                 areas = areas_from_counts(counts, classes, int(mask.size))
-                lines.write(json.dumps({"frame": frame.index, "time": round(frame.index / float(source.fps), 6),
-                                        "areas": areas}) + "\n")
+                lines.write((json.dumps({"frame": frame.index, "time": round(frame.index / float(source.fps), 6),
+                                         "areas": areas}) + "\n").encode())
 
         stats = run_stream(source, seg, consume, drop_late=drop_late, max_frames=max_frames, progress=progress)
         if stats.frames_out == 0:
