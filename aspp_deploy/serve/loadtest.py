@@ -83,7 +83,8 @@ class Sample:
 @dataclass
 class Outage:
     """Requests failing in a row: from the moment the first of them failed (not when it was sent: a
-    request sent before the fault fails with it) to the next success (or the server's return)."""
+    request sent before the fault fails with it) to the next success of a request sent after that moment
+    (or the server's return); an answer to a request already in flight then ends nothing."""
 
     endpoint: str
     model: str
@@ -268,7 +269,7 @@ def wait_until_ready(endpoint: Endpoint, models: List[str], within_s: float, tim
         pause = min(pause * 2, BACKOFF_S[1])
 
 
-class _Tracker:
+class OutageTracker:
     """Level-wide bookkeeping of failures in a row: outages, and when to stop the level."""
 
     def __init__(self, clock0: float, max_consecutive: int, describe: Tuple[str, str, int]) -> None:
@@ -287,7 +288,11 @@ class _Tracker:
         if self.run >= self.max_consecutive:
             self.stop.set()
 
-    def success(self, t_done: float) -> None:
+    def success(self, t_sent: float, t_done: float) -> None:
+        """A request sent at ``t_sent`` answered at ``t_done``. Only a request sent after the run of failures
+        began ends it: one sent before (in flight when the first of them failed) proves nothing of now."""
+        if self.run and t_sent < self.run_start:
+            return
         if self.run >= self.min_run:
             self.outages.append(Outage(*self.describe, round(self.run_start - self.clock0, 3),
                                        round(t_done - self.run_start, 3), self.run, True, self.run_error))
@@ -317,7 +322,7 @@ def run_level(endpoint: Endpoint, model: str, samples: List[Sample], concurrency
     mismatches = [0]
     start = time.perf_counter()
     deadline = start + duration_s
-    track = _Tracker(start if clock0 is None else clock0, max_consecutive_errors,
+    track = OutageTracker(start if clock0 is None else clock0, max_consecutive_errors,
                      (str(endpoint), model, concurrency))
 
     def failed(t_failed: float, message: str) -> None:
@@ -356,7 +361,7 @@ def run_level(endpoint: Endpoint, model: str, samples: List[Sample], concurrency
                 with lock:
                     latencies.append((t1 - t0) * 1e3)
                     mismatches[0] += int(wrong)
-                    track.success(t1)
+                    track.success(t0, t1)
         finally:
             _close(client)
 
