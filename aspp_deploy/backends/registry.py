@@ -15,6 +15,7 @@ from aspp_deploy.backends.torch_backend import TorchRunner
 from aspp_deploy.backends.trt_backend import TrtBackendRunner
 from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.runtime.trt.cuda import get_cuda
+from aspp_deploy.runtime.vocab import Runtime
 from aspp_deploy.runtime.trt.runtime import tensorrt_installed, TRT_INSTALL_HINT
 
 # (model, precision, device, threads, pipelined) -> runner; pipelined: other CPU work overlaps inference
@@ -83,6 +84,7 @@ REGISTRY: Dict[str, Backend] = {b.name: b for b in (
     Backend("openvino", (".onnx",), "ONNX", "`aspp-deploy export`", _open_openvino,
             unavailable=openvino_unavailable_reason),
 )}
+assert set(REGISTRY) == {r.value for r in Runtime}, "one registry record per runtime in runtime/vocab.py"
 BACKENDS = tuple(REGISTRY)
 SUFFIXES = {name: b.suffixes for name, b in REGISTRY.items()}
 

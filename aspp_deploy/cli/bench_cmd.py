@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,13 +17,7 @@ from aspp_deploy.cli import _model_opts as M
 from aspp_deploy.cli._images import image_files
 from aspp_deploy.runtime.calibration import SHIPPED_CALIBRATION
 from aspp_deploy.errors import InputError
-
-
-class Backend(str, Enum):
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-    trt = "trt"
-    openvino = "openvino"
+from aspp_deploy.runtime.vocab import Runtime
 
 
 def real_batch(pre, batch: int) -> tuple[np.ndarray, list[Path]]:
@@ -44,7 +37,7 @@ def stats_row(table: Table, label: str, s) -> None:
 
 @handle_errors
 def bench(
-    backend: Annotated[Backend, typer.Option(help="Runtime to time.")] = Backend.torch,
+    backend: Annotated[Runtime, typer.Option(help="Runtime to time.")] = Runtime.torch,
     model: Annotated[Optional[Path], typer.Option("--model", "--onnx", "--checkpoint",
                                                   help="Artifact: checkpoint (torch), ONNX (onnxruntime, openvino), engine (trt). Default for torch: the shipped checkpoint.")] = None,
     trust_code: M.TrustCode = False,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,12 +14,11 @@ from aspp_deploy.cli._click import Command
 from aspp_deploy.cli._console import out_console, write_json
 from aspp_deploy.cli._errors import handle_errors
 from aspp_deploy.cli._progress import LineProgress, progress
+from aspp_deploy.runtime.vocab import Runtime, subset
 
 
-class EvalBackend(str, Enum):
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
+# the runtimes eval runs (a TensorRT engine's accuracy is measured by `compare`'s trt rows)
+EvalBackend = subset("EvalBackend", Runtime, Runtime.torch, Runtime.onnxruntime, Runtime.openvino)
 
 
 def _progress_callbacks(bar: Progress | LineProgress, label: str):
@@ -38,7 +36,7 @@ def _progress_callbacks(bar: Progress | LineProgress, label: str):
 
 @handle_errors
 def eval_command(
-    backend: Annotated[EvalBackend, typer.Option(help="Which runtime runs the model.")] = EvalBackend.torch,
+    backend: Annotated[EvalBackend, typer.Option(help="Which runtime runs the model.")] = EvalBackend.torch,  # pyright: ignore[reportInvalidTypeForm]
     checkpoint: M.Checkpoint = None,
     trust_code: M.TrustCode = False,
     arch: M.Arch = None,
@@ -101,9 +99,9 @@ def eval_command(
                           "input_size": [pre.height, pre.width], **result.to_dict()})
 
 
-def _open_runner(backend: EvalBackend, source: M.ModelSourceOptions, spec, model: Optional[Path],
+def _open_runner(backend: Runtime, source: M.ModelSourceOptions, spec, model: Optional[Path],
                  device: str, threads: int):
-    if backend is EvalBackend.torch:
+    if backend == Runtime.torch:
         from aspp_deploy.backends.torch_backend import open_torch_source
         from aspp_deploy.errors import InputError
 
@@ -125,10 +123,10 @@ def _open_runner(backend: EvalBackend, source: M.ModelSourceOptions, spec, model
     return runner, manifest.preprocess(), manifest.classes
 
 
-def _model_entry(backend: EvalBackend, model: Optional[Path], runner) -> dict:
+def _model_entry(backend: Runtime, model: Optional[Path], runner) -> dict:
     """The manifest entry of the ONNX model (onnx backends), else what is known of the PyTorch source
     (``{"source": its provenance record}``): says whether it is the shipped model, and its FP32 source."""
-    if backend is EvalBackend.torch:
+    if backend == Runtime.torch:
         source = getattr(runner, "source", None)
         return {"source": dict(getattr(source, "record", None) or {})}
     from aspp_deploy.export.manifest import read_onnx_manifest

@@ -1,4 +1,4 @@
-"""The words every stage shares, defined once: precisions, targets, tensor layouts, channel orders,
+"""The words every stage shares, defined once: precisions, runtimes, targets, tensor layouts, channel orders,
 resize policies and output kinds. Each is a ``str`` enum, so a member equals its value (``Precision.int8
 == "int8"``) and reads and writes manifests and JSON unchanged; the CLI's choices are these enums or
 subsets of them (``subset``). Portable: standard library only, Python 3.8."""
@@ -26,6 +26,16 @@ class Precision(Word):
     fp32 = "fp32"
     fp16 = "fp16"
     int8 = "int8"
+
+
+class Runtime(Word):
+    """An inference runtime that runs a model (``--backend`` of bench, eval and predict); the backends
+    registry (``backends/registry.py``) has one record per member."""
+
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    trt = "trt"
+    openvino = "openvino"
 
 
 class Target(Word):
