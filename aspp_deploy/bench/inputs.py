@@ -10,6 +10,7 @@ from aspp_deploy.errors import InputError
 from aspp_deploy.export.manifest import read_onnx_manifest
 from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.runtime.trt.runtime import read_engine_manifest
+from aspp_deploy.runtime.vocab import Precision, Target
 
 
 def input_geometry(backend: str, model: Optional[Path], batch: int, height: int, width: int,
@@ -29,7 +30,8 @@ def input_geometry(backend: str, model: Optional[Path], batch: int, height: int,
         return pre.with_size(height or pre.height, width or pre.width), batch
     manifest = read_onnx_manifest(model)
     pre = manifest.preprocess()
-    shape = manifest.entry["inputs"][0]["shape"]
+    image_input = manifest.typed.input
+    shape = (image_input.shape if image_input is not None else None) or []
     sized = pre.with_size(height or pre.height, width or pre.width)
     wanted = list(sized.input_shape(batch))
     axes = ("batch", "height", "width", "channels") if pre.input_layout == "NHWC" else ("batch", "channels", "height", "width")
@@ -47,8 +49,7 @@ def artifact_precision(backend: str, model: Optional[Path]) -> str:
         return "fp32"
     if backend == "trt":
         return str(read_engine_manifest(model).get("precision") or "unknown")
-    entry = read_onnx_manifest(model).entry
-    p = str(entry.get("precision") or "fp32")
-    if p == "int8" and entry.get("target") in ("cpu", "trt"):
-        return f"int8 ({'cpu' if entry['target'] == 'cpu' else 'TensorRT'} QDQ)"
-    return p
+    entry = read_onnx_manifest(model).typed
+    if entry.precision is Precision.int8 and entry.target is not None:
+        return f"int8 ({'cpu' if entry.target is Target.cpu else 'TensorRT'} QDQ)"
+    return entry.precision.value

@@ -29,7 +29,7 @@ def _source(onnx_path: Path) -> dict | None:
     from aspp_deploy.export.manifest import read_onnx_manifest
 
     try:
-        return read_onnx_manifest(onnx_path).entry.get("source") or {}
+        return read_onnx_manifest(onnx_path).typed.source or {}
     except InputError:
         return None
 

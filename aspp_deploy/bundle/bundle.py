@@ -19,6 +19,7 @@ from aspp_deploy.errors import InputError
 from aspp_deploy.io import (atomic_save_image, atomic_write_text, is_replaceable as io_is_replaceable, json_text,
                             replace_folder, sha256_file)
 from aspp_deploy.runtime.builder import choose_build, JETPACK, trtexec_line
+from aspp_deploy.runtime.manifest import ArtifactEntry
 from aspp_deploy.runtime.portable import copy_runtime, runtime_files
 from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.runtime.selftest import input_reference, library_versions, REFERENCE
@@ -130,12 +131,13 @@ def _deepstream(root: Path, req: BundleRequest, fp32: dict, variants: dict, mode
 
 def _build_paths(models: dict, fp32_name: str, precisions: List[str], can_calibrate: bool, info: dict) -> dict:
     paths: Dict[str, Dict[str, Any]] = {}
+    entries = {name: ArtifactEntry.from_dict(record, name) for name, record in models.items()}
     for _, version in JETPACK:
         key = f"{version[0]}.{version[1]}"
         paths[key] = {}
         for precision in precisions:
             try:
-                choice = choose_build(models, fp32_name, precision, version, can_calibrate=can_calibrate)
+                choice = choose_build(entries, fp32_name, precision, version, can_calibrate=can_calibrate)
             except InputError as exc:
                 paths[key][precision] = {"error": str(exc)}
                 continue

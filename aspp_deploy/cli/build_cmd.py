@@ -93,11 +93,11 @@ def build(
                                                        data_digest)
 
         onnx_manifest = read_onnx_manifest(onnx)  # calibration needs its preprocessing: none is an error here
-        entry = onnx_manifest.entry
+        image_input = onnx_manifest.typed.input
+        if image_input is None:
+            raise InputError(f"{onnx}: its manifest records no input tensor to calibrate (export it again)")
         files = calibration_files(calib or SHIPPED_CALIBRATION, calib_size)
-        batch = entry["inputs"][0]["shape"][0]
-        batches = CalibrationData(files, onnx_manifest.preprocess(), entry["inputs"][0]["name"],
-                                  batch if isinstance(batch, int) else 1)
+        batches = CalibrationData(files, onnx_manifest.preprocess(), image_input.name, image_input.static_batch or 1)
         data_key = data_digest(files)
     if onnx_manifest is None:
         try:  # read (and its sha256 checked) once

@@ -199,7 +199,6 @@ def compare(
     from aspp_deploy.bench.report import machine_description, write_report
     from aspp_deploy.bench.row_keys import row_keys
     from aspp_deploy.bench.rows import default_row_specs, row_opener
-    from aspp_deploy.runtime.preprocess import Preprocess
     from aspp_deploy.errors import InputError
     from aspp_deploy.eval.evaluate import default_data_for
     from aspp_deploy.export.ensure import ensure_fp32
@@ -219,9 +218,9 @@ def compare(
     else:
         images = parity_images(None)
     fp32 = ensure_fp32(artifacts, model_spec, onnx=onnx, images=images, log=log, **source.keywords())
-    entry = fp32.entry
-    pre = Preprocess.from_dict(entry["preprocess"])
-    class_names = list(entry["classes"])
+    entry = fp32.typed
+    pre = entry.preprocess
+    class_names = list(entry.classes)
 
     def export_fn() -> Path:
         return ensure_fp32(artifacts, model_spec, onnx=onnx, images=images, log=log, **source.keywords()).path
@@ -231,7 +230,7 @@ def compare(
     with progress_display() as progress:  # a bar on a terminal, plain lines in a log
         gen = progress.add_task("generating the synthetic validation split", total=None, visible=False)
         root = data if data is not None else default_data_for(
-            class_names, entry.get("source"), "compare",
+            class_names, entry.source, "compare",
             lambda s, i, n: progress.update(gen, completed=i, total=n, visible=True))
         progress.update(gen, visible=False)
         specs = default_row_specs(torch_model, artifacts, export_fn, _quantizer(root, calib, threads),
@@ -265,7 +264,7 @@ def compare(
                 "rewarm": REWARM, "latency_method": METHOD, "latency_seed": SEED,
                 "latency_order": latency_orders(rows),
                 "threads": threads or torch.get_num_threads(),
-                "model": (entry.get("model") or {}).get("label"), "reference": ref_label,
+                "model": (entry.extra.get("model") or {}).get("label"), "reference": ref_label,
                 "checkpoint": str(torch_model) if torch_model else None}
     settings["accuracy"] = accuracy_kind(settings, dicts)
     print_results(dicts, ref_label, val.labels, rounds, out_console, settings)
@@ -276,7 +275,7 @@ def compare(
     if report is not None:
         preds = {f"{r.spec.backend} {r.spec.precision}": r.predictions for r in rows if r.status == "ok"}
         written = write_report(report, dicts, machine, settings, samples=val.samples,
-                               predictions=preds, palette=entry.get("palette"), classes=class_names)
+                               predictions=preds, palette=entry.palette, classes=class_names)
         console.print(escape(report_line(written, report)), highlight=False, soft_wrap=True)
     write_json(json_out, {"machine": machine, "settings": settings, "rows": dicts})
     if not any(r.status == "ok" for r in rows):

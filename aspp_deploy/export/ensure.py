@@ -18,6 +18,7 @@ from aspp_deploy.export.manifest import read_onnx_manifest
 from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_source
 from aspp_deploy.export.onnx_import import onnx_from_foreign
 from aspp_deploy.io import sha256_file
+from aspp_deploy.runtime.manifest import ArtifactEntry
 from aspp_deploy.model.sources import archive_kind, checkpoint_source, load_source, ModelSource, resolve_for_source
 from aspp_deploy.spec import ModelSpec
 
@@ -31,6 +32,11 @@ class Fp32Artifact:
     source: ModelSource | None     # the PyTorch model for torch rows, None when there is none
     no_torch: str | None           # why there is no PyTorch model
     action: str                    # reused | exported | imported
+
+    @property
+    def typed(self) -> ArtifactEntry:
+        """``entry`` as the typed manifest entry."""
+        return ArtifactEntry.from_dict(self.entry, self.path)
 
 
 def _entry(path: Path) -> dict | None:

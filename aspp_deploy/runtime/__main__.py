@@ -41,13 +41,13 @@ def _installed_version() -> tuple:
 
 
 def _choice(args: argparse.Namespace, version: tuple):
-    from aspp_deploy.runtime.builder import choose_build, read_models
+    from aspp_deploy.runtime.builder import choose_build, read_entries
 
     onnx = Path(args.onnx)
     if not onnx.is_file():
         raise InputError(f"ONNX model not found: {onnx} (run from the bundle folder, or give --onnx)")
     calib = args.calib if args.calib is not None else (DEFAULT_CALIB if DEFAULT_CALIB.is_dir() else None)
-    models = read_models(onnx.parent)
+    models = read_entries(onnx.parent)
     choice = choose_build(models, onnx.name, args.precision, version, legacy_int8=args.legacy_int8,
                           can_calibrate=calib is not None or (args.calib_cache is not None and args.calib_cache.is_file()))
     return choice, calib

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from aspp_deploy.errors import InputError
 from aspp_deploy.runtime.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
+from aspp_deploy.runtime.vocab import Precision, Target
 from aspp_deploy.runtime.trt.plan import BuildPlan, BuildRequest, PlanError, Version, lint_profile, make_build_plan
 
 # The TensorRT versions a Jetson bundle documents (TENSORRT_NOTES.md) and the JetPack releases that ship them.
@@ -32,11 +33,6 @@ def read_entries(folder: Path | str) -> Dict[str, ArtifactEntry]:
     """The verified entries of ``folder/manifest.json`` (JSON only: no onnx package needed)."""
     manifest = Manifest.read_required(folder, "it records each ONNX file's preprocessing and precision")
     return manifest.entries(folder)
-
-
-def read_models(folder: Path | str) -> Dict[str, Dict[str, Any]]:
-    """The entries of ``folder/manifest.json`` as records (each verified), for ``choose_build``."""
-    return {name: entry.to_dict() for name, entry in read_entries(folder).items()}
 
 
 @dataclass(frozen=True)
@@ -59,32 +55,31 @@ class DeviceBuild:
                 "builder_flags": self.plan.builder_flags, "notes": self.notes + self.plan.notes}
 
 
-def _variant(models: Mapping[str, Dict[str, Any]], fp32: str, precision: str, profile: str) -> tuple:
+def _variant(models: Mapping[str, ArtifactEntry], fp32: str, precision: str, profile: str) -> tuple:
     """(file name, None) of the reduced-precision ONNX made from ``fp32`` that parses on ``profile``,
     or (None, why not)."""
     found = [(name, e) for name, e in sorted(models.items())
-             if e.get("precision") == precision and (e.get("source") or {}).get("onnx") == fp32
-             and (precision != "int8" or e.get("target") == "trt") and not e.get("deepstream")]
+             if e.precision == precision and e.source_onnx == fp32
+             and (precision != "int8" or e.target is Target.trt) and not e.deepstream]
     if not found:
         return None, f"the bundle has no {precision} ONNX"
     for name, entry in found:
-        versions = entry.get("trt_versions")
+        versions = entry.trt_versions
         if versions is None or profile in versions:
             return name, None
-    return None, f"{found[0][0]} does not pass the TensorRT {profile} pre-flight (it lists {found[0][1].get('trt_versions')})"
+    return None, f"{found[0][0]} does not pass the TensorRT {profile} pre-flight (it lists {found[0][1].trt_versions})"
 
 
-def choose_build(models: Mapping[str, Dict[str, Any]], onnx: str, precision: str, version: Version, *,
+def choose_build(models: Mapping[str, ArtifactEntry], onnx: str, precision: str, version: Version, *,
                  legacy_int8: bool = False, can_calibrate: bool = True) -> DeviceBuild:
     """The build for ``precision`` on TensorRT ``version``; ``onnx`` names the FP32 ONNX (or a variant,
-    built as it is). InputError (a PlanError) names the way out when no path exists."""
+    built as it is); ``models``: the folder's verified entries (``read_entries``). InputError (a
+    PlanError) names the way out when no path exists."""
     name = f"TensorRT {version[0]}.{version[1]}"
     entry = models.get(onnx)
     if entry is None:
         raise InputError(f"{onnx} has no entry in {MANIFEST_NAME}: use the ONNX files the bundle ships")
-    kind = {"fp32": "fp32", "fp16": "fp16", "int8": "qdq"}.get(str(entry.get("precision", "fp32")))
-    if kind is None:
-        raise InputError(f"{onnx} has precision {entry.get('precision')!r}, which this runtime does not build")
+    kind = {Precision.fp32: "fp32", Precision.fp16: "fp16", Precision.int8: "qdq"}[entry.precision]
     profile = lint_profile(version)
     notes: List[str] = []
     if kind != "fp32":  # a reduced-precision ONNX given directly: build exactly that

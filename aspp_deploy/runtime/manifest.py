@@ -227,6 +227,18 @@ class ArtifactEntry:
         onnx = (self.source or {}).get("onnx")
         return onnx if isinstance(onnx, str) else None
 
+    @property
+    def trt_versions(self) -> Optional[List[str]]:
+        """The TensorRT lint profiles ("8.5", "10.x", ...) whose parser takes this file, per its pre-flight;
+        None when no pre-flight is recorded."""
+        versions = self.extra.get("trt_versions")
+        return [str(v) for v in versions] if isinstance(versions, list) else None
+
+    @property
+    def deepstream(self) -> bool:
+        """True for the bundle's DeepStream copy of a model (its nvinfer input), never a build source."""
+        return bool(self.extra.get("deepstream"))
+
     def verify_file(self, path: PathLike, manifest_file: Optional[PathLike] = None) -> None:
         """InputError unless ``path``'s bytes are those this entry recorded (nothing to check when it
         recorded no sha256: an embedded entry, or one written by hand)."""

@@ -11,12 +11,15 @@ from aspp_deploy.errors import InputError, MissingDependencyError
 from aspp_deploy.runtime import class_map, colorize, overlay, postprocess
 from aspp_deploy.runtime.app import find_inputs, segment_images
 from aspp_deploy.runtime.builder import choose_build, lint_profile
+from aspp_deploy.runtime.manifest import ArtifactEntry
+from aspp_deploy.runtime.preprocess import Preprocess
 from aspp_deploy.runtime.trt.plan import PlanError
 
 ALL = ["8.5", "8.6", "10.3", "10.x", "11"]
 
 
 def models(fp16_versions=ALL, int8_versions=ALL, with_fp16=True, with_int8=True) -> dict:
+    """A bundle's verified manifest entries: the FP32 ONNX and its variants, with these pre-flight results."""
     found = {"model.onnx": {"precision": "fp32"}}
     if with_fp16:
         found["model.fp16.onnx"] = {"precision": "fp16", "target": "any", "source": {"onnx": "model.onnx"},
@@ -26,7 +29,9 @@ def models(fp16_versions=ALL, int8_versions=ALL, with_fp16=True, with_int8=True)
                                         "trt_versions": int8_versions}
         found["model.int8-trt.deepstream.onnx"] = {"precision": "int8", "target": "trt", "deepstream": True,
                                                    "source": {"onnx": "model.int8-trt.onnx"}}
-    return found
+    base = {"classes": ["background", "person"], "palette": [[0, 0, 0], [192, 0, 0]],
+            "preprocess": Preprocess(64, 64).to_dict()}
+    return {name: ArtifactEntry.from_dict({**base, **record}, name) for name, record in found.items()}
 
 
 @pytest.mark.parametrize("version, onnx, kind, flags, strongly", [
