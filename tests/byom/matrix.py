@@ -4,7 +4,9 @@ INT8 CPU quantize -> compare (ONNX Runtime FP32 and INT8 rows); prints a Markdow
 Random weights, small inputs, nothing downloaded. torchvision and segmentation_models_pytorch rows
 need those packages (installed as in .ci/run); they are skipped with a note where absent.
 
-    python scripts/byom_matrix.py [--work DIR] [--size 64x96]
+    python -m tests.byom.matrix [--work DIR] [--size 64x96]
+
+It lives beside the tests because its models and data are theirs (tiny_models.py, conftest.write_voc).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from typer.testing import CliRunner  # noqa: E402
