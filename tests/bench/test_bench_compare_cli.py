@@ -69,23 +69,11 @@ def test_bench_trt_without_tensorrt_says_what_is_missing(tmp_path):
     assert len([ln for ln in r.output.splitlines() if ln.strip()]) == 1
 
 
-@pytest.fixture(scope="module")
-def compared(tiny_checkpoint, tiny_data, tmp_path_factory):
-    """One compare of the tiny model on the tiny split (every row that runs here, 3 latency rounds of
-    3 calls), shared by the tests that read its output."""
-    import aspp_deploy.backends.registry as registry
-    from aspp_deploy.backends.openvino_backend import OPENVINO_INSTALL_HINT
-
-    tmp_path = tmp_path_factory.mktemp("compared")
-    report, out = tmp_path / "rep", tmp_path / "c.json"
-    with pytest.MonkeyPatch.context() as m:
-        m.setenv("ASPP_DEPLOY_CACHE", str(tmp_path / "cache"))
-        # as on a machine without OpenVINO: the reason's "[openvino]" must survive the console's markup
-        m.setattr(registry, "openvino_unavailable_reason", lambda: OPENVINO_INSTALL_HINT)
-        r = runner.invoke(app, ["compare", "--checkpoint", str(tiny_checkpoint), "--artifacts", str(tmp_path / "a"),
-                                "--data", str(tiny_data), "--rounds", "3", "--iters", "3", "--warmup", "1",
-                                "--report", str(report), "--json", str(out)])
-    return r, tmp_path, report, out
+@pytest.fixture
+def compared(tiny_compare):
+    """The session's one compare of the tiny model on the tiny split (tests/conftest.py: every row that
+    runs here, 3 latency rounds of 3 calls), shared by the tests that read its output."""
+    return tiny_compare
 
 
 def test_compare_rows_reports_and_figures(compared, tiny_checkpoint, tiny_data):
@@ -173,10 +161,10 @@ def test_compare_times_every_row_in_interleaved_rounds(compared):
     assert "3 interleaved rounds x 3 timed calls" in " ".join(r.output.split())
 
 
-def test_compare_reexports_stale_onnx(tiny_checkpoint, tiny_data, tmp_path):
+def test_compare_reexports_stale_onnx(tiny_checkpoint, tiny_data, tmp_path, compared_artifacts):
     from tests.conftest import make_checkpoint
 
-    art = tmp_path / "a"
+    art = compared_artifacts(tmp_path / "a")  # then its model.onnx replaced by another checkpoint's
     other = make_checkpoint(tmp_path / "other.pt", seed=1)
     onnx_from_checkpoint(other, art, ExportOptions())
     r = runner.invoke(app, ["compare", "--checkpoint", str(tiny_checkpoint), "--artifacts", str(art),

@@ -164,10 +164,10 @@ FIGURES = ("miou", "delta_miou", "pixel_agreement", "boundary_f", "max_abs_logit
 
 
 def test_a_second_compare_reuses_every_row_and_a_tampered_entry_is_measured_again(
-        tiny_checkpoint, tiny_data, tmp_path, monkeypatch):
+        tiny_checkpoint, tiny_data, tmp_path, monkeypatch, compared_artifacts):
     import aspp_deploy.bench.compare as C
 
-    art = tmp_path / "art"
+    art = compared_artifacts(tmp_path / "art")  # the models made once for the session; no result cache
 
     def no_measuring(*args, **kwargs):
         raise AssertionError("measured again although nothing changed")

@@ -18,7 +18,7 @@ from aspp_deploy.export.onnx_export import ExportOptions, onnx_from_checkpoint
 from aspp_deploy.export.trt_check import check_for_trt
 from aspp_deploy.io import sha256_file
 from aspp_deploy.model.checkpoint import load_checkpoint
-from tests.conftest import TINY_SIZE
+from tests.conftest import EXPORT_SIZE, TINY_SIZE
 
 runner = CliRunner()
 
@@ -75,15 +75,17 @@ def test_manifest_is_complete_and_matches_the_file(static_export):
 
 
 def test_exporting_the_same_checkpoint_twice_gives_the_same_bytes(tiny_checkpoint, tmp_path):
-    first = onnx_from_checkpoint(tiny_checkpoint, tmp_path / "a", ExportOptions())
-    again = onnx_from_checkpoint(tiny_checkpoint, tmp_path / "a", ExportOptions())  # over the first
-    elsewhere = onnx_from_checkpoint(tiny_checkpoint, tmp_path / "b", ExportOptions())
+    options = ExportOptions(EXPORT_SIZE, EXPORT_SIZE)
+    first = onnx_from_checkpoint(tiny_checkpoint, tmp_path / "a", options)
+    again = onnx_from_checkpoint(tiny_checkpoint, tmp_path / "a", options)  # over the first
+    elsewhere = onnx_from_checkpoint(tiny_checkpoint, tmp_path / "b", options)
     digests = {sha256_file(r.onnx_path) for r in (first, again, elsewhere)}
     assert len(digests) == 1, "re-exporting the same checkpoint changed the ONNX's sha256"
     assert {r.entry["onnx_sha256"] for r in (first, again, elsewhere)} == digests
     # and in another process (another run of the CLI): nothing depends on the process's state
     code = ("import sys; from pathlib import Path; from aspp_deploy.export.onnx_export import ExportOptions, "
-            "onnx_from_checkpoint; onnx_from_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]), ExportOptions())")
+            "onnx_from_checkpoint; onnx_from_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]), "
+            f"ExportOptions({EXPORT_SIZE}, {EXPORT_SIZE}))")
     subprocess.run([sys.executable, "-c", code, str(tiny_checkpoint), str(tmp_path / "c")], check=True)
     assert sha256_file(tmp_path / "c" / "model.onnx") in digests
     # the timings differ between the runs, and are in the sidecar, not in the file

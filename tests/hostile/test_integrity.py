@@ -116,19 +116,20 @@ def test_an_empty_or_corrupt_onnx_file_is_one_line(content, tiny_data, tmp_path)
     assert listing(tmp_path) == ["model.onnx"]
 
 
-def test_compare_remakes_a_swapped_artifact_instead_of_trusting_it(tmp_path, tiny_checkpoint, tiny_data):
+def test_compare_remakes_a_swapped_artifact_instead_of_trusting_it(tmp_path, tiny_checkpoint, tiny_data,
+                                                                   compared_artifacts):
     """A model.onnx that no longer matches its manifest is not reused: compare exports it again."""
     from aspp_deploy.io import sha256_file
 
-    arts = tmp_path / "artifacts"
+    arts = compared_artifacts(tmp_path / "artifacts")
     first = cli("compare", "--checkpoint", tiny_checkpoint, "--data", tiny_data, "--artifacts", arts,
-                "--report", tmp_path / "r1", "--limit", 1, "--warmup", 0, "--iters", 1, "--height", 64, "--width", 64)
+                "--report", tmp_path / "r1", "--limit", 1, "--warmup", 0, "--iters", 1)
     assert first.exit_code == 0, first.output
     good = sha256_file(arts / "model.onnx")
     raw = bytearray((arts / "model.onnx").read_bytes())
     raw[len(raw) // 2] ^= 0x01
     (arts / "model.onnx").write_bytes(bytes(raw))
     second = cli("compare", "--checkpoint", tiny_checkpoint, "--data", tiny_data, "--artifacts", arts,
-                 "--report", tmp_path / "r2", "--limit", 1, "--warmup", 0, "--iters", 1, "--height", 64, "--width", 64)
+                 "--report", tmp_path / "r2", "--limit", 1, "--warmup", 0, "--iters", 1)
     assert second.exit_code == 0, second.output
     assert sha256_file(arts / "model.onnx") == good  # made again, bit for bit

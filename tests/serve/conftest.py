@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from aspp_deploy.data.synthetic import SynthConfig, write_calibration_folder
 from aspp_deploy.errors import AsppDeployError
+from tests.conftest import made_once
 
 READY_TIMEOUT_S = 120
 
@@ -44,12 +45,14 @@ def triton_env(tmp_path_factory, triton_binary) -> Path:
     given = os.environ.get("ASPP_TRITON_ENV")
     if given:
         return Path(given)
-    folder = tmp_path_factory.mktemp("triton-env") / "env"
-    result = run_cli("triton-env", folder)
-    if result.exit_code != 0 and "could not make" in result.output:
-        pytest.skip(f"pip could not make the service environment: {result.output.strip()}")
-    assert result.exit_code == 0, result.output
-    return folder
+
+    def make(folder: Path) -> None:
+        result = run_cli("triton-env", folder / "env")
+        if result.exit_code != 0 and "could not make" in result.output:
+            pytest.skip(f"pip could not make the service environment: {result.output.strip()}")
+        assert result.exit_code == 0, result.output
+
+    return made_once(tmp_path_factory, "triton-env", make) / "env"
 
 
 @pytest.fixture(scope="session")
