@@ -113,7 +113,7 @@ def test_a_server_restart_is_one_outage_with_few_errors_and_the_next_level_runs(
     old = own.server
     out = tmp_path / "lt.json"
     load = subprocess.Popen([*CLI, "loadtest", f"grpc://{old.grpc_url}", "--images", str(served_model.images),
-                             "--concurrency", "4,2", "--requests", "100000", "--duration", "30", "--timeout", "5",
+                             "--concurrency", "4,2", "--requests", "100000", "--duration", "15", "--timeout", "5",
                              "--warmup", "0", "--max-consecutive-errors", "8", "--recover", "120",
                              "--report", str(tmp_path / "r"), "--json", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
