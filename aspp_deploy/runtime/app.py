@@ -25,7 +25,7 @@ from aspp_deploy.runtime.images import (IMAGE_EXTENSIONS, IMAGE_FORMATS, class_a
                                         overlay_with_legend, palette_array)
 from aspp_deploy.runtime.pipeline import StreamStats, run_stream
 from aspp_deploy.runtime.video import (MASK_VIDEO_SUFFIX, OVERLAY_VIDEO_SUFFIX, STREAM_SCHEMES, Frame,
-                                       FrameOverlay, MaskVideoWriter, OverlayVideoWriter, open_source,
+                                       MaskVideoWriter, OverlayVideo, open_source,
                                        source_kind)
 
 FRAME_MASKS_SUFFIX = ".masks"        # folder of per-frame mask PNGs: <stem>.masks/000042.png
@@ -172,7 +172,6 @@ def segment_stream(seg: Any, source_text: str, out: Path, outputs: StreamOutputs
         paths["frame_json"] = out / (stem + FRAMES_JSON_SUFFIX)
     if outputs.frame_masks:
         paths["frame_masks"] = make_folder(out, stem + FRAME_MASKS_SUFFIX)
-    blend = FrameOverlay(palette, alpha)
     pixels = np.zeros(max(1, len(classes)), dtype=np.int64)
     frames_with = np.zeros(max(1, len(classes)), dtype=np.int64)
     state = {"size": None}  # type: Dict[str, Any]
@@ -192,7 +191,7 @@ def segment_stream(seg: Any, source_text: str, out: Path, outputs: StreamOutputs
                     writers["mask"] = MaskVideoWriter(temps["mask_video"], size, source.fps, palette)
                     files.callback(writers["mask"].close)
                 if "overlay_video" in temps:
-                    writers["overlay"] = OverlayVideoWriter(temps["overlay_video"], size, source.fps)
+                    writers["overlay"] = OverlayVideo(temps["overlay_video"], source.fps, palette, alpha, frame)
                     files.callback(writers["overlay"].close)
             elif size != state["size"] and writers:
                 raise InputError(f"{source_text}: frame {frame.index} is {size[0]}x{size[1]}, the first was "
@@ -208,7 +207,7 @@ def segment_stream(seg: Any, source_text: str, out: Path, outputs: StreamOutputs
             if "mask" in writers:
                 writers["mask"].add(frame.index, mask)
             if "overlay" in writers:
-                writers["overlay"].add(frame.index, blend(frame.rgb, mask))
+                writers["overlay"].add(frame, mask)
             if "frame_masks" in paths:
                 atomic_save_image(mask_image(mask, palette), paths["frame_masks"] / f"{frame.index:06d}.png")
             if lines is not None:

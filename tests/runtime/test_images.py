@@ -42,3 +42,17 @@ def test_normalize_gives_the_formulas_bits(spec):
     assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"] and np.array_equal(got, expected)
     batch = np.stack([ordered, ordered[::-1]])
     assert np.array_equal(pre.from_pixels(batch)[0], expected)
+
+
+@pytest.mark.parametrize("num_classes", [0, 2, 7, 300])
+def test_class_areas_counts_as_bincount(num_classes):
+    from aspp_deploy.runtime.images import class_areas
+
+    rng = np.random.default_rng(3)
+    for mask in (rng.integers(0, 5, (48, 64)).astype(np.uint8),          # a byte mask: Pillow's histogram
+                 np.full((5, 7), 255, np.uint8), np.zeros((4, 4), np.uint8),
+                 rng.integers(0, 5, (48, 64)).astype(np.uint8)[:, ::2],   # not contiguous
+                 rng.integers(0, 400, (20, 30)).astype(np.int32)):        # wider ids: bincount
+        expected = np.bincount(mask.ravel().astype(np.int64), minlength=max(num_classes, 1))
+        got = class_areas(mask, num_classes)
+        assert got.dtype == np.int64 and np.array_equal(got, expected), (mask.dtype, mask.shape)

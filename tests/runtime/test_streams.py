@@ -215,6 +215,152 @@ def test_frame_overlay_matches_the_still_image_overlay(clips, still_masks):
         assert fast.shape == slow.shape and np.abs(fast.astype(int) - slow.astype(int)).max() <= 1
 
 
+def _decoded_frames(path: Path) -> list:
+    with open_source(str(path)) as source:
+        return list(source)
+
+
+def _class_blocks(shape: tuple) -> np.ndarray:
+    """Three classes in blocks with edges on odd rows and columns (chroma samples shared by two classes)."""
+    mask = np.zeros(shape, np.uint8)
+    mask[5:40, 7:50] = 1
+    mask[31:70, 41:93] = 2
+    return mask
+
+
+def _interior(mask: np.ndarray, margin: int = 3) -> np.ndarray:
+    """Pixels at least ``margin`` pixels away from any other class (chroma there is not shared)."""
+    padded = np.pad(mask, margin, mode="edge")
+    h, w = mask.shape
+    same = np.ones(mask.shape, bool)
+    for dy in range(2 * margin + 1):
+        for dx in range(2 * margin + 1):
+            same &= padded[dy:dy + h, dx:dx + w] == mask
+    return same
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.8])
+def test_yuv_overlay_is_the_rgb_overlay_blended_in_yuv(clips, still_masks, alpha):
+    """The overlay video blends on the decoded 4:2:0 frame. Converted to RGB, it is closer to the still-image
+    overlay of the decoded frame than that overlay itself once the encoder took it to 4:2:0 (what the
+    overlay video held before): everywhere on average, and away from class edges within rounding."""
+    from aspp_deploy.runtime.images import overlay
+    from aspp_deploy.runtime.video import YuvOverlay
+
+    folder, _ = clips
+    frames = _decoded_frames(folder / "clip.mp4")
+    assert all(f.yuv is not None for f in frames)  # H.264 4:2:0: the frame itself travels with its RGB
+    blend = YuvOverlay(None, alpha)
+    for frame, mask in ((frames[0], still_masks[0]), (frames[1], _class_blocks(frames[1].rgb.shape[:2]))):
+        i420 = blend(frame.yuv, mask)
+        assert i420.shape == (SIZE[1] * 3 // 2, SIZE[0]) and i420.dtype == np.uint8
+        got = av.VideoFrame.from_ndarray(i420, format="yuv420p").to_ndarray(format="rgb24").astype(int)
+        want = np.asarray(overlay(frame.rgb, mask, None, alpha))
+        before = av.VideoFrame.from_ndarray(want, format="rgb24").reformat(format="yuv420p").to_ndarray(format="rgb24")
+        diff, diff_before = np.abs(got - want.astype(int)), np.abs(before.astype(int) - want.astype(int))
+        assert diff.mean() <= diff_before.mean(), (diff.mean(), diff_before.mean())
+        inside = _interior(mask)
+        assert inside.any() and diff[inside].mean() <= diff_before[inside].mean()
+        assert np.percentile(diff[inside], 99) <= 3
+        if alpha == 0.0:  # nothing to blend: the decoded frame, exactly
+            np.testing.assert_array_equal(i420, frame.yuv.to_ndarray())
+
+
+def test_the_overlay_video_blends_in_rgb_when_the_source_has_no_4_2_0_frame(clips, tmp_path):
+    """Image sequences, full-range (MJPEG) and odd-sized sources carry no 4:2:0 frame: their overlay is
+    blended in RGB, and both ways give the same video within H.264's loss."""
+    from aspp_deploy.runtime.video import OverlayVideo
+
+    folder, _ = clips
+    frames = _decoded_frames(folder / "clip.mp4")
+    mjpeg = tmp_path / "clip.avi"
+    with av.open(str(mjpeg), "w") as container:
+        stream = container.add_stream("mjpeg", rate=RATE)
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuvj420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert all(f.yuv is None for f in _decoded_frames(mjpeg))
+    assert all(f.yuv is None for f in _decoded_frames(folder / "stills" / "f%03d.png"))
+    videos = {}
+    for kind, items in (("yuv", frames), ("rgb", [Frame(f.index, f.rgb) for f in frames])):
+        videos[kind] = tmp_path / f"{kind}.mp4"
+        writer = OverlayVideo(videos[kind], Fraction(RATE), None, 0.5, items[0])
+        for frame in items:
+            writer.add(frame, _class_blocks(frame.rgb.shape[:2]))
+        writer.close()
+    from aspp_deploy.runtime.images import overlay
+
+    exact = [np.asarray(overlay(f.rgb, _class_blocks(f.rgb.shape[:2]), None, 0.5)).astype(int) for f in frames]
+    errors = {}
+    for kind, path in videos.items():
+        decoded = _decoded(path)
+        assert len(decoded) == FRAMES
+        errors[kind] = np.mean([np.abs(d.astype(int) - e).mean() for d, e in zip(decoded, exact)])
+    assert errors["yuv"] < 6 and errors["rgb"] < 6, errors  # H.264 at CRF 20 on a 96 x 72 frame: about 4
+
+
+def test_the_overlay_thread_raises_its_error_on_the_writing_thread(clips, tmp_path):
+    from aspp_deploy.runtime.video import OverlayVideo
+
+    folder, _ = clips
+    frames = _decoded_frames(folder / "clip.mp4")
+    writer = OverlayVideo(tmp_path / "o.mp4", Fraction(RATE), None, 0.5, frames[0])
+    writer.add(frames[0], np.zeros((4, 4), np.uint8))  # a mask of the wrong size
+    with pytest.raises(ValueError, match="4x4 mask for a 96x72 frame"):
+        for frame in frames[1:]:
+            writer.add(frame, np.zeros(frame.rgb.shape[:2], np.uint8))
+        writer.close()
+    writer.close()  # raised once: closing again (as an exit stack does) finishes quietly
+    # an error seen only when closing is raised there
+    writer = OverlayVideo(tmp_path / "p.mp4", Fraction(RATE), None, 0.5, frames[0])
+    writer.add(frames[0], np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match="4x4 mask"):
+        writer.close()
+
+
+def test_the_overlay_video_keeps_the_sources_colours(tmp_path, exported):
+    """A BT.709 source: its YUV goes through unconverted, so the overlay video says BT.709 too, and its
+    tint is the palette colour converted with that matrix."""
+    src = tmp_path / "hd.mp4"
+    rgb = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    rgb[:] = (90, 140, 200)
+    with av.open(str(src), "w") as container:
+        stream = container.add_stream("libx264", rate=RATE)
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        context = stream.codec_context
+        context.colorspace = context.color_primaries = context.color_trc = 1  # BT.709
+        for _ in range(3):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=av.video.reformatter.Colorspace.ITU709)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(src), "--model", str(exported), "--out", str(out), "--overlay",
+                                 "--no-mask-video", "--alpha", "0.0"])
+    assert result.exit_code == 0, result.output
+    with av.open(str(out / "hd.overlay.mp4")) as container:
+        frame = next(container.decode(video=0))
+        assert (frame.colorspace, container.streams.video[0].codec_context.colorspace) == (1, 1)
+        back = frame.to_ndarray(format="rgb24").astype(int)  # converted with the frame's own matrix
+    assert np.abs(back - rgb.astype(int)).max() <= 3
+    # the tint is converted with the frame's matrix: read back with it, it is the RGB overlay's colour
+    from aspp_deploy.runtime.images import overlay
+    from aspp_deploy.runtime.video import YuvOverlay
+
+    frame = _decoded_frames(src)[0]
+    assert frame.yuv is not None and frame.yuv.colorspace == 1
+    mask = _class_blocks(frame.rgb.shape[:2])
+    blended = av.VideoFrame.from_ndarray(YuvOverlay(None, 0.8)(frame.yuv, mask), format="yuv420p")
+    blended.colorspace = 1
+    diff = np.abs(blended.to_ndarray(format="rgb24").astype(int) - np.asarray(overlay(frame.rgb, mask, None, 0.8)))
+    assert diff[_interior(mask)].max() <= 3, diff[_interior(mask)].max()
+
+
 class _LiveBurst(FrameSource):
     """A live source that delivers its frames as fast as it can (a camera faster than the model)."""
 
