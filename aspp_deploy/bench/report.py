@@ -28,8 +28,8 @@ CSV_COLUMNS = ["backend", "precision", "device", "status", "reason", "size_bytes
 OVERLAY_IMAGES = 3
 
 
-CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
-                         "amx_int8", "avx512_fp16")
+CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                         "amx_bf16", "amx_int8", "avx512_fp16")
 
 
 def cpu_description() -> tuple[str, list[str]]:

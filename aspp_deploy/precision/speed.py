@@ -3,10 +3,10 @@ onnxconverter-common can make one in a second) on this machine's CPU runtimes, a
 ``quantize --target cpu`` acts on.
 
 Timing: every runtime that can run here (ONNX Runtime; OpenVINO when installed) loads all the
-variants, warms each up, then times them in interleaved rounds (FP32, INT8, FP16, FP32, INT8, ...)
-so that each sees the same machine state (a clock change, a neighbour's burst); a variant's figure
-is the median of all its timed calls (``bench.timing.time_calls``, ``bench.stats.latency_stats``,
-the same helpers as ``aspp-deploy bench``). The comparison is best against best: the fastest
+variants, warms each up, then times them in interleaved rounds (``bench.rounds``, as ``compare``
+times its rows: every variant once per round, in a new order each round, one untimed call opening
+each block) so that each sees the same machine state (a clock change, a neighbour's burst); a
+variant's figure is the median of all its timed calls. The comparison is best against best: the fastest
 runtime for FP32 against the fastest for INT8, because a user deploys each on whichever suits it.
 
 The verdict (``verdict``, ``quantize --target cpu`` with the budget loop on): an INT8 file is
@@ -28,7 +28,8 @@ from typing import Callable
 import numpy as np
 
 from aspp_deploy.backends.openvino_backend import openvino_unavailable_reason, OpenVinoRunner
-from aspp_deploy.bench.timing import time_calls
+from aspp_deploy.bench.report import cpu_description as report_cpu_description
+from aspp_deploy.bench.rounds import METHOD, Contestant, failure_reason, run_rounds
 from aspp_deploy.errors import AsppDeployError
 
 DEFAULT_ROUNDS = 7
@@ -82,8 +83,8 @@ class SpeedReport:
         return "; ".join(parts) or "no timing"
 
     def to_dict(self) -> dict:
-        return {"method": f"interleaved rounds (A B A B ...), median of {self.rounds} rounds x {self.iters} calls "
-                          f"after {WARMUP} warm-up calls, one image per call",
+        return {"method": f"{METHOD}; median of {self.rounds} rounds x {self.iters} calls after {WARMUP} warm-up "
+                          "calls, one image per call",
                 "rounds": self.rounds, "iters": self.iters, "threads": self.threads,
                 "best": {v: {"runtime": b[0], "p50_ms": b[1]} for v in ("fp32", "int8", "fp16")
                          if (b := self.best(v))},
@@ -92,23 +93,12 @@ class SpeedReport:
 
 
 def cpu_description() -> dict:
-    """The CPU the figures were measured on: model name, logical cores, the SIMD flags that matter
-    for INT8 (VNNI, AMX) and FP16/BF16."""
+    """The CPU the figures were measured on: model name, logical cores and the SIMD flags that decide
+    INT8 (VNNI, AMX) and FP16/BF16 speed (``bench.report.cpu_description``)."""
     import os
 
-    model, flags = None, set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model is None:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
-              "amx_int8", "amx_bf16", "f16c")
-    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
+    model, flags = report_cpu_description()
+    return {"model": model, "cores": os.cpu_count(), "flags": flags}
 
 
 def fp16_variant(fp32: Path, out: Path) -> Path | None:
@@ -160,17 +150,15 @@ def measure(variants: dict[str, Path], batch: np.ndarray, runtimes: tuple[str, .
             for name, path in variants.items():
                 try:
                     runners[name] = make(path)
-                    time_calls(lambda r=runners[name]: r.infer(batch), WARMUP, 1)
                 except Exception as exc:  # a runtime without kernels for this variant
-                    runners.pop(name, None)
-                    timing.failed[name] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            samples: dict[str, list[float]] = {name: [] for name in runners}
-            for _ in range(rounds):
-                for name, runner in runners.items():  # A B C, A B C, ...: the same machine state for all
-                    ms = time_calls(lambda r=runner: r.infer(batch), 0, iters)
-                    samples[name] += ms
-                    timing.rounds_ms.setdefault(name, []).append(statistics.median(ms))
-            timing.p50_ms = {name: statistics.median(ms) for name, ms in samples.items()}
+                    timing.failed[name] = failure_reason(exc)
+            # interleaved as compare's rows are: the same machine state for all, a new order each round
+            result = run_rounds({name: Contestant(lambda r=runner: r.infer(batch)) for name, runner in runners.items()},
+                                rounds, iters, warmup=WARMUP)
+            timing.failed.update(result.failed)
+            for name, blocks in result.samples.items():
+                timing.rounds_ms[name] = [statistics.median(block) for block in blocks]
+                timing.p50_ms[name] = statistics.median(ms for block in blocks for ms in block)
         finally:
             for r in runners.values():
                 r.close()

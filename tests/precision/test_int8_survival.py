@@ -219,3 +219,22 @@ def test_mobilenet_like_graph_is_cut_into_blocks_with_their_se_gating():
     assert max(g.flops for g in groups) * 2 < total  # no piece holds half the model
     chosen, granularity = budget_groups(model)
     assert granularity == "groups" and [g.name for g in chosen] == names
+
+
+def test_speed_is_measured_in_interleaved_rounds_and_a_broken_variant_is_named(exported, tmp_path):
+    """``quantize --target cpu``'s speed check: every variant timed in the same rounds as compare's rows
+    (``bench.rounds``), each round's median kept; a file the runtime cannot load is named, not fatal."""
+    import numpy as np
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    shape = [d.dim_value or 1 for d in onnx.load(str(exported)).graph.input[0].type.tensor_type.shape.dim]
+    batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    report = speed.measure({"fp32": exported, "int8": exported, "fp16": broken}, batch, runtimes=("onnxruntime",),
+                           rounds=3, iters=2)
+    (timing,) = report.timings
+    assert set(timing.p50_ms) == {"fp32", "int8"} and all(ms > 0 for ms in timing.p50_ms.values())
+    assert all(len(timing.rounds_ms[v]) == 3 for v in ("fp32", "int8"))
+    assert set(timing.failed) == {"fp16"} and timing.failed["fp16"]
+    assert report.speedup("int8") is not None and "interleaved rounds" in report.to_dict()["method"]
+    assert report.to_dict()["cpu"]["cores"] and isinstance(report.to_dict()["cpu"]["flags"], list)
