@@ -56,3 +56,23 @@ def test_class_areas_counts_as_bincount(num_classes):
         expected = np.bincount(mask.ravel().astype(np.int64), minlength=max(num_classes, 1))
         got = class_areas(mask, num_classes)
         assert got.dtype == np.int64 and np.array_equal(got, expected), (mask.dtype, mask.shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("classes", [3, 6, 21, 256])
+def test_many_class_argmax_is_numpys_with_ties_and_nan(dtype, classes):
+    rng = np.random.default_rng(classes)
+    scores = rng.standard_normal((classes, 24, 32)).astype(dtype)
+    scores[:, :4] = np.round(scores[:, :4])            # ties between classes: the first wins
+    scores[:, 4, :] = 0.0                               # every class tied
+    scores[1, 5, :] = -0.0
+    scores[rng.integers(0, classes), 6, 3] = np.nan     # NaN: NumPy picks the first NaN
+    scores[classes - 1, 7, 5] = np.nan
+    scores[0, 7, 5] = np.nan
+    scores[:, 8, 8] = np.nan
+    scores[classes - 1, 9, :] = np.inf
+    scores[2, 10, :] = -np.inf
+    ids = class_map(scores)
+    assert ids.dtype == np.uint8
+    np.testing.assert_array_equal(ids, np.argmax(scores, axis=0))
+    np.testing.assert_array_equal(class_map(scores[None]), np.argmax(scores, axis=0))  # a batch of one
