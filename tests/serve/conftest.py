@@ -27,6 +27,16 @@ def run_cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+@pytest.fixture(autouse=True)
+def _temporary_files_stay_in_the_runs_folder(tmp_path_factory, monkeypatch):
+    """`aspp-deploy serve` without --log keeps its server log in the temporary folder for the user to read
+    after a failure: the serve tests' own subprocesses put theirs in this run's folder (which pytest
+    removes), not in /tmp, where every run left a dozen."""
+    folder = tmp_path_factory.getbasetemp() / "tmp"
+    folder.mkdir(exist_ok=True)
+    monkeypatch.setenv("TMPDIR", str(folder))
+
+
 @pytest.fixture(scope="session")
 def triton_binary():
     pytest.importorskip("tritonclient.grpc", reason="tritonclient (the serve extra) is not installed")
