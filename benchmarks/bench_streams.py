@@ -15,6 +15,8 @@ Per model and I/O kind, on ONNX Runtime with ``--threads`` threads, every mode o
 interleaved (compare figures within one run only; the CPU and its flags are printed):
 
 - ``infer only``: the engine's ``infer`` on a preprocessed batch, the frames' count of times;
+- ``infer asleep``: the same on the session the pipeline uses (threads sleep between runs): how much
+  of the gap to ``infer only`` is ONNX Runtime's spinning rather than the host's work;
 - ``sequential``: decode, preprocess, infer, post-process, write the mask video one after another
   (what ``predict`` did before streams);
 - ``pipelined``: ``segment_stream`` (the runtime's pipeline) writing the mask video, on a session opened
@@ -42,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 SELFIE = "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"
-MODES = ("infer only", "sequential", "pipelined", "+ overlay")
+MODES = ("infer only", "infer asleep", "sequential", "pipelined", "+ overlay")
 
 
 def cli(*args: object) -> subprocess.CompletedProcess:
@@ -222,6 +224,7 @@ def main() -> int:
                 video, frames = videos[name]
                 with tempfile.TemporaryDirectory(dir=args.work) as tmp:
                     results[name]["infer only"].append(infer_only(seg, video, frames))
+                    results[name]["infer asleep"].append(infer_only(piped[name], video, frames))
                     results[name]["sequential"].append(sequential(seg, video, Path(tmp)))
                     results[name]["pipelined"].append(pipelined(piped[name], video, Path(tmp), overlay=False))
                     results[name]["+ overlay"].append(pipelined(piped[name], video, Path(tmp), overlay=True))
@@ -239,7 +242,7 @@ def main() -> int:
 
     print(f"\nFPS on a {w}x{h} H.264 video (median of {args.rounds} interleaved rounds), ONNX Runtime, "
           f"{args.threads} threads:")
-    head = f"{'model':<15}{'infer only':>11}{'sequential':>11}{'pipelined':>10}{'+overlay':>9}" \
+    head = f"{'model':<15}{'infer only':>11}{'asleep':>8}{'sequential':>11}{'pipelined':>10}{'+overlay':>9}" \
            f"{'e2e/infer':>10}{'overlay cost':>13}{'pre+post ms':>12}"
     print(head)
     summary: dict = {"cpu": cpu, "flags": flags, "threads": args.threads, "size": [w, h], "models": {}}
@@ -248,7 +251,8 @@ def main() -> int:
         ratio = row["pipelined"] / row["infer only"]
         cost = 1 - row["+ overlay"] / row["pipelined"]
         host = host_ms(name, "pipelined")
-        print(f"{name:<15}{row['infer only']:>11.1f}{row['sequential']:>11.1f}{row['pipelined']:>10.1f}"
+        print(f"{name:<15}{row['infer only']:>11.1f}{row['infer asleep']:>8.1f}{row['sequential']:>11.1f}"
+              f"{row['pipelined']:>10.1f}"
               f"{row['+ overlay']:>9.1f}{ratio:>10.2f}{100 * cost:>12.0f}%{host:>12.1f}")
         last = results[name]["pipelined"][-1]
         summary["models"][name] = {"fps": row, "e2e_over_infer": round(ratio, 3), "overlay_cost": round(cost, 3),
