@@ -73,7 +73,7 @@ def class_ids(output: np.ndarray, outputs_class_ids: bool) -> np.ndarray:
                          "scores (or N x H x W class ids), not a classifier's or detector's output")
     if outputs_class_ids:
         return output.reshape(output.shape[0], *output.shape[-2:]).astype(np.int64)
-    if np.asarray(output).dtype.kind == "f" and shape[1] <= 256:  # NumPy's answer, a class plane at a time
+    if np.asarray(output).dtype.kind == "f" and shape[0] > 0 and shape[1] <= 256:  # a class plane at a time
         return np.stack([class_map(scores) for scores in output]).astype(np.int64)
     return output.argmax(axis=1)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from aspp_deploy.backends.openvino_backend import openvino_unavailable_reason, OpenVinoRunner
 from aspp_deploy.bench.report import cpu_description as report_cpu_description
-from aspp_deploy.bench.rounds import METHOD, Contestant, failure_reason, run_rounds
+from aspp_deploy.bench.rounds import REWARM, Contestant, failure_reason, run_rounds
 from aspp_deploy.errors import AsppDeployError
 
 DEFAULT_ROUNDS = 7
@@ -83,8 +83,8 @@ class SpeedReport:
         return "; ".join(parts) or "no timing"
 
     def to_dict(self) -> dict:
-        return {"method": f"{METHOD}; median of {self.rounds} rounds x {self.iters} calls after {WARMUP} warm-up "
-                          "calls, one image per call",
+        return {"method": f"interleaved rounds, shuffled order, {REWARM} untimed call opening each block; median of "
+                          f"{self.rounds} rounds x {self.iters} calls after {WARMUP} warm-up calls, one image per call",
                 "rounds": self.rounds, "iters": self.iters, "threads": self.threads,
                 "best": {v: {"runtime": b[0], "p50_ms": b[1]} for v in ("fp32", "int8", "fp16")
                          if (b := self.best(v))},

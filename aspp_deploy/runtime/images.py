@@ -346,8 +346,9 @@ def stack_inputs(arrays: Sequence[np.ndarray], batch: int) -> np.ndarray:
     if not arrays:
         raise InputError("no images to stack")
     padded = list(arrays) + [arrays[-1]] * max(0, batch - len(arrays))
-    # one input: a batch view of it, not a copy (3 MiB for a 512 x 512 float input)
-    stacked = np.expand_dims(padded[0], 0) if len(padded) == 1 else np.stack(padded)
+    # one input the caller may write to: a batch view of it, not a copy (3 MiB for a 512 x 512 float input)
+    single = len(padded) == 1 and np.asarray(padded[0]).flags.writeable
+    stacked = np.expand_dims(padded[0], 0) if single else np.stack(padded)
     if stacked.dtype != np.uint8:
         stacked = stacked.astype(np.float32, copy=False)
     return np.ascontiguousarray(stacked)

@@ -49,7 +49,8 @@ MASK_VIDEO_SUFFIX = ".mask.mov"
 OVERLAY_VIDEO_SUFFIX = ".overlay.mp4"
 
 BT709 = 1         # AVCOL_SPC_BT709, in a frame's and a stream's ``colorspace``
-_BT601 = (5, 6)   # AVCOL_SPC_BT470BG, AVCOL_SPC_SMPTE170M
+UNTAGGED = 2      # AVCOL_SPC_UNSPECIFIED
+_BLENDABLE_MATRICES = (BT709, UNTAGGED, 5, 6)  # and AVCOL_SPC_BT470BG, AVCOL_SPC_SMPTE170M: BT.601
 JPEG_RANGE = 2    # AVCOL_RANGE_JPEG: full-range YUV (yuvj420p, MJPEG cameras)
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _PRINTF = re.compile(r"%0?\d*d")
@@ -186,8 +187,8 @@ class AvSource(FrameSource):
 
 def _blendable(frame: Any) -> bool:
     """Whether ``YuvOverlay`` can blend on this decoded frame as it is."""
-    return (frame.format.name == "yuv420p" and frame.color_range != JPEG_RANGE and frame.width % 2 == 0
-            and frame.height % 2 == 0)
+    return (frame.format.name == "yuv420p" and frame.color_range != JPEG_RANGE
+            and frame.colorspace in _BLENDABLE_MATRICES and frame.width % 2 == 0 and frame.height % 2 == 0)
 
 
 class SequenceSource(FrameSource):
@@ -348,8 +349,10 @@ class OverlayVideoWriter(VideoWriter):
                          options={"crf": str(crf), "preset": preset}, container_format="mp4")
         if like is not None:  # the source's YUV goes through unconverted: say which colours it holds
             context = self.stream.codec_context
-            for tag in ("colorspace", "color_range", "color_primaries", "color_trc"):
-                setattr(context, tag, getattr(like, tag))
+            for tag in ("colorspace", "color_range", "color_primaries", "color_trc"):  # PyAV < 17: the first two
+                value = getattr(like, tag, None)
+                if value is not None:
+                    setattr(context, tag, value)
 
     def add(self, index: int, rgb: np.ndarray) -> None:
         self.write(index, self._av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"))
@@ -404,8 +407,8 @@ class YuvOverlay:
     a chroma sample is shared by pixels of two classes.
 
     The class colours are converted with the frame's matrix: BT.709 when the frame says so, or when it
-    says nothing and is HD (as players assume), else BT.601; limited range (``Frame.yuv`` is never
-    full range)."""
+    says nothing and is HD (as players assume), else BT.601; limited range. ``Frame.yuv`` is never full
+    range nor tagged with another matrix (BT.2020...): those frames are blended in RGB."""
 
     def __init__(self, palette: Any, alpha: float) -> None:
         self.colours = palette_array(palette).astype(np.float64)
@@ -434,7 +437,7 @@ class YuvOverlay:
         i420 = frame.to_ndarray()  # a copy: Y rows, then the U and V planes, each (H/2) x (W/2)
         flat = i420.reshape(-1)
         ids = mask if mask.dtype == np.uint8 else np.minimum(mask, 255).astype(np.uint8)
-        bt709 = frame.colorspace == BT709 or (frame.colorspace not in _BT601 and h >= 720)
+        bt709 = frame.colorspace == BT709 or (frame.colorspace == UNTAGGED and h >= 720)
         ty, tu, tv = self.targets(bt709)
         start = 0
         for plane_ids, tint, plane_w, plane_h in ((ids, ty, w, h), (ids[::2, ::2], tu, w // 2, h // 2),
@@ -466,17 +469,17 @@ class OverlayVideo:
         self.rgb_blend, self.yuv_blend = FrameOverlay(palette, alpha), YuvOverlay(palette, alpha)
         self.error = None  # type: Optional[BaseException]
         self._queue = queue.Queue(maxsize=depth)  # type: Any
+        self._closed = self._raised = self._stopping = False
         self._thread = threading.Thread(target=self._run, name="stream-overlay", daemon=True)
         self._thread.start()
-        self._closed = self._raised = False
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            if self.error is not None:
-                continue  # drain what was queued before the error was seen
+            if self.error is not None or self._stopping:
+                continue  # drain what was queued before the error was seen, or before an interrupted close
             frame, mask = item
             try:
                 if frame.yuv is not None:
@@ -487,20 +490,27 @@ class OverlayVideo:
                 self.error = exc
 
     def add(self, frame: Frame, mask: np.ndarray) -> None:
+        if self._closed:
+            raise ValueError("the overlay video is closed")
         if self.error is not None:
             self._raised = True
             raise self.error
         self._queue.put((frame, mask))
 
     def close(self) -> None:
-        """Finish the queued frames and the file; raises the thread's error if ``add`` has not."""
+        """Finish the queued frames and the file; raises the thread's error if ``add`` has not. Interrupted
+        (Ctrl-C) while the queued frames are encoded, it drops the rest and still finishes the file."""
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
-        self._thread.join()
         try:
+            self._queue.put(None)
+            self._thread.join()
             if self.error is not None and not self._raised:
                 raise self.error
         finally:
+            if self._thread.is_alive():  # interrupted: the thread skips what is queued, then the file ends
+                self._stopping = True
+                self._queue.put(None)  # the first may not have gone in; a second one is never read
+                self._thread.join()
             self.writer.close()

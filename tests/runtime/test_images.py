@@ -76,3 +76,16 @@ def test_many_class_argmax_is_numpys_with_ties_and_nan(dtype, classes):
     assert ids.dtype == np.uint8
     np.testing.assert_array_equal(ids, np.argmax(scores, axis=0))
     np.testing.assert_array_equal(class_map(scores[None]), np.argmax(scores, axis=0))  # a batch of one
+
+
+def test_class_ids_of_an_empty_batch_and_a_writable_single_input():
+    from aspp_deploy.backends.base import class_ids
+    from aspp_deploy.runtime.images import stack_inputs
+
+    assert class_ids(np.zeros((0, 6, 8, 8), np.float32), False).shape == (0, 8, 8)
+    pixels = np.zeros((4, 4, 3), np.uint8)
+    pixels.setflags(write=False)  # a PIL image's array: the batch is a copy the caller may write to
+    batch = stack_inputs([pixels], 1)
+    assert batch.shape == (1, 4, 4, 3) and batch.flags.writeable
+    scores = np.zeros((3, 4, 4), np.float32)
+    assert np.shares_memory(stack_inputs([scores], 1), scores)  # a fresh float input: a view, no copy

@@ -283,6 +283,17 @@ def test_the_overlay_video_blends_in_rgb_when_the_source_has_no_4_2_0_frame(clip
         for packet in stream.encode():
             container.mux(packet)
     assert all(f.yuv is None for f in _decoded_frames(mjpeg))
+    bt2020 = tmp_path / "bt2020.mp4"  # another matrix than BT.601 and BT.709: swscale converts it
+    with av.open(str(bt2020), "w") as container:
+        stream = container.add_stream("libx264", rate=RATE)
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        stream.codec_context.colorspace = 9  # AVCOL_SPC_BT2020_NCL
+        for frame in frames[:2]:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert [f.yuv for f in _decoded_frames(bt2020)] == [None, None]
     assert all(f.yuv is None for f in _decoded_frames(folder / "stills" / "f%03d.png"))
     videos = {}
     for kind, items in (("yuv", frames), ("rgb", [Frame(f.index, f.rgb) for f in frames])):
@@ -319,6 +330,37 @@ def test_the_overlay_thread_raises_its_error_on_the_writing_thread(clips, tmp_pa
     writer.add(frames[0], np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="4x4 mask"):
         writer.close()
+
+
+def test_an_interrupted_close_still_finishes_the_overlay_video(clips, tmp_path, monkeypatch):
+    """Ctrl-C while the queued frames are encoded: the rest are dropped and the file still ends (and
+    PyAV before 17, whose frames have no primaries or transfer tags, writes the tags it has)."""
+    from types import SimpleNamespace
+
+    from aspp_deploy.runtime.video import OverlayVideo, OverlayVideoWriter
+
+    folder, _ = clips
+    frames = _decoded_frames(folder / "clip.mp4")
+    old_pyav_frame = SimpleNamespace(colorspace=frames[0].yuv.colorspace, color_range=frames[0].yuv.color_range)
+    OverlayVideoWriter(tmp_path / "old.mp4", SIZE, Fraction(RATE), like=old_pyav_frame).close()
+    writer = OverlayVideo(tmp_path / "o.mp4", Fraction(RATE), None, 0.5, frames[0])
+    for frame in frames:
+        writer.add(frame, _class_blocks(frame.rgb.shape[:2]))
+    join, calls = writer._thread.join, []
+
+    def interrupted_join(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return join(*args, **kwargs)
+
+    monkeypatch.setattr(writer._thread, "join", interrupted_join)
+    with pytest.raises(KeyboardInterrupt):
+        writer.close()
+    assert not writer._thread.is_alive() and len(calls) == 2
+    assert len(_decoded(tmp_path / "o.mp4")) <= FRAMES  # a whole file, whatever was encoded before the stop
+    with pytest.raises(ValueError, match="closed"):
+        writer.add(frames[0], _class_blocks(frames[0].rgb.shape[:2]))
 
 
 def test_the_overlay_video_keeps_the_sources_colours(tmp_path, exported):
