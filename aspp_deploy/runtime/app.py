@@ -14,7 +14,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -215,7 +215,12 @@ def segment_stream(seg: Any, source_text: str, out: Path, outputs: StreamOutputs
                 lines.write((json.dumps({"frame": frame.index, "time": round(frame.index / float(source.fps), 6),
                                          "areas": areas}) + "\n").encode())
 
-        stats = run_stream(source, seg, consume, drop_late=drop_late, max_frames=max_frames, progress=progress)
+        def overlay_figures() -> Tuple[float, float]:
+            overlay = writers.get("overlay")
+            return overlay.figures() if overlay is not None else (0.0, 0.0)
+
+        stats = run_stream(source, seg, consume, drop_late=drop_late, max_frames=max_frames, progress=progress,
+                           side_stages={"overlay": overlay_figures} if "overlay_video" in temps else None)
         if stats.frames_out == 0:
             raise InputError(f"{source_text}: no frame was segmented")
         kind, rate = source.kind, source.fps

@@ -55,6 +55,19 @@ class StreamStats:
         self.started = time.perf_counter()
         self.seconds = 0.0
         self.stopped_by = None  # type: Optional[str]  # "interrupt" or "max_frames" when not the stream's end
+        # Work the writing stage hands to threads of its own (the overlay video's encoder): name -> a
+        # function giving (its busy seconds, the seconds the writing stage waited for it). That wait is
+        # the other stage's pace, not writing's: it is counted there, not in "write".
+        self.side_stages = {}  # type: Dict[str, Callable[[], Tuple[float, float]]]
+
+    def stage_busy(self) -> Dict[str, float]:
+        """Busy seconds per stage, the side stages included."""
+        busy = dict(self.busy)
+        for name, figures in self.side_stages.items():
+            seconds, waited = figures()
+            busy[name] = seconds
+            busy["write"] = max(0.0, busy["write"] - waited)
+        return busy
 
     def elapsed(self) -> float:
         return self.seconds or (time.perf_counter() - self.started)
@@ -68,14 +81,15 @@ class StreamStats:
         """Each stage's busy time as a share of the wall time (they overlap: the sum can pass 1; the
         largest is the stage that sets the pace)."""
         seconds = self.elapsed()
-        return {stage: (busy / seconds if seconds > 0 else 0.0) for stage, busy in self.busy.items()}
+        return {stage: (busy / seconds if seconds > 0 else 0.0) for stage, busy in self.stage_busy().items()}
 
     def ms_per_frame(self) -> Dict[str, float]:
         n = max(1, self.frames_out)
-        return {stage: round(1000.0 * busy / n, 3) for stage, busy in self.busy.items()}
+        return {stage: round(1000.0 * busy / n, 3) for stage, busy in self.stage_busy().items()}
 
     def bottleneck(self) -> str:
-        return max(self.busy, key=lambda s: self.busy[s])
+        busy = self.stage_busy()
+        return max(busy, key=lambda s: busy[s])
 
     def to_dict(self) -> Dict[str, Any]:
         return {"frames_in": self.frames_in, "frames_out": self.frames_out, "dropped": self.dropped,
@@ -157,8 +171,8 @@ def _stage(run: _Run, name: str, body: Callable[[], None], out: "Optional[queue.
 
 def run_stream(source: FrameSource, segmenter: Any, consume: Callable[[Frame, np.ndarray], None],
                drop_late: bool = True, max_frames: int = 0, depth: int = 0,
-               progress: Optional[Callable[[StreamStats], None]] = None, progress_every_s: float = 0.5
-               ) -> StreamStats:
+               progress: Optional[Callable[[StreamStats], None]] = None, progress_every_s: float = 0.5,
+               side_stages: Optional[Dict[str, Callable[[], Tuple[float, float]]]] = None) -> StreamStats:
     """Segment every frame of ``source`` with ``segmenter`` (a ``runtime.Segmenter``) and hand each
     frame with its mask (H x W class ids at the frame's size) to ``consume``, in order, on the calling
     thread (so its writers need no locks, and Ctrl-C stops the run there).
@@ -167,7 +181,9 @@ def run_stream(source: FrameSource, segmenter: Any, consume: Callable[[Frame, np
     every frame is processed, and the output lags). ``max_frames``: stop after that many frames are
     read (0: the whole source; a camera runs until Ctrl-C). ``depth``: frames that may wait between
     decoding and preprocessing (0: two batches). ``progress`` is called on the calling thread about
-    every ``progress_every_s`` seconds, and once at the end.
+    every ``progress_every_s`` seconds, and once at the end. ``side_stages``: threads ``consume`` hands
+    work to, each as a function giving (its busy seconds, the seconds ``consume`` waited for it), so
+    the figures show them as stages (see ``StreamStats.side_stages``).
 
     A stage's exception stops every stage and is raised here. Ctrl-C stops the run and returns what was
     written (``stats.stopped_by == "interrupt"``); the frames still in flight then are counted in
@@ -177,6 +193,7 @@ def run_stream(source: FrameSource, segmenter: Any, consume: Callable[[Frame, np
     live = bool(source.live)
     drop = live and drop_late
     stats = StreamStats(live, batch)
+    stats.side_stages.update(side_stages or {})
     run = _Run()
     frames_q = queue.Queue(maxsize=max(2, depth or 2 * batch))  # type: queue.Queue[Any]
     inputs_q = queue.Queue(maxsize=2)  # type: queue.Queue[Any]

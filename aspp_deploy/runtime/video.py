@@ -27,6 +27,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
@@ -470,6 +471,7 @@ class OverlayVideo:
         self.error = None  # type: Optional[BaseException]
         self._queue = queue.Queue(maxsize=depth)  # type: Any
         self._closed = self._raised = self._stopping = False
+        self.busy_s = self.waited_s = 0.0
         self._thread = threading.Thread(target=self._run, name="stream-overlay", daemon=True)
         self._thread.start()
 
@@ -481,6 +483,7 @@ class OverlayVideo:
             if self.error is not None or self._stopping:
                 continue  # drain what was queued before the error was seen, or before an interrupted close
             frame, mask = item
+            started = time.perf_counter()
             try:
                 if frame.yuv is not None:
                     self.writer.add_yuv(frame.index, self.yuv_blend(frame.yuv, mask))
@@ -488,6 +491,7 @@ class OverlayVideo:
                     self.writer.add(frame.index, self.rgb_blend(frame.rgb, mask))
             except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread by add/close
                 self.error = exc
+            self.busy_s += time.perf_counter() - started
 
     def add(self, frame: Frame, mask: np.ndarray) -> None:
         if self._closed:
@@ -495,7 +499,13 @@ class OverlayVideo:
         if self.error is not None:
             self._raised = True
             raise self.error
+        started = time.perf_counter()
         self._queue.put((frame, mask))
+        self.waited_s += time.perf_counter() - started
+
+    def figures(self) -> Tuple[float, float]:
+        """(seconds spent blending and encoding, seconds ``add`` waited for room in the queue)."""
+        return self.busy_s, self.waited_s
 
     def close(self) -> None:
         """Finish the queued frames and the file; raises the thread's error if ``add`` has not. Interrupted

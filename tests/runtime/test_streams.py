@@ -363,6 +363,29 @@ def test_an_interrupted_close_still_finishes_the_overlay_video(clips, tmp_path, 
         writer.add(frames[0], _class_blocks(frames[0].rgb.shape[:2]))
 
 
+def test_the_overlay_thread_is_a_stage_of_the_runs_figures(clips, exported, tmp_path):
+    """Blending and encoding the overlay run on their own thread: the run's figures show them as the
+    "overlay" stage, and the time the writing stage waited for that thread is the overlay's, not
+    writing's (else a slow overlay made "write" look like the stage that sets the pace)."""
+    from aspp_deploy.runtime.app import StreamOutputs, segment_stream
+    from aspp_deploy.runtime.pipeline import StreamStats
+    from aspp_deploy.runtime.segmenter import Segmenter as Seg
+
+    folder, _ = clips
+    with Seg(str(exported)) as seg:
+        plain = segment_stream(seg, str(folder / "clip.mp4"), tmp_path / "a", StreamOutputs())["stream"]
+        both = segment_stream(seg, str(folder / "clip.mp4"), tmp_path / "b", StreamOutputs(overlay_video=True))["stream"]
+    assert "overlay" not in plain["ms_per_frame"] and "overlay" in both["ms_per_frame"]
+    assert both["ms_per_frame"]["overlay"] > 0 and set(both["stage_share"]) == set(both["ms_per_frame"])
+    # the accounting itself: a side stage's busy time is its own, and its wait leaves "write"
+    stats = StreamStats(live=False, batch=1)
+    stats.busy.update(decode=1.0, preprocess=1.0, inference=2.0, postprocess=0.5, write=4.0)
+    stats.side_stages["overlay"] = lambda: (3.5, 3.0)
+    assert stats.stage_busy()["write"] == pytest.approx(1.0) and stats.bottleneck() == "overlay"
+    stats.side_stages["overlay"] = lambda: (0.5, 0.0)
+    assert stats.bottleneck() == "write"
+
+
 def test_the_overlay_video_keeps_the_sources_colours(tmp_path, exported):
     """A BT.709 source: its YUV goes through unconverted, so the overlay video says BT.709 too, and its
     tint is the palette colour converted with that matrix."""
