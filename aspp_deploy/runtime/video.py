@@ -440,16 +440,21 @@ class YuvOverlay:
         ids = mask if mask.dtype == np.uint8 else np.minimum(mask, 255).astype(np.uint8)
         bt709 = frame.colorspace == BT709 or (frame.colorspace == UNTAGGED and h >= 720)
         ty, tu, tv = self.targets(bt709)
-        start = 0
-        for plane_ids, tint, plane_w, plane_h in ((ids, ty, w, h), (ids[::2, ::2], tu, w // 2, h // 2),
-                                                  (None, tv, w // 2, h // 2)):
-            if plane_ids is not None:
-                classes = Image.frombuffer("L", (plane_w, plane_h), np.ascontiguousarray(plane_ids), "raw", "L", 0, 1)
-                alpha = classes.point(self.alpha)
+
+        def blend(start: int, plane_ids: np.ndarray, tints: Tuple[list, ...]) -> None:
+            """Blend the planes starting at ``start`` in ``flat``, one per table of ``tints``, each the size
+            of ``plane_ids`` (the class of each of its samples), in place."""
+            plane_h, plane_w = plane_ids.shape
             size = plane_w * plane_h
-            plane = Image.frombuffer("L", (plane_w, plane_h), flat[start:start + size], "raw", "L", 0, 1)
-            flat[start:start + size] = np.asarray(Image.composite(classes.point(tint), plane, alpha)).reshape(-1)
-            start += size
+            classes = Image.frombuffer("L", (plane_w, plane_h), np.ascontiguousarray(plane_ids), "raw", "L", 0, 1)
+            alpha = classes.point(self.alpha)
+            for tint in tints:
+                plane = Image.frombuffer("L", (plane_w, plane_h), flat[start:start + size], "raw", "L", 0, 1)
+                flat[start:start + size] = np.asarray(Image.composite(classes.point(tint), plane, alpha)).reshape(-1)
+                start += size
+
+        blend(0, ids, (ty,))
+        blend(w * h, ids[::2, ::2], (tu, tv))  # U then V, each sample the class of its top-left pixel
         return i420
 
 
