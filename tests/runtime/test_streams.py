@@ -44,13 +44,21 @@ def _frames_from_photos(folder: Path, count: int) -> list:
     return frames
 
 
-def _write_video(path: Path, frames: list, codec: str = "libx264", fmt: str | None = None) -> None:
+def _write_video(path: Path, frames: list, codec: str = "libx264", fmt: str | None = None, pix_fmt: str = "yuv420p",
+                 tags: dict | None = None, matrix=None) -> None:
+    """RGB frames -> a SIZE video at RATE. ``tags``: the stream's colour tags (``colorspace``...);
+    ``matrix``: the reformatter colorspace the frames are converted to YUV with (None: PyAV's, BT.601)."""
     with av.open(str(path), "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=RATE)
         stream.width, stream.height = SIZE
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = pix_fmt
+        for tag, value in (tags or {}).items():
+            setattr(stream.codec_context, tag, value)
         for rgb in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if matrix is not None:
+                frame = frame.reformat(format=pix_fmt, dst_colorspace=matrix)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -274,25 +282,10 @@ def test_the_overlay_video_blends_in_rgb_when_the_source_has_no_4_2_0_frame(clip
     folder, _ = clips
     frames = _decoded_frames(folder / "clip.mp4")
     mjpeg = tmp_path / "clip.avi"
-    with av.open(str(mjpeg), "w") as container:
-        stream = container.add_stream("mjpeg", rate=RATE)
-        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuvj420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    _write_video(mjpeg, [f.rgb for f in frames], codec="mjpeg", pix_fmt="yuvj420p")
     assert all(f.yuv is None for f in _decoded_frames(mjpeg))
     bt2020 = tmp_path / "bt2020.mp4"  # another matrix than BT.601 and BT.709: swscale converts it
-    with av.open(str(bt2020), "w") as container:
-        stream = container.add_stream("libx264", rate=RATE)
-        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
-        stream.codec_context.colorspace = 9  # AVCOL_SPC_BT2020_NCL
-        for frame in frames[:2]:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    _write_video(bt2020, [f.rgb for f in frames[:2]], tags={"colorspace": 9})  # AVCOL_SPC_BT2020_NCL
     assert [f.yuv for f in _decoded_frames(bt2020)] == [None, None]
     assert all(f.yuv is None for f in _decoded_frames(folder / "stills" / "f%03d.png"))
     videos = {}
@@ -392,18 +385,8 @@ def test_the_overlay_video_keeps_the_sources_colours(tmp_path, exported):
     src = tmp_path / "hd.mp4"
     rgb = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
     rgb[:] = (90, 140, 200)
-    with av.open(str(src), "w") as container:
-        stream = container.add_stream("libx264", rate=RATE)
-        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
-        context = stream.codec_context
-        context.colorspace = context.color_primaries = context.color_trc = 1  # BT.709
-        for _ in range(3):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-                format="yuv420p", dst_colorspace=av.video.reformatter.Colorspace.ITU709)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    _write_video(src, [rgb] * 3, tags={"colorspace": 1, "color_primaries": 1, "color_trc": 1},  # BT.709
+                 matrix=av.video.reformatter.Colorspace.ITU709)
     out = tmp_path / "out"
     result = runner.invoke(app, ["predict", str(src), "--model", str(exported), "--out", str(out), "--overlay",
                                  "--no-mask-video", "--alpha", "0.0"])
